@@ -1,0 +1,1 @@
+//! Client for the `hearth-guest` HTTP/JSON protocol.

@@ -1,0 +1,7 @@
+//! Isolation for hearth: validated sandbox ids and their directories, the backends that run
+//! sandboxes, network namespaces, and the client that talks to `hearth-guest` inside them.
+
+pub mod guest_client;
+pub mod id;
+
+pub use id::{IdError, SandboxId, SandboxNames};
