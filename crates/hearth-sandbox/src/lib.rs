@@ -3,5 +3,6 @@
 
 pub mod guest_client;
 pub mod id;
+pub mod net;
 
 pub use id::{IdError, SandboxId, SandboxNames};

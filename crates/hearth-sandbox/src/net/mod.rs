@@ -1,0 +1,1 @@
+//! Networking of a sandbox: its namespace, links, addresses and firewall.

@@ -1,0 +1,1 @@
+//! The bounded audit of refused system calls.

@@ -1,0 +1,1 @@
+//! Receiving seccomp user notifications from an OCI runtime (`listenerPath`).
