@@ -1,8 +1,12 @@
 //! Isolation for hearth: validated sandbox ids and their directories, the backends that run
 //! sandboxes, network namespaces, and the client that talks to `hearth-guest` inside them.
 
+pub mod backend;
+pub mod cgroup;
+pub mod dirs;
 pub mod guest_client;
 pub mod id;
 pub mod net;
+pub mod spec;
 
 pub use id::{IdError, SandboxId, SandboxNames};

@@ -1,0 +1,86 @@
+//! Sandbox backends: the one trait every isolation technology implements.
+//!
+//! Only the OCI backend exists today; the Firecracker and QEMU backends will implement the same
+//! trait and hand back the same kind of [`GuestEndpoint`], so everything above this layer (exec,
+//! files, tasks) is backend-agnostic.
+
+pub mod oci;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dirs::SandboxDirs;
+use crate::id::SandboxId;
+use crate::spec::SandboxSpec;
+
+pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
+
+/// Which isolation technology runs a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Oci,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Oci => "oci",
+        })
+    }
+}
+
+/// How the host reaches `hearth-guest` inside a running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuestEndpoint {
+    /// A Unix socket on the host, bind-mounted into the sandbox.
+    UnixSocket { path: PathBuf },
+}
+
+/// What the backend needs besides the user's spec: where things live on the host.
+#[derive(Debug, Clone)]
+pub struct LaunchContext<'a> {
+    pub dirs: &'a SandboxDirs,
+    /// The network namespace the sandbox joins (made by hearth, see `net::netns`).
+    pub netns_path: PathBuf,
+    /// The `hearth-guest` binary to run as the sandbox's PID 1.
+    pub guest_binary: PathBuf,
+}
+
+/// Errors of any backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Oci(#[from] OciError),
+}
+
+/// A technology that can start and remove isolated sandboxes.
+///
+/// `start` must leave nothing of its own behind when it fails; `remove` must succeed for a
+/// sandbox that is already partly or wholly gone, so cleanup after a crash can call it blindly.
+pub trait SandboxBackend: fmt::Debug + Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// A short human description, e.g. `runc 1.1.5`.
+    fn describe(&self) -> String;
+
+    /// Starts the sandbox; returns once the backend has launched it (the guest may still be
+    /// coming up: callers wait on the endpoint's health check).
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, BackendError>;
+
+    /// Stops and removes the sandbox's runtime objects (container, cgroup, processes).
+    fn remove(&self, id: &SandboxId) -> Result<(), BackendError>;
+
+    /// Whether the backend still has a live sandbox of this id.
+    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError>;
+
+    /// Ids of every sandbox the backend currently holds (for reconciliation).
+    fn list(&self) -> Result<Vec<String>, BackendError>;
+}

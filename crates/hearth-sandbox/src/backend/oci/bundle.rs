@@ -1,0 +1,306 @@
+//! The OCI bundle of a sandbox: `config.json` and the rootfs it describes.
+//!
+//! The root filesystem needs no image, so a fresh offline machine can run sandboxes: it is an
+//! empty, read-only directory whose content is bind mounts of the host's system directories
+//! (read-only), a minimal generated `/etc`, tmpfs for `/tmp`, `/run` and `/root`, and a writable
+//! `/workspace`. `hearth-guest` comes in read-only at `/.hearth/hearth-guest`.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use crate::backend::LaunchContext;
+use crate::spec::SandboxSpec;
+
+/// Where `hearth-guest` and its socket appear inside the sandbox.
+pub const GUEST_DIR_IN_SANDBOX: &str = "/.hearth";
+/// The guest's socket path inside the sandbox.
+pub const GUEST_SOCKET_IN_SANDBOX: &str = "/.hearth/guest.sock";
+const GUEST_BINARY_IN_SANDBOX: &str = "/.hearth/hearth-guest";
+const CFS_PERIOD_US: u64 = 100_000;
+/// PATH of the guest and of commands that do not set their own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host top-level entries mirrored into the rootfs: symlinks are copied as symlinks (merged-/usr
+/// systems), real directories are bind-mounted read-only.
+const HOST_SYSTEM_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Host files and dirs under /etc that programs need to run (dynamic linker cache, alternatives
+/// symlinks, CA certificates); everything else in the host's /etc stays out of the sandbox.
+const HOST_ETC_ENTRIES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+];
+
+/// Errors while writing a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read host path {path}: {source}")]
+    HostPath { path: PathBuf, source: io::Error },
+    #[error("workspace {path} is not a directory")]
+    WorkspaceNotDir { path: PathBuf },
+    #[error("guest binary {path} does not exist; build it with `cargo build -p hearth-guest` or pass --guest-binary")]
+    GuestBinaryMissing { path: PathBuf },
+    #[error("invalid OCI spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("cannot serialize config.json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Writes `config.json`, the rootfs skeleton and the sandbox's `/etc`.
+pub fn write_bundle(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<PathBuf, BundleError> {
+    if !ctx.guest_binary.is_file() {
+        return Err(BundleError::GuestBinaryMissing {
+            path: ctx.guest_binary.clone(),
+        });
+    }
+    let workspace = match &spec.workspace {
+        Some(dir) if !dir.is_dir() => {
+            return Err(BundleError::WorkspaceNotDir { path: dir.clone() })
+        }
+        Some(dir) => dir.clone(),
+        None => ctx.dirs.default_workspace(),
+    };
+    let mut mounts = prepare_rootfs(ctx)?;
+    mounts.push(bind(&workspace, "/workspace", false));
+    write_etc(&ctx.dirs.etc(), spec.id.as_str())?;
+    let config = build_spec(spec, ctx, mounts)?;
+    let mut value = serde_json::to_value(&config)?;
+    if let Some(seccomp) = &spec.seccomp {
+        value["linux"]["seccomp"] = seccomp.clone();
+    }
+    let path = ctx.dirs.bundle().join("config.json");
+    write_new_file(&path, &serde_json::to_vec_pretty(&value)?, 0o600)?;
+    Ok(path)
+}
+
+fn build_spec(
+    spec: &SandboxSpec,
+    ctx: &LaunchContext<'_>,
+    mounts: Vec<Mount>,
+) -> Result<Spec, BundleError> {
+    let no_caps = Capabilities::new();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(no_caps.clone())
+        .effective(no_caps.clone())
+        .inheritable(no_caps.clone())
+        .permitted(no_caps.clone())
+        .ambient(no_caps)
+        .build()?;
+    let rlimits = vec![
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(4096u64)
+            .hard(4096u64)
+            .build()?,
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitCore)
+            .soft(0u64)
+            .hard(0u64)
+            .build()?,
+    ];
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(vec![
+            GUEST_BINARY_IN_SANDBOX.to_owned(),
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            GUEST_SOCKET_IN_SANDBOX.to_owned(),
+        ])
+        .env(vec![format!("PATH={DEFAULT_PATH}")])
+        .cwd("/")
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(true)
+        .oom_score_adj(500)
+        .build()?;
+
+    let mut spec_linux = oci_spec::runtime::Linux::default();
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .chain(std::iter::once(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(ctx.netns_path.clone())
+            .build(),
+    ))
+    .collect::<Result<Vec<_>, _>>()?;
+    let limits = spec.limits;
+    #[allow(clippy::cast_possible_wrap)] // memory is at most a few TiB, far below i64::MAX
+    let memory_limit = limits.memory.0 as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(memory_limit).build()?)
+        .cpu(
+            LinuxCpuBuilder::default()
+                .period(CFS_PERIOD_US)
+                .quota(limits.cpus.cfs_quota(CFS_PERIOD_US))
+                .build()?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(limits.pids))
+                .build()?,
+        )
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(spec.id.names().cgroup))
+        .masked_paths(spec_linux.masked_paths_mut().take().unwrap_or_default())
+        .readonly_paths(spec_linux.readonly_paths_mut().take().unwrap_or_default())
+        .build()?;
+
+    let mut all_mounts = oci_spec::runtime::get_default_mounts();
+    all_mounts.extend(mounts);
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(ctx.dirs.rootfs())
+                .readonly(true)
+                .build()?,
+        )
+        .hostname(spec.id.as_str().to_owned())
+        .process(process)
+        .mounts(all_mounts)
+        .linux(linux)
+        .build()?)
+}
+
+/// Lays out the rootfs directory and returns the bind mounts that fill it.
+fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
+    let rootfs = ctx.dirs.rootfs();
+    let mut mounts = vec![bind(Path::new("/usr"), "/usr", true)];
+    for name in HOST_SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        let meta = match fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(BundleError::HostPath { path: host, source }),
+        };
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&host).map_err(|source| BundleError::HostPath {
+                path: host.clone(),
+                source,
+            })?;
+            let link = rootfs.join(name);
+            symlink(&target, &link).map_err(|source| BundleError::Write { path: link, source })?;
+        } else if meta.is_dir() {
+            mounts.push(bind(&host, &format!("/{name}"), true));
+        }
+    }
+    mounts.push(bind(&ctx.dirs.etc(), "/etc", true));
+    for name in HOST_ETC_ENTRIES {
+        let host = Path::new("/etc").join(name);
+        if host.exists() {
+            mounts.push(bind(&host, &format!("/etc/{name}"), true));
+        }
+    }
+    for (dest, options) in [
+        ("/tmp", "mode=1777,size=1g"),
+        ("/run", "mode=755,size=64m"),
+        ("/root", "mode=700,size=1g"),
+    ] {
+        mounts.push(tmpfs(dest, options));
+    }
+    // The guest dir first, then the binary on top of a placeholder inside it.
+    mounts.push(bind(&ctx.dirs.guest_dir(), GUEST_DIR_IN_SANDBOX, false));
+    let placeholder = ctx.dirs.guest_dir().join("hearth-guest");
+    write_new_file(&placeholder, b"", 0o500)?;
+    mounts.push(bind(&ctx.guest_binary, GUEST_BINARY_IN_SANDBOX, true));
+    Ok(mounts)
+}
+
+/// Writes the sandbox's own /etc: identity files of its own, plus placeholders where the
+/// host's linker cache and certificates get mounted (the /etc mount is read-only, so the
+/// runtime could not create these mount points itself).
+fn write_etc(etc: &Path, hostname: &str) -> Result<(), BundleError> {
+    let files: [(&str, String); 6] = [
+        ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned()),
+        ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
+        ("hostname", format!("{hostname}\n")),
+        ("hosts", format!("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n")),
+        ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n".to_owned()),
+        ("resolv.conf", "# hearth: no resolver until the sandbox's network policy names one\n".to_owned()),
+    ];
+    for (name, content) in files {
+        write_new_file(&etc.join(name), content.as_bytes(), 0o644)?;
+    }
+    for name in HOST_ETC_ENTRIES {
+        let host = Path::new("/etc").join(name);
+        let inside = etc.join(name);
+        if host.is_dir() {
+            fs::create_dir(&inside).map_err(|source| BundleError::Write {
+                path: inside,
+                source,
+            })?;
+        } else if host.exists() {
+            write_new_file(&inside, b"", 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a new file exclusively (never through an existing name or symlink).
+fn write_new_file(path: &Path, content: &[u8], mode: u32) -> Result<(), BundleError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| BundleError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.write_all(content)
+        .map_err(|source| BundleError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Mount {
+    let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
+    options.push(if read_only { "ro" } else { "rw" }.to_owned());
+    let mut mount = Mount::default();
+    mount
+        .set_destination(PathBuf::from(destination))
+        .set_typ(Some("bind".to_owned()))
+        .set_source(Some(source.to_owned()))
+        .set_options(Some(options));
+    mount
+}
+
+fn tmpfs(destination: &str, extra: &str) -> Mount {
+    let mut options = vec!["nosuid".to_owned(), "nodev".to_owned()];
+    options.extend(extra.split(',').map(str::to_owned));
+    let mut mount = Mount::default();
+    mount
+        .set_destination(PathBuf::from(destination))
+        .set_typ(Some("tmpfs".to_owned()))
+        .set_source(Some(PathBuf::from("tmpfs")))
+        .set_options(Some(options));
+    mount
+}

@@ -1,0 +1,173 @@
+//! What a user asks for when creating a sandbox: resources, workspace, seccomp policy.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::SandboxId;
+
+/// Default memory limit: enough for a compiler or a test suite, small enough to pack many.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
+/// Default CPU share, in whole CPUs.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Default process limit: room for `make -j`, far below a fork bomb's reach.
+pub const DEFAULT_PIDS: u32 = 256;
+
+/// A bad resource flag value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("memory size {0:?} is not a number with an optional K, M or G suffix (e.g. 512M)")]
+    BadMemory(String),
+    #[error("memory limit {0} bytes is below the 8M minimum a sandbox needs to start")]
+    MemoryTooSmall(u64),
+    #[error("cpus {0:?} must be a number between 0.01 and 1024 (e.g. 1 or 0.5)")]
+    BadCpus(String),
+    #[error("pids {0} must be between 8 and 4194304")]
+    BadPids(u32),
+}
+
+/// Memory in bytes, parsed from `512M`, `2G`, `1048576` (binary multiples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBytes(pub u64);
+
+impl FromStr for MemoryBytes {
+    type Err = SpecError;
+    fn from_str(raw: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadMemory(raw.to_owned());
+        let trimmed = raw.trim();
+        let (digits, multiplier) = match trimmed.char_indices().last() {
+            Some((at, c)) if c.is_ascii_alphabetic() => {
+                let shift = match c.to_ascii_uppercase() {
+                    'K' => 10,
+                    'M' => 20,
+                    'G' => 30,
+                    _ => return Err(bad()),
+                };
+                (&trimmed[..at], 1u64 << shift)
+            }
+            _ => (trimmed, 1),
+        };
+        let value: u64 = digits.parse().map_err(|_| bad())?;
+        let bytes = value.checked_mul(multiplier).ok_or_else(bad)?;
+        if bytes < 8 * 1024 * 1024 {
+            return Err(SpecError::MemoryTooSmall(bytes));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for MemoryBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: u64 = 1024 * 1024;
+        if self.0 % (1024 * MIB) == 0 {
+            write!(f, "{}G", self.0 / (1024 * MIB))
+        } else if self.0 % MIB == 0 {
+            write!(f, "{}M", self.0 / MIB)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// A CPU allowance in (possibly fractional) CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cpus(pub f64);
+
+impl FromStr for Cpus {
+    type Err = SpecError;
+    fn from_str(raw: &str) -> Result<Self, SpecError> {
+        match raw.trim().parse::<f64>() {
+            Ok(value) if (0.01..=1024.0).contains(&value) => Ok(Self(value)),
+            _ => Err(SpecError::BadCpus(raw.to_owned())),
+        }
+    }
+}
+
+impl Cpus {
+    /// The CFS period and quota that give this share: quota/period = cpus.
+    pub fn cfs_quota(self, period_us: u64) -> i64 {
+        // Bounded by the 1024-CPU maximum and a period under a second: no overflow or
+        // truncation beyond a microsecond.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let quota = (self.0 * period_us as f64).round() as i64;
+        quota.max(1000)
+    }
+}
+
+/// Resource limits enforced by the sandbox's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    pub memory: MemoryBytes,
+    pub cpus: Cpus,
+    pub pids: u32,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        Self {
+            memory: MemoryBytes(DEFAULT_MEMORY_BYTES),
+            cpus: Cpus(DEFAULT_CPUS),
+            pids: DEFAULT_PIDS,
+        }
+    }
+}
+
+impl ResourceLimits {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(8..=4_194_304).contains(&self.pids) {
+            return Err(SpecError::BadPids(self.pids));
+        }
+        Ok(())
+    }
+}
+
+/// Everything needed to create one sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub id: SandboxId,
+    pub limits: ResourceLimits,
+    /// Host directory mounted read-write at `/workspace`; `None` gives an empty private one.
+    pub workspace: Option<PathBuf>,
+    /// The OCI `linux.seccomp` section, already rendered; `None` runs without a filter.
+    pub seccomp: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_memory_sizes() {
+        assert_eq!("512M".parse::<MemoryBytes>().unwrap().0, 512 << 20);
+        assert_eq!("2g".parse::<MemoryBytes>().unwrap().0, 2 << 30);
+        assert_eq!("16777216".parse::<MemoryBytes>().unwrap().0, 16 << 20);
+        assert_eq!("512M".parse::<MemoryBytes>().unwrap().to_string(), "512M");
+        for bad in ["", "M", "12X", "-1M", "1.5G", "99999999999999999G"] {
+            assert!(bad.parse::<MemoryBytes>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "1M".parse::<MemoryBytes>(),
+            Err(SpecError::MemoryTooSmall(1 << 20))
+        );
+    }
+
+    #[test]
+    fn parses_cpus_and_quota() {
+        let half: Cpus = "0.5".parse().unwrap();
+        assert_eq!(half.cfs_quota(100_000), 50_000);
+        assert_eq!("2".parse::<Cpus>().unwrap().cfs_quota(100_000), 200_000);
+        for bad in ["0", "-1", "abc", "5000"] {
+            assert!(bad.parse::<Cpus>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validates_pids() {
+        let mut limits = ResourceLimits::default();
+        assert!(limits.validate().is_ok());
+        limits.pids = 1;
+        assert_eq!(limits.validate(), Err(SpecError::BadPids(1)));
+    }
+}

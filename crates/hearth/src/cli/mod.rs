@@ -1,0 +1,69 @@
+//! The command line: `hearth sandbox ...`, `hearth doctor`, `hearth bench ...`.
+
+mod sandbox;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Settings;
+
+/// hearth runs AI-agent tasks in isolated sandboxes.
+///
+/// Each sandbox is an OCI container (runc, crun or runsc) with its own PID, mount, IPC, UTS,
+/// cgroup and network namespaces, no capabilities, `no_new_privs`, cgroup limits, and
+/// `hearth-guest` as PID 1. Sandboxes keep running after the command that created them exits.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Runtime root for running sandboxes (default /run/hearth as root).
+    #[arg(long, global = true, env = "HEARTH_RUNTIME_DIR", value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// State dir holding the SQLite database (default /var/lib/hearth as root).
+    #[arg(long, global = true, env = "HEARTH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// OCI runtime: runc, crun or runsc (default: detected for this host's cgroups).
+    #[arg(long, global = true, env = "HEARTH_OCI_RUNTIME", value_name = "NAME")]
+    pub oci_runtime: Option<String>,
+    /// The hearth-guest binary run as PID 1 (default: next to the hearth binary).
+    #[arg(long, global = true, env = "HEARTH_GUEST_BINARY", value_name = "PATH")]
+    pub guest_binary: Option<PathBuf>,
+    /// More logging on stderr (-v info, -vv debug; RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, use and remove sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Check what this host can run, with a one-line fix for each failing check.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure hearth against its reference tools on this host.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let settings = Settings::from_args(&cli.global)?;
+    match cli.command {
+        Command::Sandbox(command) => sandbox::run(command, &settings).await,
+        Command::Doctor { json } => crate::doctor::run(&settings, json),
+        Command::Bench(command) => crate::bench::run(command, &settings).await,
+    }
+}

@@ -1,0 +1,452 @@
+//! `hearth sandbox create|exec|cp|ls|rm`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use hearth_proto::{ExecRequest, StreamName};
+use hearth_sandbox::guest_client::OutputChunk;
+use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
+use hearth_sandbox::SandboxId;
+
+use crate::config::Settings;
+use crate::exit::{CliError, BAD_INPUT, COMMAND_NOT_FOUND, TIMED_OUT, TOO_LARGE};
+use crate::sandboxes::SandboxManager;
+
+/// Largest file `cp` moves in one go (the guest enforces its own cap too).
+const MAX_COPY_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest stdin `exec --stdin` forwards.
+const MAX_STDIN_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox and print its id.
+    Create(CreateArgs),
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec(ExecArgs),
+    /// Copy a file into or out of a sandbox: `cp ./local ID:/path` or `cp ID:/path ./local`.
+    Cp {
+        /// Source: a host path or ID:/absolute/path.
+        src: String,
+        /// Destination: a host path or ID:/absolute/path (a directory keeps the file's name).
+        dst: String,
+    },
+    /// List sandboxes.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove sandboxes: stop every process and delete everything they owned.
+    Rm {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Also remove a sandbox stuck in `creating`, and succeed for ids with no record,
+        /// removing any leftovers named after them.
+        #[arg(long, short)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Sandbox id ([a-z0-9-], 1-64 chars, not starting with '-'); random when absent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Memory limit, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M")]
+    memory: MemoryBytes,
+    /// CPU allowance in CPUs, e.g. 1 or 0.5.
+    #[arg(long, default_value = "1")]
+    cpus: Cpus,
+    /// Maximum number of processes and threads.
+    #[arg(long, default_value_t = DEFAULT_PIDS)]
+    pids: u32,
+    /// Host directory mounted read-write at /workspace (default: an empty private one).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Print the new sandbox as JSON instead of just its id.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Sandbox id.
+    id: String,
+    /// Kill the command (and everything it started) after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Environment variable for the command (repeatable). Nothing else is passed through.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox (default /workspace).
+    #[arg(long, value_name = "DIR", default_value = "/workspace")]
+    cwd: String,
+    /// Forward this command's stdin to the command (read to the end first; 16 MiB at most).
+    #[arg(long, short = 'i')]
+    stdin: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result<u8> {
+    let manager = settings.manager().await?;
+    match command {
+        SandboxCommand::Create(args) => create(&manager, args).await,
+        SandboxCommand::Exec(args) => exec(&manager, args).await,
+        SandboxCommand::Cp { src, dst } => copy(&manager, &src, &dst).await,
+        SandboxCommand::Ls { json } => list(&manager, json).await,
+        SandboxCommand::Rm { ids, force } => remove(&manager, &ids, force).await,
+    }
+}
+
+async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8> {
+    let id = match &args.id {
+        Some(raw) => SandboxId::parse(raw)?,
+        None => SandboxId::generate(),
+    };
+    let limits = ResourceLimits {
+        memory: args.memory,
+        cpus: args.cpus,
+        pids: args.pids,
+    };
+    limits
+        .validate()
+        .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+    let workspace = match args.workspace {
+        Some(dir) => Some(dir.canonicalize().map_err(|err| {
+            CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display()))
+        })?),
+        None => None,
+    };
+    manager.reconcile().await?;
+    let spec = SandboxSpec {
+        id,
+        limits,
+        workspace,
+        seccomp: None,
+    };
+    let record = manager.create(&spec).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        println!("{}", record.id);
+    }
+    Ok(0)
+}
+
+async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
+    let id = SandboxId::parse(&args.id)?;
+    let env = parse_env(&args.env)?;
+    let stdin = if args.stdin {
+        Some(read_stdin()?)
+    } else {
+        None
+    };
+    let timeout_ms = match args.timeout {
+        Some(secs) if secs > 0.0 && secs.is_finite() => Some(seconds_to_ms(secs)),
+        Some(secs) => {
+            return Err(CliError::new(
+                BAD_INPUT,
+                format!("--timeout {secs} must be a positive number of seconds"),
+            )
+            .into())
+        }
+        None => None,
+    };
+    let request = ExecRequest {
+        argv: args.command,
+        env,
+        cwd: Some(args.cwd),
+        stdin,
+        timeout_ms,
+    };
+    let client = manager.guest(&id).await?;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    let result = client
+        .exec(&request, |chunk| match chunk {
+            OutputChunk::Stdout(data) => {
+                let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
+            }
+            OutputChunk::Stderr(data) => {
+                let _ = stderr.write_all(&data);
+            }
+            OutputChunk::Truncated { stream, dropped_bytes } => {
+                let name = match stream {
+                    StreamName::Stdout => "stdout",
+                    StreamName::Stderr => "stderr",
+                };
+                eprintln!("hearth: {name} truncated: {dropped_bytes} bytes over the output limit were dropped");
+            }
+        })
+        .await;
+    let status = match result {
+        Ok(status) => status,
+        Err(err) if err.guest_kind() == Some(hearth_proto::ErrorKind::NotFound) => {
+            eprintln!("hearth: {err}");
+            return Ok(COMMAND_NOT_FOUND);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if status.oom_killed {
+        eprintln!(
+            "hearth: command killed: out of memory (sandbox limit {})",
+            manager.get(&id).await?.spec.limits.memory
+        );
+    } else if status.timed_out {
+        eprintln!(
+            "hearth: command killed: timeout of {}s reached",
+            args.timeout.unwrap_or_default()
+        );
+        return Ok(TIMED_OUT);
+    }
+    Ok(u8::try_from(status.shell_code().clamp(0, 255)).unwrap_or(u8::MAX))
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked positive and finite; saturates
+fn seconds_to_ms(secs: f64) -> u64 {
+    (secs * 1000.0).ceil() as u64
+}
+
+fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut env = BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once('=') {
+            Some((key, value))
+                if !key.is_empty() && !key.contains('\0') && !value.contains('\0') =>
+            {
+                env.insert(key.to_owned(), value.to_owned());
+            }
+            _ => {
+                return Err(CliError::new(
+                    BAD_INPUT,
+                    format!("--env {pair:?} is not KEY=VALUE"),
+                ))
+            }
+        }
+    }
+    Ok(env)
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(
+            CliError::new(BAD_INPUT, "--stdin needs input piped in, not a terminal").into(),
+        );
+    }
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut data)
+        .context("cannot read stdin")?;
+    if data.len() as u64 > MAX_STDIN_BYTES {
+        return Err(CliError::new(
+            TOO_LARGE,
+            format!("stdin is over the {MAX_STDIN_BYTES}-byte limit"),
+        )
+        .into());
+    }
+    Ok(data)
+}
+
+/// One side of `cp`.
+#[derive(Debug, PartialEq)]
+enum Location {
+    Host(PathBuf),
+    Sandbox(SandboxId, String),
+}
+
+/// `ID:/path` is a sandbox path; anything with a `/` before the first `:` (or no `:`) is a
+/// host path, so `./a:b` names a host file.
+fn parse_location(raw: &str) -> anyhow::Result<Location> {
+    match raw.split_once(':') {
+        Some((prefix, path)) if !prefix.contains('/') => {
+            let id =
+                SandboxId::parse(prefix).with_context(|| format!("bad sandbox id in {raw:?}"))?;
+            if !path.starts_with('/') {
+                return Err(CliError::new(
+                    BAD_INPUT,
+                    format!("{raw:?}: the path inside a sandbox must be absolute"),
+                )
+                .into());
+            }
+            Ok(Location::Sandbox(id, path.to_owned()))
+        }
+        _ => Ok(Location::Host(PathBuf::from(raw))),
+    }
+}
+
+async fn copy(manager: &SandboxManager, src: &str, dst: &str) -> anyhow::Result<u8> {
+    match (parse_location(src)?, parse_location(dst)?) {
+        (Location::Host(local), Location::Sandbox(id, path)) => {
+            copy_in(manager, &local, &id, &path).await
+        }
+        (Location::Sandbox(id, path), Location::Host(local)) => {
+            copy_out(manager, &id, &path, &local).await
+        }
+        _ => Err(CliError::new(BAD_INPUT, "exactly one of SRC and DST must be ID:/path").into()),
+    }
+}
+
+async fn copy_in(
+    manager: &SandboxManager,
+    local: &Path,
+    id: &SandboxId,
+    path: &str,
+) -> anyhow::Result<u8> {
+    let meta = std::fs::metadata(local).map_err(|err| {
+        CliError::new(
+            crate::exit::NOT_FOUND,
+            format!("{}: {err}", local.display()),
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(CliError::new(
+            BAD_INPUT,
+            format!(
+                "{} is not a regular file; cp copies single files",
+                local.display()
+            ),
+        )
+        .into());
+    }
+    if meta.len() > MAX_COPY_BYTES {
+        return Err(CliError::new(
+            TOO_LARGE,
+            format!(
+                "{} is {} bytes, over the {MAX_COPY_BYTES}-byte copy limit",
+                local.display(),
+                meta.len()
+            ),
+        )
+        .into());
+    }
+    let data = std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
+    let client = manager.guest(id).await?;
+    let mut target = path.to_owned();
+    let names_dir = target.ends_with('/')
+        || matches!(client.stat(&target).await, Ok(stat) if stat.kind == hearth_proto::FileKind::Dir);
+    if names_dir {
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        target = format!("{}/{name}", target.trim_end_matches('/'));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    client
+        .write_file(&target, data, meta.permissions().mode() & 0o777)
+        .await?;
+    Ok(0)
+}
+
+async fn copy_out(
+    manager: &SandboxManager,
+    id: &SandboxId,
+    path: &str,
+    local: &Path,
+) -> anyhow::Result<u8> {
+    let client = manager.guest(id).await?;
+    let data = client.read_file(path).await?;
+    let target = if local.is_dir() {
+        let name = Path::new(path)
+            .file_name()
+            .ok_or_else(|| CliError::new(BAD_INPUT, format!("{path} has no file name")))?;
+        local.join(name)
+    } else {
+        local.to_owned()
+    };
+    // Write beside the target and rename, so a failed copy never leaves a partial file.
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(&data)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(0)
+}
+
+async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
+    manager.reconcile().await?;
+    let records = manager.list().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<9} {:<8} {:<5} {:<5} {}",
+        "ID", "STATUS", "MEMORY", "CPUS", "PIDS", "WORKSPACE"
+    );
+    for record in records {
+        let limits = record.spec.limits;
+        let workspace = record
+            .spec
+            .workspace
+            .as_ref()
+            .map_or_else(|| "(private)".to_owned(), |p| p.display().to_string());
+        println!(
+            "{:<24} {:<9} {:<8} {:<5} {:<5} {}",
+            record.id.to_string(),
+            record.status.to_string(),
+            limits.memory.to_string(),
+            limits.cpus.0,
+            limits.pids,
+            workspace
+        );
+    }
+    Ok(0)
+}
+
+async fn remove(manager: &SandboxManager, raw_ids: &[String], force: bool) -> anyhow::Result<u8> {
+    let ids = raw_ids
+        .iter()
+        .map(|raw| SandboxId::parse(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    for id in &ids {
+        manager.remove(id, force).await?;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_copy_locations() {
+        assert_eq!(
+            parse_location("./a:b").unwrap(),
+            Location::Host(PathBuf::from("./a:b"))
+        );
+        assert_eq!(
+            parse_location("local.txt").unwrap(),
+            Location::Host(PathBuf::from("local.txt"))
+        );
+        assert_eq!(
+            parse_location("sb-1:/workspace/x").unwrap(),
+            Location::Sandbox(SandboxId::parse("sb-1").unwrap(), "/workspace/x".to_owned())
+        );
+        assert!(parse_location("Bad:/x").is_err());
+        assert!(parse_location("sb-1:relative").is_err());
+    }
+
+    #[test]
+    fn parses_env_pairs() {
+        let env = parse_env(&["A=1".to_owned(), "B=x=y".to_owned()]).unwrap();
+        assert_eq!(env["B"], "x=y");
+        assert!(parse_env(&["NOEQUALS".to_owned()]).is_err());
+        assert!(parse_env(&["=v".to_owned()]).is_err());
+    }
+}

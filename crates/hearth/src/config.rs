@@ -1,0 +1,104 @@
+//! Where hearth keeps things and which tools it uses, from flags, environment or defaults.
+
+use std::path::{Path, PathBuf};
+
+use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
+use hearth_sandbox::dirs::RuntimeDirs;
+
+use crate::cli::GlobalArgs;
+use crate::exit::{CliError, HOST};
+use crate::sandboxes::SandboxManager;
+use crate::store::Store;
+
+/// Default runtime root when running as root: volatile, gone after a reboot like the sandboxes.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/hearth";
+/// Default state dir when running as root: the database survives reboots.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hearth";
+
+/// Settings every command shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub oci_runtime: Option<OciRuntimeKind>,
+    pub guest_binary: PathBuf,
+}
+
+impl Settings {
+    pub fn from_args(args: &GlobalArgs) -> Result<Self, CliError> {
+        let oci_runtime = args
+            .oci_runtime
+            .as_deref()
+            .map(str::parse::<OciRuntimeKind>)
+            .transpose()
+            .map_err(|err| CliError::new(crate::exit::BAD_INPUT, err.to_string()))?;
+        Ok(Self {
+            runtime_dir: args.runtime_dir.clone().unwrap_or_else(default_runtime_dir),
+            state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
+            oci_runtime,
+            guest_binary: args
+                .guest_binary
+                .clone()
+                .unwrap_or_else(default_guest_binary),
+        })
+    }
+
+    /// Opens the store, the runtime root and the backend.
+    pub async fn manager(&self) -> anyhow::Result<SandboxManager> {
+        require_root()?;
+        let dirs = RuntimeDirs::open(&self.runtime_dir)?;
+        let store = Store::open(&self.state_dir).await?;
+        let runtime = OciRuntime::detect(self.oci_runtime, dirs.runtime_state_dir())
+            .map_err(|err| CliError::new(HOST, err.to_string()))?;
+        Ok(SandboxManager {
+            store,
+            dirs,
+            backend: Box::new(OciBackend::new(runtime)),
+            guest_binary: self.guest_binary.clone(),
+        })
+    }
+}
+
+/// Sandboxes need root today (namespaces, cgroups, nftables); say so plainly up front.
+fn require_root() -> Result<(), CliError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            HOST,
+            "hearth needs root to create namespaces and cgroups; run it with sudo",
+        ))
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn default_runtime_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(DEFAULT_RUNTIME_DIR);
+    }
+    std::env::var_os("XDG_RUNTIME_DIR").map_or_else(
+        || PathBuf::from(DEFAULT_RUNTIME_DIR),
+        |dir| Path::new(&dir).join("hearth"),
+    )
+}
+
+fn default_state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(DEFAULT_STATE_DIR);
+    }
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(DEFAULT_STATE_DIR),
+        |home| Path::new(&home).join(".local/share/hearth"),
+    )
+}
+
+/// `hearth-guest` is installed next to `hearth` (cargo puts both in the same target dir).
+fn default_guest_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("hearth-guest")))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/hearth/hearth-guest"))
+}

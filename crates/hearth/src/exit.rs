@@ -1,0 +1,133 @@
+//! Exit codes: each kind of failure has its own, so scripts can tell them apart.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | success |
+//! | 2    | bad command line (clap) |
+//! | 3    | bad input: an invalid id, limit, path or file |
+//! | 4    | no such sandbox, or no such file inside one |
+//! | 5    | the sandbox already exists |
+//! | 6    | the host lacks something (OCI runtime, guest binary, permissions) |
+//! | 7    | the sandbox failed (runtime error, guest not ready, exited) |
+//! | 8    | a file or output limit was exceeded |
+//! | 10   | internal error (store, I/O) |
+//!
+//! `hearth sandbox exec` exits with the command's own code; 128+N when it died of signal N,
+//! 124 when its timeout fired and 127 when the command does not exist.
+
+use hearth_sandbox::backend::oci::{OciError, RuntimeError};
+use hearth_sandbox::backend::BackendError;
+use hearth_sandbox::dirs::DirsError;
+use hearth_sandbox::guest_client::GuestClientError;
+
+use crate::sandboxes::SandboxError;
+
+pub const BAD_INPUT: u8 = 3;
+pub const NOT_FOUND: u8 = 4;
+pub const EXISTS: u8 = 5;
+pub const HOST: u8 = 6;
+pub const SANDBOX_FAILED: u8 = 7;
+pub const TOO_LARGE: u8 = 8;
+pub const INTERNAL: u8 = 10;
+pub const TIMED_OUT: u8 = 124;
+pub const COMMAND_NOT_FOUND: u8 = 127;
+
+/// An error the CLI reports: the message and the exit code chosen where it was understood.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code,
+        }
+    }
+}
+
+/// Picks the exit code for an error that reached `main`.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    if let Some(cli) = err.downcast_ref::<CliError>() {
+        return cli.code;
+    }
+    if let Some(sandbox) = err.downcast_ref::<SandboxError>() {
+        return sandbox_code(sandbox);
+    }
+    if err.downcast_ref::<hearth_sandbox::IdError>().is_some() {
+        return BAD_INPUT;
+    }
+    if let Some(guest) = err.downcast_ref::<GuestClientError>() {
+        return guest_code(guest);
+    }
+    INTERNAL
+}
+
+fn sandbox_code(err: &SandboxError) -> u8 {
+    match err {
+        SandboxError::NotFound(_) => NOT_FOUND,
+        SandboxError::AlreadyExists(_) => EXISTS,
+        SandboxError::Status { .. }
+        | SandboxError::GuestNotReady { .. }
+        | SandboxError::Cleanup { .. } => SANDBOX_FAILED,
+        SandboxError::Dirs(
+            DirsError::SocketPathTooLong { .. }
+            | DirsError::TooOpen { .. }
+            | DirsError::Symlink { .. },
+        ) => BAD_INPUT,
+        SandboxError::Dirs(DirsError::SandboxExists { .. }) => EXISTS,
+        SandboxError::Backend(BackendError::Oci(OciError::Runtime(
+            RuntimeError::NoneFound { .. }
+            | RuntimeError::NotInstalled { .. }
+            | RuntimeError::UnsupportedCgroups { .. },
+        ))) => HOST,
+        SandboxError::Backend(BackendError::Oci(OciError::Bundle(bundle))) => {
+            use hearth_sandbox::backend::oci::BundleError;
+            match bundle {
+                BundleError::WorkspaceNotDir { .. } => BAD_INPUT,
+                BundleError::GuestBinaryMissing { .. } => HOST,
+                _ => SANDBOX_FAILED,
+            }
+        }
+        SandboxError::Backend(_) => SANDBOX_FAILED,
+        SandboxError::Guest(guest) => guest_code(guest),
+        SandboxError::Net(_) => HOST,
+        SandboxError::Store(_) | SandboxError::Dirs(_) => INTERNAL,
+    }
+}
+
+fn guest_code(err: &GuestClientError) -> u8 {
+    use hearth_proto::ErrorKind;
+    match err.guest_kind() {
+        Some(ErrorKind::NotFound) => NOT_FOUND,
+        Some(ErrorKind::TooLarge) => TOO_LARGE,
+        Some(
+            ErrorKind::BadRequest
+            | ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::PermissionDenied
+            | ErrorKind::AlreadyExists,
+        ) => BAD_INPUT,
+        _ => SANDBOX_FAILED,
+    }
+}
+
+/// The error and its causes on one line: `a: b: c`, without repeating a cause a message
+/// already includes.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

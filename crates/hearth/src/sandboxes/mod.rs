@@ -1,0 +1,250 @@
+//! Creating, finding and removing sandboxes: the store, the directories, the network namespace
+//! and the backend, kept consistent with each other.
+//!
+//! Every create writes its store record first and every remove deletes it last, so whatever a
+//! crash interrupts is still named in the store (or by the id-derived names on the host) and
+//! [`reconcile`] can finish the job on the next run.
+
+mod reconcile;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_sandbox::backend::{BackendError, GuestEndpoint, LaunchContext, SandboxBackend};
+use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
+use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
+use hearth_sandbox::net::netns::{self, NetError};
+use hearth_sandbox::spec::SandboxSpec;
+use hearth_sandbox::SandboxId;
+
+use crate::store::{SandboxRecord, SandboxStatus, StatusError, Store, StoreError};
+
+/// How long a new sandbox's guest gets to answer its first health check.
+const GUEST_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of sandbox management.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no sandbox with id {0}")]
+    NotFound(SandboxId),
+    #[error("sandbox {0} already exists")]
+    AlreadyExists(SandboxId),
+    #[error("sandbox {id}: {source}")]
+    Status { id: SandboxId, source: StatusError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dirs(#[from] DirsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("sandbox {id} did not come up: {source}{log}")]
+    GuestNotReady {
+        id: SandboxId,
+        source: GuestClientError,
+        log: String,
+    },
+    #[error(transparent)]
+    Guest(#[from] GuestClientError),
+    #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
+    Cleanup { id: SandboxId, errors: Vec<String> },
+}
+
+/// Creates and removes sandboxes on one backend.
+#[derive(Debug)]
+pub struct SandboxManager {
+    pub store: Store,
+    pub dirs: RuntimeDirs,
+    pub backend: Box<dyn SandboxBackend>,
+    pub guest_binary: PathBuf,
+}
+
+impl SandboxManager {
+    /// Creates a sandbox and waits until its guest answers. On any failure everything made so
+    /// far is removed again before the error is returned.
+    pub async fn create(&self, spec: &SandboxSpec) -> Result<SandboxRecord, SandboxError> {
+        let backend = self.backend.kind().to_string();
+        let record = match self
+            .store
+            .insert_sandbox(spec, &backend, &self.backend.describe())
+            .await
+        {
+            Err(StoreError::SandboxExists(_)) => {
+                return Err(SandboxError::AlreadyExists(spec.id.clone()))
+            }
+            other => other?,
+        };
+        match self.bring_up(spec).await {
+            Ok(()) => {
+                debug_assert!(record.status.can_mark_running());
+                self.store
+                    .set_sandbox_status(&spec.id, SandboxStatus::Running, None)
+                    .await?;
+                Ok(SandboxRecord {
+                    status: SandboxStatus::Running,
+                    ..record
+                })
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.teardown(&spec.id).await {
+                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed create");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn bring_up(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let dirs = self.dirs.create_sandbox(&spec.id)?;
+        if spec.workspace.is_none() {
+            dirs.create_default_workspace()?;
+        }
+        let netns_path = netns::create(&spec.id.names().netns)?;
+        let ctx = LaunchContext {
+            dirs: &dirs,
+            netns_path,
+            guest_binary: self.guest_binary.clone(),
+        };
+        let endpoint = self.backend.start(spec, &ctx)?;
+        let client = client_for(&endpoint);
+        if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
+            return Err(SandboxError::GuestNotReady {
+                id: spec.id.clone(),
+                source,
+                log: guest_log_tail(&dirs),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes everything a sandbox owns: runtime container, network namespace, directory and
+    /// finally the record. Goes through every step even when one fails, then reports them all.
+    pub async fn remove(&self, id: &SandboxId, force: bool) -> Result<(), SandboxError> {
+        match self.store.get_sandbox(id).await? {
+            Some(record) => record
+                .status
+                .check(
+                    record.status.can_remove() || force,
+                    "remove it while it is being created (use --force)",
+                )
+                .map_err(|source| SandboxError::Status {
+                    id: id.clone(),
+                    source,
+                })?,
+            None if force => {}
+            None => return Err(SandboxError::NotFound(id.clone())),
+        }
+        self.store
+            .set_sandbox_status(id, SandboxStatus::Removing, None)
+            .await?;
+        self.teardown(id).await
+    }
+
+    async fn teardown(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.backend.remove(id) {
+            errors.push(err.to_string());
+        }
+        if let Err(err) = netns::remove(&id.names().netns) {
+            errors.push(err.to_string());
+        }
+        if let Err(err) = self.dirs.sandbox(id).remove() {
+            errors.push(err.to_string());
+        }
+        // The record goes last, and only when the host is clean: otherwise it stays (failed) so
+        // the leftovers remain findable.
+        if errors.is_empty() {
+            self.store.delete_sandbox(id).await?;
+            Ok(())
+        } else {
+            self.store
+                .set_sandbox_status(id, SandboxStatus::Failed, Some(&errors.join("; ")))
+                .await?;
+            Err(SandboxError::Cleanup {
+                id: id.clone(),
+                errors,
+            })
+        }
+    }
+
+    /// The record of a sandbox, or `NotFound`.
+    pub async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, SandboxError> {
+        self.store
+            .get_sandbox(id)
+            .await?
+            .ok_or_else(|| SandboxError::NotFound(id.clone()))
+    }
+
+    /// A client for the guest of a running sandbox. A sandbox whose PID 1 has died is marked
+    /// `exited` here, so the user learns it instead of getting a connection error.
+    pub async fn guest(&self, id: &SandboxId) -> Result<GuestClient, SandboxError> {
+        let record = self.get(id).await?;
+        record
+            .status
+            .check(record.status.can_exec(), "run commands or copy files")
+            .map_err(|source| SandboxError::Status {
+                id: id.clone(),
+                source,
+            })?;
+        if !self.backend.is_running(id)? {
+            self.store
+                .set_sandbox_status(
+                    id,
+                    SandboxStatus::Exited,
+                    Some("the sandbox's init process exited"),
+                )
+                .await?;
+            return Err(SandboxError::Status {
+                id: id.clone(),
+                source: StatusError {
+                    status: SandboxStatus::Exited,
+                    action: "run commands or copy files",
+                },
+            });
+        }
+        Ok(GuestClient::new(self.dirs.sandbox(id).guest_socket()))
+    }
+
+    /// Sandbox records with their status refreshed from the backend.
+    pub async fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
+        let mut records = self.store.list_sandboxes().await?;
+        for record in &mut records {
+            if record.status == SandboxStatus::Running && !self.backend.is_running(&record.id)? {
+                self.store
+                    .set_sandbox_status(
+                        &record.id,
+                        SandboxStatus::Exited,
+                        Some("the sandbox's init process exited"),
+                    )
+                    .await?;
+                record.status = SandboxStatus::Exited;
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn client_for(endpoint: &GuestEndpoint) -> GuestClient {
+    match endpoint {
+        GuestEndpoint::UnixSocket { path } => GuestClient::new(path.clone()),
+    }
+}
+
+/// The last lines hearth-guest printed, to explain why a sandbox did not come up.
+fn guest_log_tail(dirs: &SandboxDirs) -> String {
+    let text = std::fs::read_to_string(dirs.guest_log()).unwrap_or_default();
+    let runtime = std::fs::read_to_string(dirs.runtime_log()).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .chain(runtime.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    match lines.len() {
+        0 => String::new(),
+        n => format!(
+            " (last output: {})",
+            lines[n.saturating_sub(3)..].join(" | ")
+        ),
+    }
+}

@@ -1,0 +1,113 @@
+//! Finishing what a crashed hearth process left half-done.
+//!
+//! Run before commands that create or list sandboxes. It removes:
+//! - sandboxes whose record says `creating` or `removing` while the process doing it is gone;
+//! - runtime containers, sandbox directories and network namespaces named like hearth's but
+//!   belonging to no record.
+
+use std::collections::BTreeSet;
+
+use hearth_sandbox::id::OBJECT_PREFIX;
+use hearth_sandbox::net::netns;
+use hearth_sandbox::SandboxId;
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use super::{SandboxError, SandboxManager};
+use crate::store::SandboxStatus;
+
+/// What reconciliation removed.
+#[derive(Debug, Default, Serialize)]
+pub struct ReconcileReport {
+    pub abandoned_sandboxes: Vec<String>,
+    pub orphan_containers: Vec<String>,
+    pub orphan_dirs: Vec<String>,
+    pub orphan_netns: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl ReconcileReport {
+    pub fn is_empty(&self) -> bool {
+        self.abandoned_sandboxes.is_empty()
+            && self.orphan_containers.is_empty()
+            && self.orphan_dirs.is_empty()
+            && self.orphan_netns.is_empty()
+            && self.errors.is_empty()
+    }
+}
+
+/// Whether a process with this pid exists (a zombie or another user's process counts).
+fn process_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
+}
+
+impl SandboxManager {
+    /// Removes everything abandoned by crashed hearth processes; never touches a sandbox that a
+    /// live process is still creating or removing.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, SandboxError> {
+        let mut report = ReconcileReport::default();
+        let records = self.store.list_sandboxes().await?;
+        let mut known = BTreeSet::new();
+        for record in &records {
+            let in_flight = matches!(
+                record.status,
+                SandboxStatus::Creating | SandboxStatus::Removing
+            );
+            if in_flight && !process_alive(record.owner_pid) {
+                match self.teardown(&record.id).await {
+                    Ok(()) => report.abandoned_sandboxes.push(record.id.to_string()),
+                    Err(err) => report.errors.push(err.to_string()),
+                }
+            } else {
+                known.insert(record.id.clone());
+            }
+        }
+        let is_orphan = |raw: &str| {
+            SandboxId::parse(raw)
+                .map(|id| !known.contains(&id))
+                .unwrap_or(false)
+        };
+
+        for container in self.backend.list()? {
+            let Some(raw) = container.strip_prefix(OBJECT_PREFIX) else {
+                continue;
+            };
+            if is_orphan(raw) {
+                let id = SandboxId::parse(raw).expect("checked by is_orphan");
+                match self.backend.remove(&id) {
+                    Ok(()) => report.orphan_containers.push(container),
+                    Err(err) => report.errors.push(err.to_string()),
+                }
+            }
+        }
+        for dir in self.dirs.list_sandbox_dirs()? {
+            if is_orphan(&dir) {
+                let id = SandboxId::parse(&dir).expect("checked by is_orphan");
+                match self.dirs.sandbox(&id).remove() {
+                    Ok(()) => report.orphan_dirs.push(dir),
+                    Err(err) => report.errors.push(err.to_string()),
+                }
+            }
+        }
+        for name in netns::list()? {
+            let Some(raw) = name.strip_prefix(OBJECT_PREFIX) else {
+                continue;
+            };
+            if is_orphan(raw) {
+                match netns::remove(&name) {
+                    Ok(()) => report.orphan_netns.push(name),
+                    Err(err) => report.errors.push(err.to_string()),
+                }
+            }
+        }
+        if !report.is_empty() {
+            tracing::info!(?report, "reconciled leftovers of earlier hearth processes");
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,91 @@
+//! Durable state: a SQLite database under the state dir (default `/var/lib/hearth/hearth.db`).
+//!
+//! The schema is managed by sqlx migrations embedded in the binary (`crates/hearth/migrations`).
+
+mod sandboxes;
+
+pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot migrate database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
+    #[error("stored record of sandbox {id} is corrupt: {problem}")]
+    Corrupt { id: String, problem: String },
+}
+
+/// hearth's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating with mode 0600 in a 0700 dir) the database under `state_dir`.
+    pub async fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StoreError::StateDir {
+                path: state_dir.to_owned(),
+                source,
+            })?;
+        let path = state_dir.join("hearth.db");
+        // Create the file ourselves so its mode is 0600; SQLite gives its -wal and -shm files
+        // the same mode as the database.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(StoreError::StateDir { path, source }),
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { path, source })?;
+        Ok(Self { pool })
+    }
+}
