@@ -1,0 +1,135 @@
+//! Shared helpers for the CLI tests: they run the real `hearth` binary against real runc.
+//!
+//! All tests of one test binary share one runtime root and one state dir (made fresh per run),
+//! because hearth assumes it is the only owner of `hearth-*` objects on a host and reconciles
+//! anything it doesn't know: separate roots in parallel tests would clean up each other.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub struct TestEnv {
+    _root: tempfile::TempDir,
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub fn env() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("tempdir");
+        TestEnv {
+            runtime_dir: root.path().join("run"),
+            state_dir: root.path().join("state"),
+            _root: root,
+        }
+    })
+}
+
+pub fn hearth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+}
+
+pub fn guest_bin() -> PathBuf {
+    let path = hearth_bin().parent().unwrap().join("hearth-guest");
+    assert!(path.is_file(), "{} missing: run `cargo build --workspace` before the tests", path.display());
+    path
+}
+
+/// A `hearth` command wired to the shared test roots.
+pub fn hearth() -> Command {
+    let env = env();
+    let mut cmd = Command::new(hearth_bin());
+    cmd.env("HEARTH_RUNTIME_DIR", &env.runtime_dir)
+        .env("HEARTH_STATE_DIR", &env.state_dir)
+        .env("HEARTH_GUEST_BINARY", guest_bin())
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> Output {
+    hearth().args(args).output().expect("run hearth")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs hearth and asserts success, returning stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "hearth {args:?} failed ({:?}): {}", out.status.code(), stderr(&out));
+    stdout(&out)
+}
+
+/// A sandbox removed when the test ends, pass or fail.
+pub struct Sandbox {
+    pub id: String,
+}
+
+impl Sandbox {
+    pub fn create(id: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["sandbox", "create", "--id", id];
+        args.extend_from_slice(extra);
+        let printed = ok(&args);
+        assert_eq!(printed.trim(), id);
+        Self { id: id.to_owned() }
+    }
+
+    /// `hearth sandbox exec ID -- sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Output {
+        run(&["sandbox", "exec", &self.id, "--", "sh", "-c", script])
+    }
+
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(out.status.success(), "{script:?} failed ({:?}): {}", out.status.code(), stderr(&out));
+        stdout(&out)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = run(&["sandbox", "rm", "--force", &self.id]);
+    }
+}
+
+/// Every trace a sandbox could leave on the host, as a list of what is still there.
+pub fn leftovers(id: &str) -> Vec<String> {
+    let env = env();
+    let mut found = Vec::new();
+    let dir = env.runtime_dir.join("sandboxes").join(id);
+    if dir.exists() {
+        found.push(format!("dir {}", dir.display()));
+    }
+    let netns = Path::new("/run/netns").join(format!("hearth-{id}"));
+    if netns.exists() {
+        found.push(format!("netns {}", netns.display()));
+    }
+    for controller in ["memory", "pids", "cpu", "unified", ""] {
+        let cg = Path::new("/sys/fs/cgroup").join(controller).join("hearth").join(id);
+        if cg.exists() {
+            found.push(format!("cgroup {}", cg.display()));
+        }
+    }
+    let list = Command::new("runc")
+        .arg("--root")
+        .arg(env.runtime_dir.join("runtime"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.trim() == format!("hearth-{id}")) {
+        found.push(format!("container hearth-{id}"));
+    }
+    let ls = stdout(&run(&["sandbox", "ls", "--json"]));
+    if ls.contains(&format!("\"{id}\"")) {
+        found.push("store record".to_owned());
+    }
+    found
+}
