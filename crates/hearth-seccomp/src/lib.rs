@@ -1,5 +1,40 @@
 //! Seccomp for hearth: a policy model, its renderings (Firecracker, OCI, BPF) and the audit of
 //! every refused system call.
+//!
+//! # Policy API (what `hearth seccomp render|check` and the backends call)
+//!
+//! - [`load_policy`]`(name_or_path) -> Result<SeccompPolicy, LoadError>`: a built-in profile
+//!   name ([`PROFILE_NAMES`]: `default`, `strict`, `audit`) or a `.toml`/`.json` file, validated.
+//! - [`render_firecracker`]`(&policy) -> Result<String, FirecrackerError>`: seccompiler JSON for
+//!   the `vmm`, `api` and `vcpu` threads; [`FirecrackerFilters`] reads/writes per-thread files,
+//!   [`compile_firecracker_json`] compiles one, [`encode_firecracker_bpf`] writes the binary
+//!   file Firecracker takes with `--seccomp-filter`.
+//! - [`render_oci`]`(&policy, listener: Option<&Path>) -> Result<serde_json::Value, OciError>`:
+//!   the runtime-spec `linux.seccomp` object; with a listener, `audit_deny` is `SCMP_ACT_NOTIFY`.
+//! - [`render_bpf`]`(&policy) -> Result<BpfFilters, BpfError>`: BPF programs for x86_64;
+//!   `Display` dumps the instructions, [`BpfFilters::apply`] / [`BpfFilters::apply_in_pre_exec`]
+//!   install them.
+//! - [`validate()`] checks a parsed policy; errors name the rule by index and system call.
+//!
+//! The file format and the meaning of a policy are documented in [`policy`]; the rules about
+//! overlapping rules in [`validate`]; the built-in profiles in [`profiles`].
 
 pub mod audit;
 pub mod notify;
+
+pub mod policy;
+pub mod profiles;
+pub mod render;
+pub mod validate;
+
+mod api;
+pub use api::{load_policy, LoadError};
+pub use policy::{Action, ArgCondition, ArgWidth, CmpOp, Rule, SeccompPolicy};
+pub use profiles::{profile, PROFILE_NAMES};
+pub use render::bpf::{render_bpf, ApplyError, BpfError, BpfFilters};
+pub use render::firecracker::{
+    compile_firecracker_json, encode_firecracker_bpf, render_firecracker, FirecrackerError,
+    FirecrackerFilters,
+};
+pub use render::oci::{render_oci, OciError, OciSeccomp};
+pub use validate::{validate, ValidationError, ValidationErrors};

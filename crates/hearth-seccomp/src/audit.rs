@@ -1,1 +1,0 @@
-//! The bounded audit of refused system calls.

@@ -1,1 +1,0 @@
-//! Receiving seccomp user notifications from an OCI runtime (`listenerPath`).

@@ -1,0 +1,277 @@
+//! Raw seccomp BPF for x86_64 (what `hearth-guest` installs in the processes it starts), compiled
+//! with seccompiler's typed API, and the code that installs it.
+//!
+//! `audit_deny` becomes errno `EPERM`: a BPF program can't tell hearth anything by itself; the
+//! guest reports denials over its protocol instead.
+//!
+//! A seccompiler filter has one match action. When a policy needs several (say `allow` rules,
+//! a `kill_process` rule and a default `errno`), it compiles to several programs that the kernel
+//! runs together, taking the most severe result: one per non-allow action that returns that
+//! action for its rules and `allow` otherwise, plus one that returns `allow` for any rule and the
+//! default action for the rest. Because validation makes rules with different actions exclusive,
+//! at most one program returns something other than `allow` for any call, so the combination
+//! means exactly what the policy says. Most policies (all built-in profiles) need one program.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+
+use seccompiler::{
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use crate::policy::{Action, ArgWidth, CmpOp, Rule, SeccompPolicy};
+use crate::validate::{sysno, validate, ValidationErrors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error("seccompiler: {0}")]
+    Backend(#[from] seccompiler::BackendError),
+}
+
+/// Installing filters failed; each variant is one system call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("prctl(PR_SET_NO_NEW_PRIVS): {0}")]
+    NoNewPrivs(io::Error),
+    #[error("seccomp(SECCOMP_SET_MODE_FILTER) for program {program}: {source}")]
+    Seccomp { program: usize, source: io::Error },
+    #[error("seccomp: thread {tid} could not be synchronized (TSYNC)")]
+    ThreadSync { tid: libc::c_long },
+    #[error("program {program} has {len} instructions, more than a filter can hold")]
+    TooLong { program: usize, len: usize },
+}
+
+/// The compiled programs, in the order they must be installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfFilters {
+    programs: Vec<BpfProgram>,
+}
+
+fn seccomp_action(a: Action) -> SeccompAction {
+    match a.without_notify() {
+        Action::Allow => SeccompAction::Allow,
+        Action::Errno(n) => SeccompAction::Errno(n),
+        Action::KillProcess => SeccompAction::KillProcess,
+        Action::KillThread => SeccompAction::KillThread,
+        Action::Log => SeccompAction::Log,
+        Action::Trap => SeccompAction::Trap,
+        // without_notify() never returns AuditDeny; keep the meaning if that ever changes.
+        Action::AuditDeny => SeccompAction::Errno(crate::policy::EPERM),
+    }
+}
+
+fn seccomp_rule(rule: &Rule) -> Result<Option<SeccompRule>, BpfError> {
+    if rule.args.is_empty() {
+        return Ok(None);
+    }
+    let conditions = rule
+        .args
+        .iter()
+        .map(|c| {
+            let len = match c.width {
+                ArgWidth::W32 => SeccompCmpArgLen::Dword,
+                ArgWidth::W64 => SeccompCmpArgLen::Qword,
+            };
+            let op = match c.op {
+                CmpOp::Eq => SeccompCmpOp::Eq,
+                CmpOp::Ne => SeccompCmpOp::Ne,
+                CmpOp::Lt => SeccompCmpOp::Lt,
+                CmpOp::Le => SeccompCmpOp::Le,
+                CmpOp::Gt => SeccompCmpOp::Gt,
+                CmpOp::Ge => SeccompCmpOp::Ge,
+                CmpOp::MaskedEq(m) => SeccompCmpOp::MaskedEq(m),
+            };
+            SeccompCondition::new(c.index, len, op, c.value)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(SeccompRule::new(conditions)?))
+}
+
+/// Builds one program from rules (already known to be valid): calls with an unconditional rule
+/// match always, others when any of their rules' conditions all hold.
+fn program(
+    rules: &[&Rule],
+    on_match: SeccompAction,
+    on_mismatch: SeccompAction,
+) -> Result<BpfProgram, BpfError> {
+    let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
+    for rule in rules {
+        let nr = sysno(&rule.syscall).map_or(-1, |s| i64::from(s.id()));
+        let entry = map.entry(nr).or_insert_with(|| Some(Vec::new()));
+        match (seccomp_rule(rule)?, entry.as_mut()) {
+            (Some(r), Some(list)) => list.push(r),
+            // An empty rule list means "always": an unconditional rule wins over conditions.
+            (None, _) => *entry = None,
+            (Some(_), None) => {}
+        }
+    }
+    let map = map
+        .into_iter()
+        .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
+        .collect();
+    let filter = SeccompFilter::new(map, on_mismatch, on_match, TargetArch::x86_64)?;
+    Ok(BpfProgram::try_from(filter)?)
+}
+
+/// Any action other than `a`, for filters whose rule list is empty (it never fires).
+fn other_than(a: &SeccompAction) -> SeccompAction {
+    if *a == SeccompAction::Allow {
+        SeccompAction::Errno(crate::policy::EPERM)
+    } else {
+        SeccompAction::Allow
+    }
+}
+
+/// Compiles a policy to BPF for x86_64.
+pub fn render_bpf(policy: &SeccompPolicy) -> Result<BpfFilters, BpfError> {
+    validate(policy)?;
+    let default = policy.default_action.without_notify();
+    let kept: Vec<&Rule> = policy
+        .rules
+        .iter()
+        .filter(|r| r.action.without_notify() != default)
+        .collect();
+    let mut groups: BTreeMap<Action, Vec<&Rule>> = BTreeMap::new();
+    for r in &kept {
+        groups.entry(r.action.without_notify()).or_default().push(r);
+    }
+    let default_sa = seccomp_action(default);
+    if groups.len() <= 1 {
+        let on_match = groups
+            .keys()
+            .next()
+            .map_or(other_than(&default_sa), |&a| seccomp_action(a));
+        let programs = vec![program(&kept, on_match, default_sa)?];
+        return Ok(BpfFilters { programs });
+    }
+    // Programs keyed by the action they deny with; `None` is the default-action program.
+    let mut keyed: Vec<(Option<Action>, BpfProgram)> = Vec::new();
+    for (action, rules) in groups.iter().filter(|(a, _)| **a != Action::Allow) {
+        let p = program(rules, seccomp_action(*action), SeccompAction::Allow)?;
+        keyed.push((Some(*action), p));
+    }
+    if default != Action::Allow {
+        keyed.push((None, program(&kept, SeccompAction::Allow, default_sa)?));
+    }
+    // Installing each program after the first is itself a `seccomp` call that the programs
+    // already installed filter; the one program that refuses it (if any) must come last.
+    let seccomp_call = policy
+        .evaluate("seccomp", &[1, 1, 0, 0, 0, 0])
+        .without_notify();
+    if seccomp_call != Action::Allow {
+        let owner = (seccomp_call != default).then_some(seccomp_call);
+        keyed.sort_by_key(|(k, _)| *k == owner);
+    }
+    Ok(BpfFilters {
+        programs: keyed.into_iter().map(|(_, p)| p).collect(),
+    })
+}
+
+/// One instruction as the kernel reads it: u16 code, u8 jt, u8 jf, u32 k, little-endian.
+pub fn encode_instruction(insn: &sock_filter) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..2].copy_from_slice(&insn.code.to_le_bytes());
+    out[2] = insn.jt;
+    out[3] = insn.jf;
+    out[4..].copy_from_slice(&insn.k.to_le_bytes());
+    out
+}
+
+impl BpfFilters {
+    /// The programs, in installation order.
+    pub fn programs(&self) -> &[BpfProgram] {
+        &self.programs
+    }
+
+    /// Each program as the raw `struct sock_filter` array `seccomp(2)` takes.
+    pub fn to_raw(&self) -> Vec<Vec<u8>> {
+        self.programs
+            .iter()
+            .map(|p| p.iter().flat_map(encode_instruction).collect())
+            .collect()
+    }
+
+    /// Sets `no_new_privs` and installs every program with `SECCOMP_FILTER_FLAG_TSYNC`, so it
+    /// covers every thread of the calling process, permanently.
+    ///
+    /// Allocates nothing, so it may run in a `pre_exec` hook between fork and exec (see
+    /// [`BpfFilters::apply_in_pre_exec`]); compile the filters before forking.
+    pub fn apply(&self) -> Result<(), ApplyError> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(ApplyError::NoNewPrivs(io::Error::last_os_error()));
+        }
+        for (index, program) in self.programs.iter().enumerate() {
+            install(index, program)?;
+        }
+        Ok(())
+    }
+
+    /// [`BpfFilters::apply`] for `std::os::unix::process::CommandExt::pre_exec`: returns the
+    /// OS error itself, since building any other `io::Error` would allocate after fork.
+    pub fn apply_in_pre_exec(&self) -> io::Result<()> {
+        self.apply().map_err(|e| match e {
+            ApplyError::NoNewPrivs(source) | ApplyError::Seccomp { source, .. } => source,
+            ApplyError::ThreadSync { .. } => io::Error::from_raw_os_error(libc::ESRCH),
+            ApplyError::TooLong { .. } => io::Error::from_raw_os_error(libc::EINVAL),
+        })
+    }
+}
+
+fn install(index: usize, program: &[sock_filter]) -> Result<(), ApplyError> {
+    let len = u16::try_from(program.len()).map_err(|_| ApplyError::TooLong {
+        program: index,
+        len: program.len(),
+    })?;
+    // seccompiler's `sock_filter` is `repr(C)` with the same fields as the kernel's (and libc's).
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `len` valid instructions that outlive the call; the kernel copies
+    // the program and never writes through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        tid if tid > 0 => Err(ApplyError::ThreadSync { tid }),
+        _ => Err(ApplyError::Seccomp {
+            program: index,
+            source: io::Error::last_os_error(),
+        }),
+    }
+}
+
+impl fmt::Display for BpfFilters {
+    /// One line per instruction, `index: code jt jf k`, each program under a header.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.programs.len();
+        for (n, program) in self.programs.iter().enumerate() {
+            writeln!(
+                f,
+                "# program {} of {count}, {} instructions",
+                n + 1,
+                program.len()
+            )?;
+            for (i, insn) in program.iter().enumerate() {
+                writeln!(
+                    f,
+                    "{i:4}: code={:#06x} jt={:3} jf={:3} k={:#010x}",
+                    insn.code, insn.jt, insn.jf, insn.k
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
