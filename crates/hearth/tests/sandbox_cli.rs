@@ -246,3 +246,27 @@ fn doctor_reports_the_oci_backend_usable() {
         assert!(kvm["fix"].is_string(), "a failing check carries a fix");
     }
 }
+
+#[test]
+fn default_seccomp_profile_denies_with_eperm_and_the_program_carries_on() {
+    let sb = Sandbox::create("rt-seccomp", &[]);
+    let script = "import ctypes, os\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+calls = [('unshare', lambda: libc.unshare(0x10000000)), ('mount', lambda: libc.mount(b'x', b'/tmp', b'tmpfs', 0, None)),\n\
+         ('keyctl', lambda: libc.syscall(250, 0, 0, 0, 0, 0)), ('bpf', lambda: libc.syscall(321, 0, 0, 0)),\n\
+         ('ptrace', lambda: libc.ptrace(16, 1, 0, 0))]\n\
+for name, call in calls:\n\
+    ctypes.set_errno(0); r = call(); print(name, r, ctypes.get_errno())\n\
+print('carried on', os.getpid() > 0)\n";
+    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for name in ["unshare", "mount", "keyctl", "bpf", "ptrace"] {
+        assert!(text.contains(&format!("{name} -1 1\n")), "{name} not EPERM: {text}");
+    }
+    assert!(text.contains("carried on True"));
+
+    let out = run(&["sandbox", "create", "--id", "rt-seccomp-bad", "--seccomp", "/nonexistent/policy.toml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(leftovers("rt-seccomp-bad").is_empty());
+}

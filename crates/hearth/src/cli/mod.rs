@@ -1,6 +1,7 @@
 //! The command line: `hearth sandbox ...`, `hearth doctor`, `hearth bench ...`.
 
 mod sandbox;
+mod seccomp;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Create, use and remove sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Validate and render seccomp policies.
+    #[command(subcommand)]
+    Seccomp(seccomp::SeccompCommand),
     /// Check what this host can run, with a one-line fix for each failing check.
     Doctor {
         /// Print the checks as JSON.
@@ -63,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings = Settings::from_args(&cli.global)?;
     match cli.command {
         Command::Sandbox(command) => sandbox::run(command, &settings).await,
+        Command::Seccomp(command) => seccomp::run(command),
         Command::Doctor { json } => crate::doctor::run(&settings, json),
         Command::Bench(command) => crate::bench::run(command, &settings).await,
     }

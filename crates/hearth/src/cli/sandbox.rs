@@ -68,6 +68,9 @@ pub struct CreateArgs {
     /// Host directory mounted read-write at /workspace (default: an empty private one).
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+    /// Seccomp policy: a built-in profile (default, strict, audit) or a .toml/.json policy file.
+    #[arg(long, value_name = "PROFILE|FILE", default_value = "default")]
+    seccomp: String,
     /// Print the new sandbox as JSON instead of just its id.
     #[arg(long)]
     json: bool,
@@ -124,12 +127,13 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         })?),
         None => None,
     };
+    let seccomp = render_seccomp(&args.seccomp)?;
     manager.reconcile().await?;
     let spec = SandboxSpec {
         id,
         limits,
         workspace,
-        seccomp: None,
+        seccomp: Some(seccomp),
     };
     let record = manager.create(&spec).await?;
     if args.json {
@@ -207,6 +211,13 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         return Ok(TIMED_OUT);
     }
     Ok(u8::try_from(status.shell_code().clamp(0, 255)).unwrap_or(u8::MAX))
+}
+
+/// The OCI rendering of the chosen policy. Denials answer EPERM; routing them to hearth's
+/// audit through a notify listener needs a per-sandbox supervisor process (next step).
+fn render_seccomp(raw: &str) -> Result<serde_json::Value, CliError> {
+    let policy = hearth_seccomp::load_policy(raw).map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
+    hearth_seccomp::render_oci(&policy, None).map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked positive and finite; saturates
