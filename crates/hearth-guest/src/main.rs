@@ -1,1 +1,117 @@
-fn main() {}
+//! `hearth-guest`: the in-sandbox daemon, PID 1 of every hearth sandbox.
+//!
+//! It reaps zombies, forwards signals to the commands it runs, and serves exec, file and health
+//! requests over HTTP/1.1 + JSON on a Unix socket (see `server` for the endpoints).
+
+mod exec;
+mod files;
+mod http;
+mod oom;
+mod reaper;
+mod server;
+mod spawn;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "hearth-guest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the guest protocol on a Unix socket until SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Unix socket to listen on (created with mode 0600; a stale socket is replaced).
+    #[arg(long, default_value = "/.hearth/guest.sock")]
+    listen: PathBuf,
+    /// Bytes of stdout and of stderr kept per exec; the rest is counted and dropped.
+    /// Accepts K/M/G suffixes (binary).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    max_output: u64,
+    /// Largest file that can be read or written.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    max_file: u64,
+    /// Largest stdin accepted with one exec.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    max_stdin: u64,
+    /// Milliseconds between SIGTERM and SIGKILL for running execs at shutdown.
+    #[arg(long, default_value_t = 2000)]
+    shutdown_grace_ms: u64,
+    /// Mount point of the sandbox's cgroup, read for the OOM-kill counter.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        other => return Err(format!("unknown size suffix {other:?} (use K, M or G)")),
+    };
+    let n: u64 = digits.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Serve(args) = Cli::parse().command;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEARTH_GUEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = server::Config {
+        listen: args.listen,
+        max_output: args.max_output,
+        max_file: args.max_file,
+        max_stdin: args.max_stdin,
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        cgroup_root: args.cgroup_root,
+    };
+    // Two workers are plenty for a per-sandbox daemon and keep its footprint small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let result = runtime.block_on(server::serve(config));
+    // Do not wait on stragglers (a stuck blocking read); everything was told to stop.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result.context("hearth-guest serve")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("1K"), Ok(1024));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("M").is_err());
+    }
+}

@@ -7,6 +7,7 @@ pub mod dirs;
 pub mod guest_client;
 pub mod id;
 pub mod net;
+pub mod pidfd;
 pub mod spec;
 
 pub use id::{IdError, SandboxId, SandboxNames};

@@ -96,6 +96,7 @@ impl SandboxManager {
     }
 
     async fn bring_up(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let started = std::time::Instant::now();
         let dirs = self.dirs.create_sandbox(&spec.id)?;
         if spec.workspace.is_none() {
             dirs.create_default_workspace()?;
@@ -106,7 +107,9 @@ impl SandboxManager {
             netns_path,
             guest_binary: self.guest_binary.clone(),
         };
+        tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
         let endpoint = self.backend.start(spec, &ctx)?;
+        tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
         let client = client_for(&endpoint);
         if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
             return Err(SandboxError::GuestNotReady {
@@ -115,6 +118,7 @@ impl SandboxManager {
                 log: guest_log_tail(&dirs),
             });
         }
+        tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "guest ready");
         Ok(())
     }
 

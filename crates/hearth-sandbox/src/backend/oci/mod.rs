@@ -87,7 +87,7 @@ impl SandboxBackend for OciBackend {
     fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
         Ok(self
             .runtime
-            .delete_force(&id.names().container)
+            .stop_and_delete(&id.names().container)
             .map_err(OciError::from)?)
     }
 

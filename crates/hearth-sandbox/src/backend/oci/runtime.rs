@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,8 @@ pub struct OciRuntime {
 struct ContainerState {
     id: String,
     status: String,
+    #[serde(default)]
+    pid: i32,
 }
 
 impl OciRuntime {
@@ -209,6 +212,29 @@ impl OciRuntime {
             return Ok(());
         }
         Err(self.failed("delete", &out))
+    }
+
+    /// Kills the container's init (which takes every other process of its PID namespace with
+    /// it), waits for it through a pidfd, then deletes the stopped container. Much faster than
+    /// `delete --force`, which polls in 100 ms steps; that stays the fallback.
+    pub fn stop_and_delete(&self, container: &str) -> Result<(), RuntimeError> {
+        let out = self.output("state", &["state", container])?;
+        if !out.status.success() {
+            return if mentions_missing(&out) { Ok(()) } else { self.delete_force(container) };
+        }
+        let state: ContainerState = serde_json::from_slice(&out.stdout)
+            .map_err(|source| RuntimeError::Parse { kind: self.kind, command: "state", source })?;
+        if state.pid > 0 && state.status != "stopped" {
+            if let Err(err) = crate::pidfd::kill_and_wait(state.pid, Duration::from_secs(5)) {
+                tracing::warn!(%container, error = %err, "fast stop failed; falling back to delete --force");
+                return self.delete_force(container);
+            }
+        }
+        let out = self.output("delete", &["delete", container])?;
+        if out.status.success() || mentions_missing(&out) {
+            return Ok(());
+        }
+        self.delete_force(container)
     }
 
     /// The container's status (`running`, `created`, `stopped`, ...), `None` if it is unknown.

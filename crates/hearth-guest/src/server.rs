@@ -1,0 +1,276 @@
+//! The HTTP/1.1 + JSON server on a Unix socket, its routes, and the daemon's lifecycle.
+//!
+//! Endpoints (every error is `{"error":{"kind":..,"message":..}}` with a fitting status; kinds
+//! are `hearth_proto::ErrorKind` in snake_case):
+//!
+//! | Method | Path | Request | Response |
+//! |---|---|---|---|
+//! | GET  | `/v1/health`  | | `Health` JSON: `{"status":"ok","pid":1,"uptime_ms":..,"running":..}` |
+//! | GET  | `/v1/version` | | `VersionInfo` JSON: name, version, protocol_version |
+//! | POST | `/v1/exec`    | `ExecRequest` JSON | 200 `application/x-ndjson` stream of `ExecEvent`s, or a 4xx JSON error if it cannot start (`not_found` for a missing binary or cwd) |
+//! | GET  | `/v1/files?path=/abs` | | the bytes (`application/octet-stream`); 413 `too_large` over `--max-file` |
+//! | PUT  | `/v1/files?path=/abs&mode=0644` | the bytes | `WriteResult` JSON; atomic replace; 413 over `--max-file` |
+//! | GET  | `/v1/dirs?path=/abs` | | `DirListing` JSON |
+//! | GET  | `/v1/stat?path=/abs` | | `FileStat` JSON (`lstat`) |
+//!
+//! Query values are percent-encoded (`hearth_proto::query`). Paths must be absolute.
+//! Try it: `curl --unix-socket /.hearth/guest.sock http://guest/v1/health`.
+
+use std::convert::Infallible;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_proto::{ErrorKind, Health, VersionInfo, PROTOCOL_VERSION};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::Signal;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::http::{json, ApiError, RespBody};
+use crate::reaper::{Children, ReaperError};
+use crate::{exec, files};
+
+/// Daemon settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: PathBuf,
+    /// Bytes kept per output stream per exec.
+    pub max_output: u64,
+    /// Largest file read or written.
+    pub max_file: u64,
+    /// Largest stdin of one exec.
+    pub max_stdin: u64,
+    /// How long execs get between SIGTERM and SIGKILL when the daemon shuts down.
+    pub shutdown_grace: Duration,
+    /// Where the sandbox's cgroup is mounted (for the OOM-kill counter).
+    pub cgroup_root: PathBuf,
+}
+
+impl Config {
+    /// Exec request bodies carry stdin as base64 (4/3 larger) plus argv and env.
+    pub fn max_request_bytes(&self) -> usize {
+        let stdin = usize::try_from(self.max_stdin).unwrap_or(usize::MAX);
+        stdin.saturating_mul(4) / 3 + 1024 * 1024
+    }
+}
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct State {
+    pub config: Config,
+    pub children: Arc<Children>,
+    started: Instant,
+    /// Flipped once at shutdown: connections finish their current response, then close.
+    closing: watch::Sender<bool>,
+    /// One clone per open connection; its count tells shutdown when all are gone.
+    connections: Arc<()>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
+    #[error("install handler for {name}: {source}")]
+    Signal {
+        name: &'static str,
+        source: io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Socket {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Signals passed on to every running exec's process group.
+const FORWARDED: [(SignalKind, Signal); 5] = [
+    (SignalKind::interrupt(), Signal::SIGINT),
+    (SignalKind::hangup(), Signal::SIGHUP),
+    (SignalKind::quit(), Signal::SIGQUIT),
+    (SignalKind::user_defined1(), Signal::SIGUSR1),
+    (SignalKind::user_defined2(), Signal::SIGUSR2),
+];
+
+/// Serves until SIGTERM, then stops the execs and returns.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let children = Children::new();
+    // Before anything can be spawned, so no SIGCHLD is missed.
+    children.start_reaper()?;
+    if std::process::id() != 1 {
+        // Outside a PID namespace, still collect orphans of our execs instead of leaking them.
+        if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(%err, "could not become a child subreaper");
+        }
+    }
+    for (kind, sig) in FORWARDED {
+        let mut stream = signal(kind).map_err(|source| ServeError::Signal {
+            name: sig.as_str(),
+            source,
+        })?;
+        let children = Arc::clone(&children);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                children.signal_all(sig);
+            }
+        });
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| ServeError::Signal {
+        name: "SIGTERM",
+        source,
+    })?;
+    let listener = bind(&config.listen)?;
+    tracing::info!(socket = %config.listen.display(), pid = std::process::id(), "listening");
+    let state = Arc::new(State {
+        config,
+        children,
+        started: Instant::now(),
+        closing: watch::Sender::new(false),
+        connections: Arc::new(()),
+    });
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve_connection(Arc::clone(&state), stream),
+                // EMFILE and friends are transient; back off instead of spinning.
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&state.config.listen);
+    shutdown(&state).await;
+    Ok(())
+}
+
+/// SIGTERM every exec group, SIGKILL what is left after the grace period.
+async fn shutdown(state: &State) {
+    tracing::info!(running = state.children.running(), "SIGTERM: shutting down");
+    state.children.signal_all(Signal::SIGTERM);
+    let deadline = Instant::now() + state.config.shutdown_grace;
+    while state.children.running() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    state.children.signal_all(Signal::SIGKILL);
+    // Let exec streams deliver their exit events before the process goes away.
+    state.closing.send_replace(true);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (state.children.running() > 0 || Arc::strong_count(&state.connections) > 1)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn serve_connection(state: Arc<State>, stream: tokio::net::UnixStream) {
+    let token = Arc::clone(&state.connections);
+    let mut closing = state.closing.subscribe();
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(route(state, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            // The guard `wait_for` returns is not Send; drop it before awaiting the connection.
+            () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+        drop(token);
+    });
+}
+
+async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().clone();
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    let result = match (req.uri().path(), &method) {
+        ("/v1/health", &Method::GET) => Ok(health(&state)),
+        ("/v1/version", &Method::GET) => Ok(version()),
+        ("/v1/exec", &Method::POST) => exec::handle(Arc::clone(&state), req.into_body()).await,
+        ("/v1/files", &Method::GET) => files::read(&state, query).await,
+        ("/v1/files", &Method::PUT) => files::write(&state, req).await,
+        ("/v1/dirs", &Method::GET) => files::list(query).await,
+        ("/v1/stat", &Method::GET) => files::stat(query).await,
+        ("/v1/health" | "/v1/version" | "/v1/exec" | "/v1/files" | "/v1/dirs" | "/v1/stat", _) => {
+            Err(ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{method} is not allowed here"),
+            ))
+        }
+        (path, _) => Err(ApiError::new(
+            ErrorKind::UnknownEndpoint,
+            format!("no endpoint {path}"),
+        )),
+    };
+    result.unwrap_or_else(|err| {
+        tracing::debug!(status = %err.status, message = %err.body.error.message, "request failed");
+        err.into_response()
+    })
+}
+
+fn health(state: &State) -> Response<RespBody> {
+    let health = Health {
+        status: "ok".into(),
+        pid: std::process::id(),
+        uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        running: state.children.running(),
+    };
+    json(StatusCode::OK, &health)
+}
+
+fn version() -> Response<RespBody> {
+    let info = VersionInfo {
+        name: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: PROTOCOL_VERSION,
+    };
+    json(StatusCode::OK, &info)
+}
+
+/// Binds the socket with mode 0600, replacing a stale socket but nothing else.
+fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let sock_err = |op, source| ServeError::Socket {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path).map_err(|e| sock_err("remove stale socket", e))?;
+        }
+        Ok(_) => return Err(ServeError::NotASocket { path: path.into() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err("stat", e)),
+    }
+    // The umask makes the socket 0600 from its first instant; restore it because children
+    // inherit it.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|e| sock_err("bind", e))?;
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(path, perms).map_err(|e| sock_err("chmod", e))?;
+    Ok(listener)
+}
