@@ -30,9 +30,7 @@ pub enum IdError {
     TooLong { len: usize },
     #[error("sandbox id must not start with '-'")]
     LeadingDash,
-    #[error(
-        "sandbox id has {found:?} at position {position}; only a-z, 0-9 and '-' are allowed"
-    )]
+    #[error("sandbox id has {found:?} at position {position}; only a-z, 0-9 and '-' are allowed")]
     BadChar { found: char, position: usize },
 }
 
@@ -168,20 +166,65 @@ mod tests {
     fn rejects_bad_ids_naming_the_character() {
         let cases: &[(&str, IdError)] = &[
             ("", IdError::Empty),
-            ("../etc", IdError::BadChar { found: '.', position: 0 }),
-            ("a/b", IdError::BadChar { found: '/', position: 1 }),
-            ("has space", IdError::BadChar { found: ' ', position: 3 }),
-            ("Upper", IdError::BadChar { found: 'U', position: 0 }),
-            ("caf\u{e9}", IdError::BadChar { found: '\u{e9}', position: 3 }),
-            ("a_b", IdError::BadChar { found: '_', position: 1 }),
-            ("nul\0", IdError::BadChar { found: '\0', position: 3 }),
+            (
+                "../etc",
+                IdError::BadChar {
+                    found: '.',
+                    position: 0,
+                },
+            ),
+            (
+                "a/b",
+                IdError::BadChar {
+                    found: '/',
+                    position: 1,
+                },
+            ),
+            (
+                "has space",
+                IdError::BadChar {
+                    found: ' ',
+                    position: 3,
+                },
+            ),
+            (
+                "Upper",
+                IdError::BadChar {
+                    found: 'U',
+                    position: 0,
+                },
+            ),
+            (
+                "caf\u{e9}",
+                IdError::BadChar {
+                    found: '\u{e9}',
+                    position: 3,
+                },
+            ),
+            (
+                "a_b",
+                IdError::BadChar {
+                    found: '_',
+                    position: 1,
+                },
+            ),
+            (
+                "nul\0",
+                IdError::BadChar {
+                    found: '\0',
+                    position: 3,
+                },
+            ),
             ("-lead", IdError::LeadingDash),
         ];
         for (raw, want) in cases {
             assert_eq!(SandboxId::parse(raw).unwrap_err(), *want, "input {raw:?}");
         }
         let long = "a".repeat(65);
-        assert_eq!(SandboxId::parse(&long).unwrap_err(), IdError::TooLong { len: 65 });
+        assert_eq!(
+            SandboxId::parse(&long).unwrap_err(),
+            IdError::TooLong { len: 65 }
+        );
         assert!(SandboxId::parse(&"a".repeat(64)).is_ok());
     }
 

@@ -35,12 +35,23 @@ pub fn kill_and_wait(pid: i32, timeout: Duration) -> Result<(), PidfdError> {
             _ => Err(PidfdError::Open { pid, source: err }),
         };
     }
-    let fd = i32::try_from(raw).map_err(|_| PidfdError::Open { pid, source: io::Error::from_raw_os_error(libc::EBADF) })?;
+    let fd = i32::try_from(raw).map_err(|_| PidfdError::Open {
+        pid,
+        source: io::Error::from_raw_os_error(libc::EBADF),
+    })?;
     // SAFETY: the syscall just returned this fd, so it is open and owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: pidfd_send_signal reads only its integer arguments; the info pointer is NULL,
     // which the kernel treats as a plain kill(2)-style signal.
-    let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0) };
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
     if sent < 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::ESRCH) {
@@ -50,7 +61,10 @@ pub fn kill_and_wait(pid: i32, timeout: Duration) -> Result<(), PidfdError> {
     let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::from(millis)) {
-        Ok(0) => Err(PidfdError::StillRunning { pid, waited: timeout }),
+        Ok(0) => Err(PidfdError::StillRunning {
+            pid,
+            waited: timeout,
+        }),
         Ok(_) => Ok(()),
         Err(source) => Err(PidfdError::Poll { pid, source }),
     }

@@ -61,9 +61,9 @@ impl FromStr for MemoryBytes {
 impl fmt::Display for MemoryBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const MIB: u64 = 1024 * 1024;
-        if self.0 % (1024 * MIB) == 0 {
+        if self.0.is_multiple_of(1024 * MIB) {
             write!(f, "{}G", self.0 / (1024 * MIB))
-        } else if self.0 % MIB == 0 {
+        } else if self.0.is_multiple_of(MIB) {
             write!(f, "{}M", self.0 / MIB)
         } else {
             write!(f, "{}", self.0)

@@ -13,7 +13,12 @@ fn create_exec_cp_rm_round_trip() {
     let sb = Sandbox::create("rt-round-trip", &[]);
     let listed = ok(&["sandbox", "ls", "--json"]);
     let records: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let mine = records.as_array().unwrap().iter().find(|r| r["id"] == "rt-round-trip").expect("listed");
+    let mine = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "rt-round-trip")
+        .expect("listed");
     assert_eq!(mine["status"], "running");
 
     // Output streams stay separate and the exit code comes through.
@@ -25,7 +30,19 @@ fn create_exec_cp_rm_round_trip() {
     // env and cwd reach the command; nothing else of the host's environment does.
     let out = common::hearth()
         .env("HEARTH_TEST_SECRET", "leak")
-        .args(["sandbox", "exec", &sb.id, "--env", "GREETING=hi", "--cwd", "/tmp", "--", "sh", "-c", "echo $GREETING $(pwd) ${HEARTH_TEST_SECRET:-none}"])
+        .args([
+            "sandbox",
+            "exec",
+            &sb.id,
+            "--env",
+            "GREETING=hi",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING $(pwd) ${HEARTH_TEST_SECRET:-none}",
+        ])
         .output()
         .unwrap();
     assert_eq!(stdout(&out), "hi /tmp none\n");
@@ -34,10 +51,20 @@ fn create_exec_cp_rm_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("note.txt");
     std::fs::write(&local, "first\n").unwrap();
-    ok(&["sandbox", "cp", local.to_str().unwrap(), &format!("{}:/workspace/", sb.id)]);
+    ok(&[
+        "sandbox",
+        "cp",
+        local.to_str().unwrap(),
+        &format!("{}:/workspace/", sb.id),
+    ]);
     sb.sh_ok("echo second >> /workspace/note.txt");
     let back = tmp.path().join("back.txt");
-    ok(&["sandbox", "cp", &format!("{}:/workspace/note.txt", sb.id), back.to_str().unwrap()]);
+    ok(&[
+        "sandbox",
+        "cp",
+        &format!("{}:/workspace/note.txt", sb.id),
+        back.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "first\nsecond\n");
 
     // stdin is forwarded with -i.
@@ -70,14 +97,23 @@ fn sandbox_is_isolated_from_the_host() {
 
     let out = sb.sh("touch /usr/hearth-test 2>&1");
     assert!(!out.status.success());
-    assert!(stdout(&out).contains("Read-only file system"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Read-only file system"),
+        "{}",
+        stdout(&out)
+    );
 
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let inside = sb.sh_ok("cat /proc/sys/kernel/hostname");
     assert_eq!(inside.trim(), "rt-isolation");
     assert_ne!(inside.trim(), host);
 
-    assert_eq!(sb.sh_ok("ls /sys/class/net").split_whitespace().collect::<Vec<_>>(), vec!["lo"]);
+    assert_eq!(
+        sb.sh_ok("ls /sys/class/net")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec!["lo"]
+    );
 
     let status = sb.sh_ok("grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status");
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
@@ -108,13 +144,26 @@ fn memory_limit_kills_and_is_reported_as_oom() {
 fn fork_bomb_stops_at_the_pids_limit() {
     let sb = Sandbox::create("rt-forkbomb", &["--pids", "64"]);
     let started = Instant::now();
-    let out = run(&["sandbox", "exec", &sb.id, "--timeout", "5", "--", "sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3"]);
+    let out = run(&[
+        "sandbox",
+        "exec",
+        &sb.id,
+        "--timeout",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        "bomb() { bomb | bomb & }; bomb; sleep 3",
+    ]);
     // The timeout (124) or the shell's own end: either way it came back.
     assert!(out.status.code().is_some(), "{:?}", out.status.signal());
     assert!(started.elapsed() < Duration::from_secs(60));
     // The host stayed responsive: a host process starts and finishes promptly.
     let host_started = Instant::now();
-    assert!(std::process::Command::new("true").status().unwrap().success());
+    assert!(std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success());
     assert!(host_started.elapsed() < Duration::from_secs(5));
     // The cgroup hit its limit and refused forks.
     let events = std::fs::read_to_string("/sys/fs/cgroup/pids/hearth/rt-forkbomb/pids.events")
@@ -131,19 +180,39 @@ fn failed_create_leaves_nothing_behind() {
     // A guest binary that exits at once: runc starts the container, then the guest never
     // answers, so the create fails half-way after the runtime made everything.
     let id = "rt-failed-create";
-    let out = common::hearth().env("HEARTH_GUEST_BINARY", "/usr/bin/false").args(["sandbox", "create", "--id", id]).output().unwrap();
+    let out = common::hearth()
+        .env("HEARTH_GUEST_BINARY", "/usr/bin/false")
+        .args(["sandbox", "create", "--id", id])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("did not come up"), "{}", stderr(&out));
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "one line: {}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim().lines().count(),
+        1,
+        "one line: {}",
+        stderr(&out)
+    );
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
 
     // A missing guest binary fails before the runtime runs, also cleanly.
-    let out = common::hearth().env("HEARTH_GUEST_BINARY", "/nonexistent/hearth-guest").args(["sandbox", "create", "--id", id]).output().unwrap();
+    let out = common::hearth()
+        .env("HEARTH_GUEST_BINARY", "/nonexistent/hearth-guest")
+        .args(["sandbox", "create", "--id", id])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
 
     // A workspace that does not exist is bad input.
-    let out = run(&["sandbox", "create", "--id", id, "--workspace", "/nonexistent/ws"]);
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        id,
+        "--workspace",
+        "/nonexistent/ws",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
 }
@@ -152,21 +221,39 @@ fn failed_create_leaves_nothing_behind() {
 fn killed_create_is_cleaned_up_on_the_next_run() {
     let id = "rt-killed-create";
     for delay_ms in [30u64, 120, 250] {
-        let mut child = common::hearth().args(["sandbox", "create", "--id", id]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = common::hearth()
+            .args(["sandbox", "create", "--id", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL: no cleanup code runs
         let _ = child.wait();
         // The next hearth command reconciles. If the create had finished, remove it normally.
         ok(&["sandbox", "ls"]);
         let _ = run(&["sandbox", "rm", id]);
-        assert!(leftovers(id).is_empty(), "after kill at {delay_ms} ms: {:?}", leftovers(id));
+        assert!(
+            leftovers(id).is_empty(),
+            "after kill at {delay_ms} ms: {:?}",
+            leftovers(id)
+        );
     }
 }
 
 #[test]
 fn bad_ids_are_rejected_with_nothing_created() {
     let long = "a".repeat(65);
-    for bad in ["../escape", "a/b", "has space", "Upper", "caf\u{e9}", long.as_str(), "-lead", ""] {
+    for bad in [
+        "../escape",
+        "a/b",
+        "has space",
+        "Upper",
+        "caf\u{e9}",
+        long.as_str(),
+        "-lead",
+        "",
+    ] {
         let out = run(&["sandbox", "create", &format!("--id={bad}")]);
         assert_eq!(out.status.code(), Some(3), "{bad:?}: {}", stderr(&out));
         assert!(stderr(&out).starts_with("hearth: "), "{}", stderr(&out));
@@ -184,7 +271,8 @@ fn bad_ids_are_rejected_with_nothing_created() {
 }
 
 fn hearth_sandbox_id_ok(name: &str) -> bool {
-    name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    name.chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 #[test]
@@ -197,10 +285,24 @@ fn errors_have_distinct_codes() {
     let out = run(&["sandbox", "exec", &sb.id, "--", "no-such-binary"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
 
-    let out = run(&["sandbox", "exec", &sb.id, "--timeout", "0.3", "--", "sleep", "10"]);
+    let out = run(&[
+        "sandbox",
+        "exec",
+        &sb.id,
+        "--timeout",
+        "0.3",
+        "--",
+        "sleep",
+        "10",
+    ]);
     assert_eq!(out.status.code(), Some(124));
 
-    let out = run(&["sandbox", "cp", &format!("{}:/workspace/missing", sb.id), "/tmp"]);
+    let out = run(&[
+        "sandbox",
+        "cp",
+        &format!("{}:/workspace/missing", sb.id),
+        "/tmp",
+    ]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 
     // A file over the copy limit is refused before anything is sent.
@@ -208,7 +310,12 @@ fn errors_have_distinct_codes() {
     let big = tmp.path().join("big");
     let file = std::fs::File::create(&big).unwrap();
     file.set_len(65 * 1024 * 1024).unwrap();
-    let out = run(&["sandbox", "cp", big.to_str().unwrap(), &format!("{}:/workspace/big", sb.id)]);
+    let out = run(&[
+        "sandbox",
+        "cp",
+        big.to_str().unwrap(),
+        &format!("{}:/workspace/big", sb.id),
+    ]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(!sb.sh("test -e /workspace/big").status.success());
 
@@ -218,17 +325,28 @@ fn errors_have_distinct_codes() {
     assert_eq!(sb.sh_ok("echo still-here").trim(), "still-here");
 
     let out = run(&["sandbox", "create", "--memory", "lots"]);
-    assert_eq!(out.status.code(), Some(2), "clap rejects a bad size: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap rejects a bad size: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn host_workspace_is_shared_read_write() {
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(ws.path().join("input.txt"), "from host\n").unwrap();
-    let sb = Sandbox::create("rt-workspace", &["--workspace", ws.path().to_str().unwrap()]);
+    let sb = Sandbox::create(
+        "rt-workspace",
+        &["--workspace", ws.path().to_str().unwrap()],
+    );
     assert_eq!(sb.sh_ok("cat /workspace/input.txt"), "from host\n");
     sb.sh_ok("echo from sandbox > /workspace/output.txt");
-    assert_eq!(std::fs::read_to_string(ws.path().join("output.txt")).unwrap(), "from sandbox\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("output.txt")).unwrap(),
+        "from sandbox\n"
+    );
     ok(&["sandbox", "rm", &sb.id]);
     // Removing the sandbox never deletes the user's workspace.
     assert!(ws.path().join("output.txt").exists());
@@ -238,7 +356,15 @@ fn host_workspace_is_shared_read_write() {
 fn doctor_reports_the_oci_backend_usable() {
     let out = ok(&["doctor", "--json"]);
     let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let find = |name: &str| checks.as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap();
+    let find = |name: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap()
+    };
     assert_eq!(find("runc")["ok"], true);
     assert_eq!(find("netns")["ok"], true);
     let kvm = find("kvm");
@@ -262,11 +388,21 @@ print('carried on', os.getpid() > 0)\n";
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for name in ["unshare", "mount", "keyctl", "bpf", "ptrace"] {
-        assert!(text.contains(&format!("{name} -1 1\n")), "{name} not EPERM: {text}");
+        assert!(
+            text.contains(&format!("{name} -1 1\n")),
+            "{name} not EPERM: {text}"
+        );
     }
     assert!(text.contains("carried on True"));
 
-    let out = run(&["sandbox", "create", "--id", "rt-seccomp-bad", "--seccomp", "/nonexistent/policy.toml"]);
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        "rt-seccomp-bad",
+        "--seccomp",
+        "/nonexistent/policy.toml",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(leftovers("rt-seccomp-bad").is_empty());
 }

@@ -216,8 +216,10 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
 /// The OCI rendering of the chosen policy. Denials answer EPERM; routing them to hearth's
 /// audit through a notify listener needs a per-sandbox supervisor process (next step).
 fn render_seccomp(raw: &str) -> Result<serde_json::Value, CliError> {
-    let policy = hearth_seccomp::load_policy(raw).map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
-    hearth_seccomp::render_oci(&policy, None).map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
+    let policy = hearth_seccomp::load_policy(raw)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
+    hearth_seccomp::render_oci(&policy, None)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked positive and finite; saturates
@@ -397,8 +399,8 @@ async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<9} {:<8} {:<5} {:<5} {}",
-        "ID", "STATUS", "MEMORY", "CPUS", "PIDS", "WORKSPACE"
+        "{:<24} {:<9} {:<8} {:<5} {:<5} WORKSPACE",
+        "ID", "STATUS", "MEMORY", "CPUS", "PIDS"
     );
     for record in records {
         let limits = record.spec.limits;

@@ -43,23 +43,36 @@ fn bad(policy: &str, err: impl std::fmt::Display) -> CliError {
 pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
     match command {
         SeccompCommand::Check { file } => {
-            hearth_seccomp::load_policy(&file).map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+            hearth_seccomp::load_policy(&file)
+                .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
             println!("ok");
         }
-        SeccompCommand::Render { target, policy, output } => {
-            let loaded = hearth_seccomp::load_policy(&policy).map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+        SeccompCommand::Render {
+            target,
+            policy,
+            output,
+        } => {
+            let loaded = hearth_seccomp::load_policy(&policy)
+                .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
             let text = match target {
                 Target::Oci => {
-                    let value = hearth_seccomp::render_oci(&loaded, None).map_err(|err| bad(&policy, err))?;
+                    let value = hearth_seccomp::render_oci(&loaded, None)
+                        .map_err(|err| bad(&policy, err))?;
                     serde_json::to_string_pretty(&value)?
                 }
-                Target::Bpf => hearth_seccomp::render_bpf(&loaded).map_err(|err| bad(&policy, err))?.to_string(),
+                Target::Bpf => hearth_seccomp::render_bpf(&loaded)
+                    .map_err(|err| bad(&policy, err))?
+                    .to_string(),
                 Target::Firecracker => {
-                    let json = hearth_seccomp::render_firecracker(&loaded).map_err(|err| bad(&policy, err))?;
+                    let json = hearth_seccomp::render_firecracker(&loaded)
+                        .map_err(|err| bad(&policy, err))?;
                     if let Some(path) = output {
-                        let programs = hearth_seccomp::compile_firecracker_json(&json).map_err(|err| bad(&policy, err))?;
+                        let programs = hearth_seccomp::compile_firecracker_json(&json)
+                            .map_err(|err| bad(&policy, err))?;
                         let bytes = hearth_seccomp::encode_firecracker_bpf(&programs);
-                        std::fs::write(&path, bytes).map_err(|err| CliError::new(BAD_INPUT, format!("{}: {err}", path.display())))?;
+                        std::fs::write(&path, bytes).map_err(|err| {
+                            CliError::new(BAD_INPUT, format!("{}: {err}", path.display()))
+                        })?;
                     }
                     json
                 }

@@ -19,7 +19,10 @@ pub struct TestEnv {
 pub fn env() -> &'static TestEnv {
     static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let root = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("hearth-test-")
+            .tempdir()
+            .expect("tempdir");
         TestEnv {
             runtime_dir: root.path().join("run"),
             state_dir: root.path().join("state"),
@@ -34,7 +37,11 @@ pub fn hearth_bin() -> PathBuf {
 
 pub fn guest_bin() -> PathBuf {
     let path = hearth_bin().parent().unwrap().join("hearth-guest");
-    assert!(path.is_file(), "{} missing: run `cargo build --workspace` before the tests", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
     path
 }
 
@@ -64,7 +71,12 @@ pub fn stderr(out: &Output) -> String {
 /// Runs hearth and asserts success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = run(args);
-    assert!(out.status.success(), "hearth {args:?} failed ({:?}): {}", out.status.code(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "hearth {args:?} failed ({:?}): {}",
+        out.status.code(),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -89,7 +101,12 @@ impl Sandbox {
 
     pub fn sh_ok(&self, script: &str) -> String {
         let out = self.sh(script);
-        assert!(out.status.success(), "{script:?} failed ({:?}): {}", out.status.code(), stderr(&out));
+        assert!(
+            out.status.success(),
+            "{script:?} failed ({:?}): {}",
+            out.status.code(),
+            stderr(&out)
+        );
         stdout(&out)
     }
 }
@@ -113,7 +130,10 @@ pub fn leftovers(id: &str) -> Vec<String> {
         found.push(format!("netns {}", netns.display()));
     }
     for controller in ["memory", "pids", "cpu", "unified", ""] {
-        let cg = Path::new("/sys/fs/cgroup").join(controller).join("hearth").join(id);
+        let cg = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("hearth")
+            .join(id);
         if cg.exists() {
             found.push(format!("cgroup {}", cg.display()));
         }
@@ -124,7 +144,10 @@ pub fn leftovers(id: &str) -> Vec<String> {
         .args(["list", "-q"])
         .output()
         .expect("runc list");
-    if String::from_utf8_lossy(&list.stdout).lines().any(|l| l.trim() == format!("hearth-{id}")) {
+    if String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.trim() == format!("hearth-{id}"))
+    {
         found.push(format!("container hearth-{id}"));
     }
     let ls = stdout(&run(&["sandbox", "ls", "--json"]));

@@ -220,10 +220,18 @@ impl OciRuntime {
     pub fn stop_and_delete(&self, container: &str) -> Result<(), RuntimeError> {
         let out = self.output("state", &["state", container])?;
         if !out.status.success() {
-            return if mentions_missing(&out) { Ok(()) } else { self.delete_force(container) };
+            return if mentions_missing(&out) {
+                Ok(())
+            } else {
+                self.delete_force(container)
+            };
         }
-        let state: ContainerState = serde_json::from_slice(&out.stdout)
-            .map_err(|source| RuntimeError::Parse { kind: self.kind, command: "state", source })?;
+        let state: ContainerState =
+            serde_json::from_slice(&out.stdout).map_err(|source| RuntimeError::Parse {
+                kind: self.kind,
+                command: "state",
+                source,
+            })?;
         if state.pid > 0 && state.status != "stopped" {
             if let Err(err) = crate::pidfd::kill_and_wait(state.pid, Duration::from_secs(5)) {
                 tracing::warn!(%container, error = %err, "fast stop failed; falling back to delete --force");

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what hearth and its tests need on a fresh Debian machine (run as root).
+# Safe to run again: apt-get and pip skip what is already installed.
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup-host.sh: run as root (apt-get, namespaces and cgroups need it)" >&2
+    exit 1
+fi
+
+packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup-host.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
