@@ -272,9 +272,11 @@ impl Upstream {
             table,
             rules: Vec::new(),
         };
+        // A /30 of 198.18.0.0/15 (benchmarking space) unique to this process and call.
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((pid % 256) * 64 + n % 64) * 4;
         let (host_ip, peer_ip) = (
-            format!("198.18.{}.1", n % 250),
-            format!("198.18.{}.2", n % 250),
+            Ipv4Addr::from(base + 1).to_string(),
+            Ipv4Addr::from(base + 2).to_string(),
         );
         sh(&[
             "ip", "link", "add", &link, "type", "veth", "peer", "name", "up0", "netns", &ns,
