@@ -1,5 +1,6 @@
 //! Round-trip latency of `exec true` through hearth-guest, next to a direct fork+exec of `true`
 //! measured in the same run: `cargo run --release -p hearth-guest --example exec_latency [N]`.
+//! Set `HEARTH_GUEST_SECCOMP_BPF=FILE` to measure execs that install the guest's seccomp filter.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,10 +32,17 @@ async fn main() {
             "release"
         })
         .join("hearth-guest");
-    let mut daemon = Command::new(&guest_bin)
+    let mut daemon = Command::new(&guest_bin);
+    daemon
         .args(["serve", "--listen"])
         .arg(&socket)
-        .env("HEARTH_GUEST_LOG", "warn")
+        .env("HEARTH_GUEST_LOG", "warn");
+    // With a filter file, every exec installs it in a pre_exec hook (fork instead of
+    // posix_spawn): `hearth seccomp render --target bpf strict --output FILE` writes one.
+    if let Some(bpf) = std::env::var_os("HEARTH_GUEST_SECCOMP_BPF") {
+        daemon.arg("--seccomp-bpf").arg(bpf);
+    }
+    let mut daemon = daemon
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", guest_bin.display()));
     let client = GuestClient::new(socket);

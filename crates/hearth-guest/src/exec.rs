@@ -50,7 +50,7 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
             ),
         ));
     }
-    let mut cmd = spawn::build(&req)?;
+    let mut cmd = spawn::build(&req, state.config.seccomp.as_ref())?;
     let oom_before = oom::oom_kills(&state.config.cgroup_root);
     let (mut child, waiter) = state.children.spawn_with(|| {
         cmd.spawn().map_err(|source| SpawnError::Spawn {

@@ -6,8 +6,10 @@
 mod exec;
 mod files;
 mod http;
+mod mcp;
 mod oom;
 mod reaper;
+mod seccomp;
 mod server;
 mod spawn;
 
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the guest protocol on a Unix socket until SIGTERM.
     Serve(ServeArgs),
+    /// Serve the agent's tools (shell, files) as an MCP server on stdin/stdout until stdin closes.
+    Mcp(mcp::McpArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +55,10 @@ struct ServeArgs {
     /// Mount point of the sandbox's cgroup, read for the OOM-kill counter.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
+    /// Seccomp filters (the `hearth_proto::bpf` file format) installed in every process the
+    /// guest starts; the guest itself stays unfiltered. A bad file stops the guest.
+    #[arg(long, value_name = "PATH")]
+    seccomp_bpf: Option<PathBuf>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -72,7 +80,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Mcp(args) => return mcp::run(args),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -81,6 +92,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let seccomp = match &args.seccomp_bpf {
+        Some(path) => Some(std::sync::Arc::new(seccomp::GuestFilters::load(path)?)),
+        None => None,
+    };
     let config = server::Config {
         listen: args.listen,
         max_output: args.max_output,
@@ -88,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         max_stdin: args.max_stdin,
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         cgroup_root: args.cgroup_root,
+        seccomp,
     };
     // Two workers are plenty for a per-sandbox daemon and keep its footprint small.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -50,6 +50,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the sandbox's cgroup is mounted (for the OOM-kill counter).
     pub cgroup_root: PathBuf,
+    /// Filters installed in every exec'd process (`--seccomp-bpf`).
+    pub seccomp: Option<Arc<crate::seccomp::GuestFilters>>,
 }
 
 impl Config {

@@ -10,10 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use hearth_proto::{ErrorKind, ExecRequest};
 
 use crate::http::ApiError;
+use crate::seccomp::GuestFilters;
 
 /// `PATH` given to children whose request sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -71,7 +73,11 @@ pub fn group_leader_command(program: impl AsRef<OsStr>) -> Command {
 }
 
 /// Validates `req` and builds its command; stdin is piped only when the request carries some.
-pub fn build(req: &ExecRequest) -> Result<Command, SpawnError> {
+/// With `seccomp`, the child installs those filters right before exec.
+pub fn build(
+    req: &ExecRequest,
+    seccomp: Option<&Arc<GuestFilters>>,
+) -> Result<Command, SpawnError> {
     let argv0 = req.argv.first().ok_or(SpawnError::EmptyArgv)?;
     if req.argv.iter().any(|a| a.contains('\0')) {
         return Err(SpawnError::NulByte("argv"));
@@ -103,6 +109,14 @@ pub fn build(req: &ExecRequest) -> Result<Command, SpawnError> {
         .stderr(Stdio::piped());
     if !req.env.contains_key("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
+    }
+    if let Some(filters) = seccomp {
+        let filters = Arc::clone(filters);
+        // SAFETY: the hook runs between fork and exec and only makes the prctl and seccomp
+        // calls of `GuestFilters::apply`, which allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(move || filters.apply());
+        }
     }
     Ok(cmd)
 }
@@ -183,17 +197,23 @@ mod tests {
             cwd: cwd.map(str::to_string),
             ..ExecRequest::default()
         };
-        assert!(matches!(build(&req(&[], None)), Err(SpawnError::EmptyArgv)));
         assert!(matches!(
-            build(&req(&["true"], Some("tmp"))),
+            build(&req(&[], None), None),
+            Err(SpawnError::EmptyArgv)
+        ));
+        assert!(matches!(
+            build(&req(&["true"], Some("tmp")), None),
             Err(SpawnError::RelativeCwd(_))
         ));
         assert!(matches!(
-            build(&req(&["true"], Some("/etc/passwd"))),
+            build(&req(&["true"], Some("/etc/passwd")), None),
             Err(SpawnError::CwdNotDir(_))
         ));
         let mut bad_env = req(&["true"], None);
         bad_env.env.insert("A=B".into(), "x".into());
-        assert!(matches!(build(&bad_env), Err(SpawnError::BadEnvName(_))));
+        assert!(matches!(
+            build(&bad_env, None),
+            Err(SpawnError::BadEnvName(_))
+        ));
     }
 }

@@ -8,6 +8,7 @@
 //! Binary data (stdin, stdout and stderr chunks) travels as standard base64 strings inside JSON;
 //! in Rust it is a plain `Vec<u8>`.
 
+pub mod bpf;
 pub mod query;
 
 use std::collections::BTreeMap;

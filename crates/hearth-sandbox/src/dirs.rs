@@ -13,6 +13,9 @@
 //!     workspace/            /workspace when the user gave no --workspace
 //!     runtime.log           the OCI runtime's own log
 //!     guest.log             hearth-guest's stdout and stderr
+//!     seccomp.sock          the seccomp supervisor's listener (`listenerPath`)
+//!     supervisor.pid/.log   the seccomp supervisor's pid and start time, and its stderr
+//!     guest-seccomp.bpf     raw BPF for `hearth-guest --seccomp-bpf`, when asked for
 //! ```
 //!
 //! Every directory is created exclusively (`mkdir` fails if the name exists) with mode 0700, and
@@ -166,6 +169,18 @@ impl SandboxDirs {
     /// Where the seccomp notification listener waits for the OCI runtime.
     pub fn seccomp_socket(&self) -> PathBuf {
         self.base.join("seccomp.sock")
+    }
+    /// The seccomp supervisor's stderr.
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.base.join("supervisor.log")
+    }
+    /// `PID STARTTIME` of the seccomp supervisor, written once when it is started.
+    pub fn supervisor_pid_file(&self) -> PathBuf {
+        self.base.join("supervisor.pid")
+    }
+    /// The raw BPF file `hearth-guest --seccomp-bpf` reads (mounted read-only in the sandbox).
+    pub fn guest_seccomp_bpf(&self) -> PathBuf {
+        self.base.join("guest-seccomp.bpf")
     }
     pub fn default_workspace(&self) -> PathBuf {
         self.base.join("workspace")

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::id::SandboxId;
+use crate::net::NetPolicy;
 
 /// Default memory limit: enough for a compiler or a test suite, small enough to pack many.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
@@ -132,6 +133,13 @@ pub struct SandboxSpec {
     pub workspace: Option<PathBuf>,
     /// The OCI `linux.seccomp` section, already rendered; `None` runs without a filter.
     pub seccomp: Option<serde_json::Value>,
+    /// Network mode and allowlist; the default reaches only hearth's gateway and resolver.
+    #[serde(default)]
+    pub net: NetPolicy,
+    /// Seccomp BPF (the `hearth_proto::bpf` file format) that `hearth-guest` installs in every
+    /// process it starts, on top of the runtime's filter; `None` leaves filtering to the runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_seccomp: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
+mod seccomp;
+
 use crate::config::Settings;
 use crate::sandboxes::SandboxManager;
 
@@ -30,6 +32,19 @@ pub enum BenchCommand {
         cycles: usize,
         /// Execs into one running sandbox to time.
         #[arg(long, default_value_t = 300)]
+        execs: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A flood of denied calls in one sandbox: supervisor memory, exact counts, and exec
+    /// latency in a second sandbox during the flood next to idle.
+    Seccomp {
+        /// Denied calls the flooding sandbox makes.
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        /// Execs timed in the second sandbox, idle and during the flood.
+        #[arg(long, default_value_t = 200)]
         execs: usize,
         /// Print the figures as JSON.
         #[arg(long)]
@@ -79,11 +94,17 @@ struct SandboxBench {
 }
 
 pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u8> {
-    let BenchCommand::Sandbox {
-        cycles,
-        execs,
-        json,
-    } = command;
+    let (cycles, execs, json) = match command {
+        BenchCommand::Sandbox {
+            cycles,
+            execs,
+            json,
+        } => (cycles, execs, json),
+        BenchCommand::Seccomp { calls, execs, json } => {
+            let manager = settings.manager().await?;
+            return seccomp::run(&manager, calls, execs, json).await;
+        }
+    };
     let manager = settings.manager().await?;
     manager.reconcile().await?;
     let runtime = manager.backend.describe();
@@ -214,6 +235,8 @@ fn bench_spec() -> SandboxSpec {
         limits: ResourceLimits::default(),
         workspace: None,
         seccomp: None,
+        net: Default::default(),
+        guest_seccomp: None,
     }
 }
 

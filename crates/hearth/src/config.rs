@@ -1,6 +1,9 @@
 //! Where hearth keeps things and which tools it uses, from flags, environment or defaults.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hearth_sandbox::net::{FirewallConfig, FirewallManager};
 
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
 use hearth_sandbox::dirs::RuntimeDirs;
@@ -8,7 +11,7 @@ use hearth_sandbox::dirs::RuntimeDirs;
 use crate::cli::GlobalArgs;
 use crate::exit::{CliError, HOST};
 use crate::sandboxes::SandboxManager;
-use crate::store::Store;
+use crate::store::{SqliteSlotStore, Store};
 
 /// Default runtime root when running as root: volatile, gone after a reboot like the sandboxes.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/hearth";
@@ -43,6 +46,11 @@ impl Settings {
         })
     }
 
+    /// Opens just the store (for commands that only read records).
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.state_dir).await?)
+    }
+
     /// Opens the store, the runtime root and the backend.
     pub async fn manager(&self) -> anyhow::Result<SandboxManager> {
         require_root()?;
@@ -50,11 +58,15 @@ impl Settings {
         let store = Store::open(&self.state_dir).await?;
         let runtime = OciRuntime::detect(self.oci_runtime, dirs.runtime_state_dir())
             .map_err(|err| CliError::new(HOST, err.to_string()))?;
+        let slots = SqliteSlotStore::new(store.clone(), tokio::runtime::Handle::current());
+        let firewall = FirewallManager::new(FirewallConfig::default(), Arc::new(slots))
+            .map_err(|err| CliError::new(HOST, err.to_string()))?;
         Ok(SandboxManager {
             store,
             dirs,
             backend: Box::new(OciBackend::new(runtime)),
             guest_binary: self.guest_binary.clone(),
+            firewall: Arc::new(firewall),
         })
     }
 }

@@ -19,6 +19,7 @@ use hearth_sandbox::backend::oci::{OciError, RuntimeError};
 use hearth_sandbox::backend::BackendError;
 use hearth_sandbox::dirs::DirsError;
 use hearth_sandbox::guest_client::GuestClientError;
+use hearth_sandbox::net::FirewallError;
 
 use crate::sandboxes::SandboxError;
 
@@ -94,7 +95,10 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         }
         SandboxError::Backend(_) => SANDBOX_FAILED,
         SandboxError::Guest(guest) => guest_code(guest),
+        SandboxError::Supervisor(_) => SANDBOX_FAILED,
+        SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,
         SandboxError::Net(_) => HOST,
+        SandboxError::Join(_) => INTERNAL,
         SandboxError::Store(_) | SandboxError::Dirs(_) => INTERNAL,
     }
 }

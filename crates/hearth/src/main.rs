@@ -7,6 +7,8 @@ mod doctor;
 mod exit;
 mod sandboxes;
 mod store;
+mod tasks;
+mod supervisor;
 
 use std::process::ExitCode;
 

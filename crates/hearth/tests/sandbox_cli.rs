@@ -376,15 +376,20 @@ fn doctor_reports_the_oci_backend_usable() {
 #[test]
 fn default_seccomp_profile_denies_with_eperm_and_the_program_carries_on() {
     let sb = Sandbox::create("rt-seccomp", &[]);
-    let script = "import ctypes, os\n\
-libc = ctypes.CDLL(None, use_errno=True)\n\
-calls = [('unshare', lambda: libc.unshare(0x10000000)), ('mount', lambda: libc.mount(b'x', b'/tmp', b'tmpfs', 0, None)),\n\
-         ('keyctl', lambda: libc.syscall(250, 0, 0, 0, 0, 0)), ('bpf', lambda: libc.syscall(321, 0, 0, 0)),\n\
-         ('ptrace', lambda: libc.ptrace(16, 1, 0, 0))]\n\
-for name, call in calls:\n\
-    ctypes.set_errno(0); r = call(); print(name, r, ctypes.get_errno())\n\
-print('carried on', os.getpid() > 0)\n";
-    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", script]);
+    let script = [
+        "import ctypes, os",
+        "libc = ctypes.CDLL(None, use_errno=True)",
+        "calls = [('unshare', lambda: libc.unshare(0x10000000)),",
+        "         ('mount', lambda: libc.mount(b'x', b'/tmp', b'tmpfs', 0, None)),",
+        "         ('keyctl', lambda: libc.syscall(250, 0, 0, 0, 0, 0)),",
+        "         ('bpf', lambda: libc.syscall(321, 0, 0, 0)),",
+        "         ('ptrace', lambda: libc.ptrace(16, 1, 0, 0))]",
+        "for name, call in calls:",
+        "    ctypes.set_errno(0); r = call(); print(name, r, ctypes.get_errno())",
+        "print('carried on', os.getpid() > 0)",
+    ]
+    .join("\n");
+    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", &script]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for name in ["unshare", "mount", "keyctl", "bpf", "ptrace"] {
@@ -405,4 +410,51 @@ print('carried on', os.getpid() > 0)\n";
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(leftovers("rt-seccomp-bad").is_empty());
+}
+
+#[test]
+fn network_modes_and_the_net_command() {
+    // Default: a link to the host side, hearth's resolver in resolv.conf, a firewall table.
+    let sb = Sandbox::create("rt-net-gateway", &[]);
+    let links = sb.sh_ok("ls /sys/class/net");
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), vec!["eth0", "lo"]);
+    let report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &sb.id, "--json"])).unwrap();
+    assert_eq!(report["policy"]["mode"], "gateway");
+    let host = report["link"]["host_address"].as_str().unwrap().to_owned();
+    assert!(sb.sh_ok("cat /etc/resolv.conf").contains(&format!("nameserver {host}")));
+    assert!(!report["rules"].as_array().unwrap().is_empty(), "rules with counters: {report}");
+
+    // --net none: loopback only, no table, no link.
+    let none = Sandbox::create("rt-net-none", &["--net", "none"]);
+    assert_eq!(none.sh_ok("ls /sys/class/net").trim(), "lo");
+    let report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &none.id, "--json"])).unwrap();
+    assert!(report["link"].is_null());
+
+    // Two sandboxes cannot reach each other: a listener in one, a connection attempt from the other.
+    let other = Sandbox::create("rt-net-other", &[]);
+    let other_report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &other.id, "--json"])).unwrap();
+    let other_addr = other_report["link"]["sandbox_address"].as_str().unwrap().to_owned();
+    let probe = format!(
+        "import socket\ns = socket.socket(); s.settimeout(2)\ntry:\n    s.connect(('{other_addr}', 8000)); print('connected')\nexcept OSError as e:\n    print('blocked', type(e).__name__)"
+    );
+    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", &probe]);
+    assert!(stdout(&out).contains("blocked"), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_network_flags_are_refused_with_nothing_made() {
+    let id = "rt-net-bad";
+    for args in [
+        vec!["--allow", "not a destination"],
+        vec!["--net", "gateway", "--allow", "10.0.0.0/8"],
+        vec!["--net", "bogus"],
+        vec!["--net-rate", "fast"],
+    ] {
+        let mut full = vec!["sandbox", "create", "--id", id];
+        full.extend(args.iter().copied());
+        let out = run(&full);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        assert!(leftovers(id).is_empty(), "{args:?}: {:?}", leftovers(id));
+    }
 }

@@ -48,6 +48,8 @@ pub struct LaunchContext<'a> {
     pub netns_path: PathBuf,
     /// The `hearth-guest` binary to run as the sandbox's PID 1.
     pub guest_binary: PathBuf,
+    /// hearth's DNS resolver for this sandbox (the host side of its link), if it has a link.
+    pub resolver: Option<std::net::SocketAddr>,
 }
 
 /// Errors of any backend.

@@ -8,6 +8,7 @@
 //! [`NflogReader`] into each sandbox's bounded [`DropLog`].
 
 pub mod bench;
+pub mod dns;
 pub mod droplog;
 pub mod firewall;
 pub mod netns;
@@ -19,6 +20,7 @@ mod reconcile;
 pub mod rtnl;
 pub mod ruleset;
 
+pub use dns::{DnsError, ResolverConfig, ResolverHandle, SandboxResolver};
 pub use droplog::{DropLog, DropSnapshot};
 pub use firewall::{
     FirewallConfig, FirewallError, FirewallManager, RuleCounter, SandboxLink, SandboxNetwork,

@@ -14,11 +14,16 @@
 //! postrouting (nat): ip saddr S oifname != V masquerade
 //! ```
 //!
+//! With `domain[:port]` rules the table also holds two timed sets that hearth's DNS resolver
+//! fills ([`DNS_ANY_SET`], [`DNS_PORT_SET`]); the egress chain accepts them where it accepts
+//! allowlisted networks, so an answer pointing at a denied range stays denied.
+//!
 //! Base chains accept by default so other sandboxes' traffic passes through untouched; a sandbox's
 //! own traffic always ends in an explicit verdict. Every drop rule counts and logs to nflog group
 //! N with the prefix `hearth:<id>:<reason>` for the drop log.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -26,11 +31,13 @@ use nftables::batch::Batch;
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
 };
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::schema::{
+    Chain, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+};
 use nftables::stmt::{Counter, JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::policy::{NetPolicy, ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, PRIVATE_V4, PRIVATE_V6};
+use super::policy::{AllowRule, NetPolicy, ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, PRIVATE_V4, PRIVATE_V6};
 
 /// Why a packet was dropped; the last part of the log prefix and of the rule's comment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -102,6 +109,23 @@ const EGRESS: &str = "egress";
 const INGRESS: &str = "ingress";
 const TO_HOST: &str = "to_host";
 
+/// Addresses hearth's DNS resolver answered for `domain` rules without a port: every port and
+/// protocol to them is allowed until the element times out.
+pub const DNS_ANY_SET: &str = "dns_any_v4";
+/// `address . port` pairs the resolver answered for `domain:port` rules: TCP and UDP to that port.
+pub const DNS_PORT_SET: &str = "dns_port_v4";
+/// The most elements either set holds. When it is full the resolver answers SERVFAIL instead of
+/// letting one sandbox grow kernel memory without bound.
+pub const DNS_SET_SIZE: u32 = 4096;
+
+/// Whether `policy` has `domain[:port]` rules, and so the table gets the DNS answer sets.
+pub fn has_domain_rules(policy: &NetPolicy) -> bool {
+    policy
+        .allow
+        .iter()
+        .any(|rule| matches!(rule, AllowRule::Domain { .. }))
+}
+
 /// The batch that installs (or atomically replaces) the sandbox's table.
 pub fn install(spec: &RulesetSpec<'_>) -> Nftables<'static> {
     let mut batch = Batch::new();
@@ -146,6 +170,11 @@ pub fn install(spec: &RulesetSpec<'_>) -> Nftables<'static> {
             name: name.into(),
             ..Chain::default()
         }));
+    }
+    if has_domain_rules(spec.policy) {
+        batch.add(dns_set(t, DNS_ANY_SET, SetTypeValue::Single(SetType::Ipv4Addr)));
+        let pair = [SetType::Ipv4Addr, SetType::InetService];
+        batch.add(dns_set(t, DNS_PORT_SET, SetTypeValue::Concatenated(pair.to_vec().into())));
     }
     let mut rules = RuleWriter { spec, batch };
     rules.hooks();
@@ -288,7 +317,32 @@ impl RuleWriter<'_, '_> {
             };
             self.rule(EGRESS, format!("allow {rule}"), expr);
         }
+        if has_domain_rules(self.spec.policy) {
+            self.dns_answers();
+        }
         self.drop_rule(EGRESS, DropReason::Egress, vec![]);
+    }
+
+    /// Accepts what the resolver put in the DNS sets; placed with the allowlist, after the
+    /// always-denied and private drops, so a name resolving to a denied address stays denied.
+    fn dns_answers(&mut self) {
+        let any = vec![
+            is(field("ip", "daddr"), s(&format!("@{DNS_ANY_SET}"))),
+            counter(),
+            accept(),
+        ];
+        self.rule(EGRESS, "allow dns answers".into(), any);
+        let pair = Expression::Named(NamedExpression::Concat(vec![
+            field("ip", "daddr"),
+            field("th", "dport"),
+        ]));
+        let ported = vec![
+            tcp_or_udp(),
+            is(pair, s(&format!("@{DNS_PORT_SET}"))),
+            counter(),
+            accept(),
+        ];
+        self.rule(EGRESS, "allow dns answers with port".into(), ported);
     }
 
     fn host_chain(&mut self) {
@@ -361,6 +415,19 @@ fn table(name: &str) -> NfListObject<'static> {
     })
 }
 
+/// A named set whose elements carry their own timeouts (the resolver sets them from DNS TTLs).
+fn dns_set(table: &str, name: &'static str, set_type: SetTypeValue<'static>) -> NfListObject<'static> {
+    NfListObject::Set(Box::new(Set {
+        family: NfFamily::INet,
+        table: table.to_owned().into(),
+        name: name.into(),
+        set_type,
+        flags: Some(HashSet::from([SetFlag::Timeout])),
+        size: Some(DNS_SET_SIZE),
+        ..Set::default()
+    }))
+}
+
 fn base_chain(
     table: &str,
     name: &'static str,
@@ -428,14 +495,19 @@ fn established() -> Statement<'static> {
 
 /// `meta l4proto { tcp, udp } th dport PORT`.
 fn tcp_udp_port(port: u16) -> [Statement<'static>; 2] {
+    [
+        tcp_or_udp(),
+        is(field("th", "dport"), Expression::Number(u32::from(port))),
+    ]
+}
+
+/// `meta l4proto { tcp, udp }`: a port means something only for these.
+fn tcp_or_udp() -> Statement<'static> {
     let protos = Expression::Named(NamedExpression::Set(vec![
         SetItem::Element(s("tcp")),
         SetItem::Element(s("udp")),
     ]));
-    [
-        is(meta(MetaKey::L4proto), protos),
-        is(field("th", "dport"), Expression::Number(u32::from(port))),
-    ]
+    is(meta(MetaKey::L4proto), protos)
 }
 
 fn counter() -> Statement<'static> {
@@ -567,5 +639,37 @@ mod tests {
             .map(|o| o.as_object().unwrap().keys().next().unwrap().clone())
             .collect();
         assert_eq!(cmds, ["add", "delete", "add"]);
+    }
+
+    #[test]
+    fn domain_rules_get_timed_sets_accepted_after_the_denials() {
+        let no_domains = serde_json::to_string(&install(&spec(&NetPolicy::default()))).unwrap();
+        assert!(!no_domains.contains(DNS_ANY_SET), "{no_domains}");
+
+        let policy = NetPolicy::allowlist(&["api.example.com:443", "b.example"]).unwrap();
+        let batch = install(&spec(&policy));
+        let json = serde_json::to_value(&batch).unwrap();
+        let sets: Vec<_> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("set"))
+            .collect();
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        for set in sets {
+            assert_eq!(set["flags"], serde_json::json!(["timeout"]), "{set}");
+        }
+        let egress: Vec<String> = rules(&batch)
+            .into_iter()
+            .filter(|r| r["chain"] == EGRESS)
+            .map(|r| r["comment"].as_str().unwrap().to_owned())
+            .collect();
+        let at = |c: &str| egress.iter().rposition(|x| x == c).unwrap();
+        let any = at("allow dns answers");
+        let ported = at("allow dns answers with port");
+        for denial in ["drop always", "drop private", "drop ipv6", "drop spoof"] {
+            assert!(at(denial) < any.min(ported), "{egress:?}");
+        }
+        assert_eq!(egress.last().unwrap(), "drop egress", "{egress:?}");
     }
 }

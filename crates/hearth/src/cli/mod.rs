@@ -1,7 +1,11 @@
 //! The command line: `hearth sandbox ...`, `hearth doctor`, `hearth bench ...`.
 
+mod audit;
+mod net;
+mod run;
 mod sandbox;
-mod seccomp;
+pub(crate) mod seccomp;
+mod task;
 
 use std::path::PathBuf;
 
@@ -45,6 +49,11 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run an agent task in a new sandbox: live progress, then the answer and the workspace diff.
+    Run(run::RunArgs),
+    /// Inspect tasks and their timelines.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Create, use and remove sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -66,6 +75,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings = Settings::from_args(&cli.global)?;
     match cli.command {
+        Command::Run(args) => run::run(args, &settings).await,
+        Command::Task(command) => task::run(command, &settings).await,
         Command::Sandbox(command) => sandbox::run(command, &settings).await,
         Command::Seccomp(command) => seccomp::run(command),
         Command::Doctor { json } => crate::doctor::run(&settings, json),

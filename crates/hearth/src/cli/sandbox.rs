@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use hearth_proto::{ExecRequest, StreamName};
 use hearth_sandbox::guest_client::OutputChunk;
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
+use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_sandbox::SandboxId;
 
 use crate::config::Settings;
@@ -33,6 +34,14 @@ pub enum SandboxCommand {
         /// Destination: a host path or ID:/absolute/path (a directory keeps the file's name).
         dst: String,
     },
+    /// Show a sandbox's network policy, addresses and firewall rule counters.
+    Net {
+        /// Sandbox id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List sandboxes.
     Ls {
         /// Print JSON.
@@ -49,6 +58,12 @@ pub enum SandboxCommand {
         #[arg(long, short)]
         force: bool,
     },
+    /// Show the system calls a sandbox's seccomp policy refused: exact counts per syscall, then
+    /// the recent entries.
+    Audit(super::audit::AuditArgs),
+    /// Run a sandbox's seccomp supervisor (started by `create`, not by hand).
+    #[command(hide = true)]
+    Supervise(super::audit::SuperviseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,9 +83,32 @@ pub struct CreateArgs {
     /// Host directory mounted read-write at /workspace (default: an empty private one).
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+    /// Network: none (loopback only), gateway (only hearth's gateway and resolver; the
+    /// default) or allowlist (also the --allow destinations).
+    #[arg(long, value_name = "MODE")]
+    net: Option<String>,
+    /// A destination to allow: CIDR[:port] or domain[:port] (repeatable; implies
+    /// --net allowlist). Link-local, loopback and other sandboxes stay denied regardless.
+    #[arg(long = "allow", value_name = "DEST")]
+    allow: Vec<String>,
+    /// Let allowlisted private destinations through (RFC 1918, CGNAT, ULA, the host's own
+    /// addresses).
+    #[arg(long)]
+    allow_private: bool,
+    /// A TCP port of the sandbox that may accept connections from outside (repeatable).
+    #[arg(long = "publish", value_name = "PORT")]
+    publish: Vec<u16>,
+    /// Bandwidth limit in each direction, e.g. 10mbit.
+    #[arg(long, value_name = "RATE")]
+    net_rate: Option<String>,
     /// Seccomp policy: a built-in profile (default, strict, audit) or a .toml/.json policy file.
     #[arg(long, value_name = "PROFILE|FILE", default_value = "default")]
     seccomp: String,
+    /// Also have hearth-guest install this policy as raw BPF in every process it starts (what
+    /// microVM guests do). Off by default: the runtime already filters, and the guest's EPERM
+    /// would answer audited calls before they reach the audit.
+    #[arg(long, value_name = "PROFILE|FILE")]
+    guest_seccomp: Option<String>,
     /// Print the new sandbox as JSON instead of just its id.
     #[arg(long)]
     json: bool,
@@ -98,13 +136,20 @@ pub struct ExecArgs {
 }
 
 pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result<u8> {
+    // The supervisor needs its sandbox dir and the store, not a whole manager.
+    if let SandboxCommand::Supervise(args) = command {
+        return super::audit::supervise(args, settings).await;
+    }
     let manager = settings.manager().await?;
     match command {
         SandboxCommand::Create(args) => create(&manager, args).await,
         SandboxCommand::Exec(args) => exec(&manager, args).await,
         SandboxCommand::Cp { src, dst } => copy(&manager, &src, &dst).await,
+        SandboxCommand::Net { id, json } => super::net::show(&manager, &id, json).await,
         SandboxCommand::Ls { json } => list(&manager, json).await,
         SandboxCommand::Rm { ids, force } => remove(&manager, &ids, force).await,
+        SandboxCommand::Audit(args) => super::audit::audit(&manager, args).await,
+        SandboxCommand::Supervise(args) => super::audit::supervise(args, settings).await,
     }
 }
 
@@ -113,6 +158,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         Some(raw) => SandboxId::parse(raw)?,
         None => SandboxId::generate(),
     };
+    let net = net_policy(&args)?;
     let limits = ResourceLimits {
         memory: args.memory,
         cpus: args.cpus,
@@ -127,13 +173,17 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         })?),
         None => None,
     };
-    let seccomp = render_seccomp(&args.seccomp)?;
+    let listener = manager.dirs.sandbox(&id).seccomp_socket();
+    let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
+    let guest_seccomp = args.guest_seccomp.as_deref().map(super::seccomp::guest_bpf).transpose()?;
     manager.reconcile().await?;
     let spec = SandboxSpec {
         id,
         limits,
         workspace,
         seccomp: Some(seccomp),
+        net,
+        guest_seccomp,
     };
     let record = manager.create(&spec).await?;
     if args.json {
@@ -198,6 +248,7 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         }
         Err(err) => return Err(err.into()),
     };
+    super::audit::record_exit(manager, &id, &request.argv[0], &status).await;
     if status.oom_killed {
         eprintln!(
             "hearth: command killed: out of memory (sandbox limit {})",
@@ -213,13 +264,24 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
     Ok(u8::try_from(status.shell_code().clamp(0, 255)).unwrap_or(u8::MAX))
 }
 
-/// The OCI rendering of the chosen policy. Denials answer EPERM; routing them to hearth's
-/// audit through a notify listener needs a per-sandbox supervisor process (next step).
-fn render_seccomp(raw: &str) -> Result<serde_json::Value, CliError> {
-    let policy = hearth_seccomp::load_policy(raw)
-        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
-    hearth_seccomp::render_oci(&policy, None)
-        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
+/// The network policy from `--net`, `--allow`, `--allow-private`, `--publish`, `--net-rate`.
+fn net_policy(args: &CreateArgs) -> Result<NetPolicy, CliError> {
+    let bad = |err: PolicyError| CliError::new(BAD_INPUT, err.to_string());
+    let mode = match (&args.net, args.allow.is_empty()) {
+        (Some(raw), _) => raw.parse::<NetMode>().map_err(bad)?,
+        (None, false) => NetMode::Allowlist,
+        (None, true) => NetMode::Gateway,
+    };
+    if mode != NetMode::Allowlist && !args.allow.is_empty() {
+        return Err(CliError::new(BAD_INPUT, format!("--allow needs --net allowlist, not --net {mode}")));
+    }
+    let mut policy = NetPolicy::new(mode);
+    policy.allow = args.allow.iter().map(|raw| AllowRule::parse(raw)).collect::<Result<_, _>>().map_err(bad)?;
+    policy.allow_private = args.allow_private;
+    policy.publish.clone_from(&args.publish);
+    policy.rate = args.net_rate.as_deref().map(Rate::parse).transpose().map_err(bad)?;
+    policy.validate().map_err(bad)?;
+    Ok(policy)
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked positive and finite; saturates

@@ -1,7 +1,7 @@
 //! `hearth seccomp render|check`: seccomp policies on their own, e.g. for Firecracker users.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 
@@ -18,7 +18,8 @@ pub enum SeccompCommand {
         /// A built-in profile (default, strict, audit) or a .toml/.json policy file.
         #[arg(default_value = "default", value_name = "PROFILE|FILE")]
         policy: String,
-        /// firecracker only: also compile to BPF and write Firecracker's binary filter file here.
+        /// firecracker: also compile to BPF and write Firecracker's binary filter file here;
+        /// bpf: also write the file `hearth-guest serve --seccomp-bpf` reads.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -60,9 +61,16 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
                         .map_err(|err| bad(&policy, err))?;
                     serde_json::to_string_pretty(&value)?
                 }
-                Target::Bpf => hearth_seccomp::render_bpf(&loaded)
-                    .map_err(|err| bad(&policy, err))?
-                    .to_string(),
+                Target::Bpf => {
+                    let filters =
+                        hearth_seccomp::render_bpf(&loaded).map_err(|err| bad(&policy, err))?;
+                    if let Some(path) = output {
+                        let bytes = hearth_proto::bpf::encode(&filters.to_raw())
+                            .map_err(|err| bad(&policy, err))?;
+                        write_output(&path, &bytes)?;
+                    }
+                    filters.to_string()
+                }
                 Target::Firecracker => {
                     let json = hearth_seccomp::render_firecracker(&loaded)
                         .map_err(|err| bad(&policy, err))?;
@@ -70,9 +78,7 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
                         let programs = hearth_seccomp::compile_firecracker_json(&json)
                             .map_err(|err| bad(&policy, err))?;
                         let bytes = hearth_seccomp::encode_firecracker_bpf(&programs);
-                        std::fs::write(&path, bytes).map_err(|err| {
-                            CliError::new(BAD_INPUT, format!("{}: {err}", path.display()))
-                        })?;
+                        write_output(&path, &bytes)?;
                     }
                     json
                 }
@@ -82,4 +88,36 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    std::fs::write(path, bytes)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("{}: {err}", path.display())))
+}
+
+/// Whether any call under the policy is audited (and so needs a listener to answer it).
+fn audits(policy: &hearth_seccomp::SeccompPolicy) -> bool {
+    use hearth_seccomp::Action;
+    policy.default_action == Action::AuditDeny
+        || policy.rules.iter().any(|r| r.action == Action::AuditDeny)
+}
+
+/// The OCI rendering for a new sandbox: with `listener` as `listenerPath` when the policy audits
+/// anything, so `audit_deny` reaches the sandbox's supervisor (`SCMP_ACT_NOTIFY`).
+pub fn render_for_sandbox(raw: &str, listener: &Path) -> Result<serde_json::Value, CliError> {
+    let policy = hearth_seccomp::load_policy(raw)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
+    let listener = audits(&policy).then_some(listener);
+    hearth_seccomp::render_oci(&policy, listener)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
+}
+
+/// The `hearth-guest --seccomp-bpf` file for a policy.
+pub fn guest_bpf(raw: &str) -> Result<Vec<u8>, CliError> {
+    let bad = |err: &dyn std::fmt::Display| {
+        CliError::new(BAD_INPUT, format!("guest seccomp policy {raw}: {err}"))
+    };
+    let policy = hearth_seccomp::load_policy(raw).map_err(|err| bad(&err))?;
+    let filters = hearth_seccomp::render_bpf(&policy).map_err(|err| bad(&err))?;
+    hearth_proto::bpf::encode(&filters.to_raw()).map_err(|err| bad(&err))
 }

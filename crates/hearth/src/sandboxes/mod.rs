@@ -8,12 +8,13 @@
 mod reconcile;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_sandbox::backend::{BackendError, GuestEndpoint, LaunchContext, SandboxBackend};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
-use hearth_sandbox::net::netns::{self, NetError};
+use hearth_sandbox::net::{FirewallError, FirewallManager};
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
 
@@ -36,7 +37,9 @@ pub enum SandboxError {
     #[error(transparent)]
     Dirs(#[from] DirsError),
     #[error(transparent)]
-    Net(#[from] NetError),
+    Net(#[from] FirewallError),
+    #[error("a blocking task of hearth failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("sandbox {id} did not come up: {source}{log}")]
@@ -47,6 +50,8 @@ pub enum SandboxError {
     },
     #[error(transparent)]
     Guest(#[from] GuestClientError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
     Cleanup { id: SandboxId, errors: Vec<String> },
 }
@@ -58,6 +63,8 @@ pub struct SandboxManager {
     pub dirs: RuntimeDirs,
     pub backend: Box<dyn SandboxBackend>,
     pub guest_binary: PathBuf,
+    /// Network namespace, link, addresses and nftables rules of every sandbox.
+    pub firewall: Arc<FirewallManager>,
 }
 
 impl SandboxManager {
@@ -101,11 +108,19 @@ impl SandboxManager {
         if spec.workspace.is_none() {
             dirs.create_default_workspace()?;
         }
-        let netns_path = netns::create(&spec.id.names().netns)?;
+        let network = self.with_firewall({
+            let (id, policy) = (spec.id.clone(), spec.net.clone());
+            move |firewall| firewall.setup(&id, &policy)
+        })
+        .await?;
+        // The seccomp listener must be up before the runtime looks for it (see `supervisor`).
+        crate::supervisor::start_if_needed(spec, &dirs, self.dirs.root(), self.store.state_dir())
+            .await?;
         let ctx = LaunchContext {
             dirs: &dirs,
-            netns_path,
+            netns_path: network.netns,
             guest_binary: self.guest_binary.clone(),
+            resolver: network.link.as_ref().map(|link| link.resolver()),
         };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
         let endpoint = self.backend.start(spec, &ctx)?;
@@ -150,7 +165,12 @@ impl SandboxManager {
         if let Err(err) = self.backend.remove(id) {
             errors.push(err.to_string());
         }
-        if let Err(err) = netns::remove(&id.names().netns) {
+        // After the container: with its filter gone the supervisor flushes and exits by itself.
+        if let Err(err) = crate::supervisor::stop(&self.dirs.sandbox(id)) {
+            errors.push(err.to_string());
+        }
+        let id_owned = id.clone();
+        if let Err(err) = self.with_firewall(move |firewall| firewall.teardown(&id_owned)).await {
             errors.push(err.to_string());
         }
         if let Err(err) = self.dirs.sandbox(id).remove() {
@@ -226,6 +246,24 @@ impl SandboxManager {
             }
         }
         Ok(records)
+    }
+}
+
+impl SandboxManager {
+    /// The firewall rules of a sandbox with their packet and byte counters.
+    pub async fn firewall_counters(&self, id: &SandboxId) -> Result<Vec<hearth_sandbox::net::RuleCounter>, SandboxError> {
+        let id = id.clone();
+        self.with_firewall(move |firewall| firewall.counters(&id)).await
+    }
+
+    /// Runs a firewall operation on a blocking thread: it makes netlink and nftables calls,
+    /// and its slot store waits on the database.
+    async fn with_firewall<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&FirewallManager) -> Result<T, FirewallError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let firewall = Arc::clone(&self.firewall);
+        Ok(tokio::task::spawn_blocking(move || work(&firewall)).await??)
     }
 }
 

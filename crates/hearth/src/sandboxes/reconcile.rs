@@ -2,13 +2,12 @@
 //!
 //! Run before commands that create or list sandboxes. It removes:
 //! - sandboxes whose record says `creating` or `removing` while the process doing it is gone;
-//! - runtime containers, sandbox directories and network namespaces named like hearth's but
-//!   belonging to no record.
+//! - runtime containers, sandbox directories, network namespaces, links, nft tables and address
+//!   slots named like hearth's but belonging to no record.
 
 use std::collections::BTreeSet;
 
 use hearth_sandbox::id::OBJECT_PREFIX;
-use hearth_sandbox::net::netns;
 use hearth_sandbox::SandboxId;
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -23,8 +22,12 @@ use crate::store::SandboxStatus;
 pub struct ReconcileReport {
     pub abandoned_sandboxes: Vec<String>,
     pub orphan_containers: Vec<String>,
+    /// Seccomp supervisors (by sandbox id) whose sandbox has no live record.
+    pub orphan_supervisors: Vec<String>,
     pub orphan_dirs: Vec<String>,
     pub orphan_netns: Vec<String>,
+    pub orphan_links: Vec<String>,
+    pub orphan_tables: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -32,8 +35,11 @@ impl ReconcileReport {
     pub fn is_empty(&self) -> bool {
         self.abandoned_sandboxes.is_empty()
             && self.orphan_containers.is_empty()
+            && self.orphan_supervisors.is_empty()
             && self.orphan_dirs.is_empty()
             && self.orphan_netns.is_empty()
+            && self.orphan_links.is_empty()
+            && self.orphan_tables.is_empty()
             && self.errors.is_empty()
     }
 }
@@ -85,6 +91,13 @@ impl SandboxManager {
                 }
             }
         }
+        // Before the dirs: a supervisor flushes into the store on its way out, and its pid file
+        // lives in the dir. Found by command line, so one whose dir is already gone is found too.
+        let keep = |id: &SandboxId| known.contains(id);
+        match crate::supervisor::stop_strays(self.dirs.root(), keep) {
+            Ok(stopped) => report.orphan_supervisors = stopped,
+            Err(err) => report.errors.push(err.to_string()),
+        }
         for dir in self.dirs.list_sandbox_dirs()? {
             if is_orphan(&dir) {
                 let id = SandboxId::parse(&dir).expect("checked by is_orphan");
@@ -94,16 +107,15 @@ impl SandboxManager {
                 }
             }
         }
-        for name in netns::list()? {
-            let Some(raw) = name.strip_prefix(OBJECT_PREFIX) else {
-                continue;
-            };
-            if is_orphan(raw) {
-                match netns::remove(&name) {
-                    Ok(()) => report.orphan_netns.push(name),
-                    Err(err) => report.errors.push(err.to_string()),
-                }
+        // Namespaces, links, nft tables and slots of sandboxes that have no live record.
+        let live: Vec<SandboxId> = known.iter().cloned().collect();
+        match self.with_firewall(move |firewall| firewall.reconcile(&live)).await {
+            Ok(net) => {
+                report.orphan_netns = net.namespaces;
+                report.orphan_links = net.links;
+                report.orphan_tables = net.tables;
             }
+            Err(err) => report.errors.push(err.to_string()),
         }
         if !report.is_empty() {
             tracing::info!(?report, "reconciled leftovers of earlier hearth processes");

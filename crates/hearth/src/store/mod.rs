@@ -2,9 +2,15 @@
 //!
 //! The schema is managed by sqlx migrations embedded in the binary (`crates/hearth/migrations`).
 
+mod audit;
 mod sandboxes;
+mod slots;
+mod tasks;
 
+pub use audit::{AuditCount, AuditState, FlushTotals, StoredEntry};
 pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
+pub use slots::SqliteSlotStore;
+pub use tasks::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
@@ -39,11 +45,23 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    state_dir: PathBuf,
 }
 
 impl Store {
     /// Opens (creating with mode 0600 in a 0700 dir) the database under `state_dir`.
     pub async fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(state_dir, 4).await
+    }
+
+    /// The state dir the database lives in (passed on to supervisor processes).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// [`Store::open`] with a connection limit: a sandbox's supervisor writes from one task, and
+    /// every pooled connection would hold its own page cache.
+    pub async fn open_with(state_dir: &Path, max_connections: u32) -> Result<Self, StoreError> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -75,7 +93,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(max_connections)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
@@ -86,6 +104,9 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { path, source })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            state_dir: state_dir.to_owned(),
+        })
     }
 }

@@ -249,6 +249,8 @@ mod tests {
             limits: ResourceLimits::default(),
             workspace: None,
             seccomp: None,
+            net: Default::default(),
+            guest_seccomp: None,
         }
     }
 

@@ -117,8 +117,22 @@ impl Drop for Sandbox {
     }
 }
 
-/// Every trace a sandbox could leave on the host, as a list of what is still there.
+/// Every trace a sandbox could leave on the host, as a list of what is still there. The kernel
+/// removes a torn-down sandbox's veth pair together with its namespace, asynchronously, so a
+/// leftover must persist for two seconds to count.
 pub fn leftovers(id: &str) -> Vec<String> {
+    let mut found = leftovers_now(id);
+    for _ in 0..20 {
+        if found.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        found = leftovers_now(id);
+    }
+    found
+}
+
+fn leftovers_now(id: &str) -> Vec<String> {
     let env = env();
     let mut found = Vec::new();
     let dir = env.runtime_dir.join("sandboxes").join(id);
@@ -149,6 +163,18 @@ pub fn leftovers(id: &str) -> Vec<String> {
         .any(|l| l.trim() == format!("hearth-{id}"))
     {
         found.push(format!("container hearth-{id}"));
+    }
+    let table = format!("hearth_{}", id.replace('-', "_"));
+    let tables = Command::new("nft").args(["list", "tables"]).output().expect("nft list tables");
+    if String::from_utf8_lossy(&tables.stdout).lines().any(|l| l.trim() == format!("table inet {table}")) {
+        found.push(format!("nft table {table}"));
+    }
+    // Host links carry the owning sandbox in their alias (`hearth:<id>`).
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        if line.trim_end().ends_with(&format!("alias hearth:{id}")) {
+            found.push(format!("link {}", line.split(':').nth(1).unwrap_or("?").trim()));
+        }
     }
     let ls = stdout(&run(&["sandbox", "ls", "--json"]));
     if ls.contains(&format!("\"{id}\"")) {

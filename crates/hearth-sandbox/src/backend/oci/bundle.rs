@@ -25,6 +25,8 @@ pub const GUEST_DIR_IN_SANDBOX: &str = "/.hearth";
 /// The guest's socket path inside the sandbox.
 pub const GUEST_SOCKET_IN_SANDBOX: &str = "/.hearth/guest.sock";
 const GUEST_BINARY_IN_SANDBOX: &str = "/.hearth/hearth-guest";
+/// Where the guest's own seccomp filters appear (read-only), when the spec has them.
+const GUEST_SECCOMP_IN_SANDBOX: &str = "/.hearth/seccomp.bpf";
 const CFS_PERIOD_US: u64 = 100_000;
 /// PATH of the guest and of commands that do not set their own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -77,7 +79,10 @@ pub fn write_bundle(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<PathB
     };
     let mut mounts = prepare_rootfs(ctx)?;
     mounts.push(bind(&workspace, "/workspace", false));
-    write_etc(&ctx.dirs.etc(), spec.id.as_str())?;
+    if let Some(bpf) = &spec.guest_seccomp {
+        mounts.push(guest_seccomp_mount(ctx, bpf)?);
+    }
+    write_etc(&ctx.dirs.etc(), spec.id.as_str(), ctx.resolver)?;
     let config = build_spec(spec, ctx, mounts)?;
     let mut value = serde_json::to_value(&config)?;
     if let Some(seccomp) = &spec.seccomp {
@@ -116,12 +121,7 @@ fn build_spec(
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
-        .args(vec![
-            GUEST_BINARY_IN_SANDBOX.to_owned(),
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            GUEST_SOCKET_IN_SANDBOX.to_owned(),
-        ])
+        .args(guest_args(spec))
         .env(vec![format!("PATH={DEFAULT_PATH}")])
         .cwd("/")
         .capabilities(capabilities)
@@ -189,6 +189,25 @@ fn build_spec(
         .build()?)
 }
 
+fn guest_args(spec: &SandboxSpec) -> Vec<String> {
+    let mut args: Vec<String> = [GUEST_BINARY_IN_SANDBOX, "serve", "--listen", GUEST_SOCKET_IN_SANDBOX]
+        .map(str::to_owned)
+        .into();
+    if spec.guest_seccomp.is_some() {
+        args.extend(["--seccomp-bpf".to_owned(), GUEST_SECCOMP_IN_SANDBOX.to_owned()]);
+    }
+    args
+}
+
+/// Writes the guest's filters beside the bundle and mounts them read-only over a placeholder in
+/// the (writable) guest dir, so nothing in the sandbox can swap them before the guest reads them.
+fn guest_seccomp_mount(ctx: &LaunchContext<'_>, bpf: &[u8]) -> Result<Mount, BundleError> {
+    let host = ctx.dirs.guest_seccomp_bpf();
+    write_new_file(&host, bpf, 0o400)?;
+    write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), b"", 0o400)?;
+    Ok(bind(&host, GUEST_SECCOMP_IN_SANDBOX, true))
+}
+
 /// Lays out the rootfs directory and returns the bind mounts that fill it.
 fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
     let rootfs = ctx.dirs.rootfs();
@@ -236,14 +255,14 @@ fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
 /// Writes the sandbox's own /etc: identity files of its own, plus placeholders where the
 /// host's linker cache and certificates get mounted (the /etc mount is read-only, so the
 /// runtime could not create these mount points itself).
-fn write_etc(etc: &Path, hostname: &str) -> Result<(), BundleError> {
+fn write_etc(etc: &Path, hostname: &str, resolver: Option<std::net::SocketAddr>) -> Result<(), BundleError> {
     let files: [(&str, String); 6] = [
         ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned()),
         ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
         ("hostname", format!("{hostname}\n")),
         ("hosts", format!("127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost\n")),
         ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n".to_owned()),
-        ("resolv.conf", "# hearth: no resolver until the sandbox's network policy names one\n".to_owned()),
+        ("resolv.conf", resolv_conf(resolver)),
     ];
     for (name, content) in files {
         write_new_file(&etc.join(name), content.as_bytes(), 0o644)?;
@@ -261,6 +280,15 @@ fn write_etc(etc: &Path, hostname: &str) -> Result<(), BundleError> {
         }
     }
     Ok(())
+}
+
+/// The sandbox asks hearth's resolver on its link and nothing else; without a link there is no
+/// resolver to name.
+fn resolv_conf(resolver: Option<std::net::SocketAddr>) -> String {
+    match resolver {
+        Some(addr) => format!("# hearth: the sandbox's own resolver\nnameserver {}\noptions timeout:2 attempts:2\n", addr.ip()),
+        None => "# hearth: no network link, so no resolver\n".to_owned(),
+    }
 }
 
 /// Creates a new file exclusively (never through an existing name or symlink).

@@ -1,0 +1,217 @@
+//! `hearth sandbox audit ID [--json] [--follow]`, the hidden `hearth sandbox supervise ID`, and
+//! recording the kills the notify path never sees.
+//!
+//! Counts come from the store, where the sandbox's supervisor flushes every second; before
+//! reading, `audit` sends the supervisor SIGUSR1 and waits for that flush, so the counts include
+//! every call the workload has already seen refused (the supervisor records a call before it
+//! answers it).
+
+use std::time::Duration;
+
+use clap::Args;
+use hearth_proto::ExitStatus;
+use hearth_sandbox::SandboxId;
+use hearth_seccomp::audit::{native_arch, AuditAction, AuditEntry, AuditSource, DEFAULT_WINDOW};
+use serde::Serialize;
+
+use crate::sandboxes::{SandboxError, SandboxManager};
+use crate::store::{AuditCount, AuditState, StoredEntry};
+use crate::supervisor;
+
+/// How long `audit` waits for the supervisor's flush before showing what is stored.
+const FLUSH_WAIT: Duration = Duration::from_secs(3);
+/// How often `--follow` looks for new entries.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// SIGSYS: what a seccomp `kill_process` (or an unhandled `trap`) delivers.
+const SIGSYS: i32 = 31;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Sandbox id.
+    id: String,
+    /// Print JSON (with --follow: the summary, then one JSON entry per line).
+    #[arg(long)]
+    json: bool,
+    /// Keep printing new entries until Ctrl-C or until the sandbox is gone.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Sandbox id.
+    id: String,
+}
+
+/// What `audit --json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    sandbox: String,
+    /// The sandbox's status, or null once it is removed (the audit outlives it).
+    status: Option<String>,
+    supervisor: Option<SupervisorInfo>,
+    counts: Vec<AuditCount>,
+    recent: Vec<StoredEntry>,
+    /// Firewall drops will be listed here once the drop log feeds the audit.
+    network_drops: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct SupervisorInfo {
+    running: bool,
+    #[serde(flatten)]
+    state: AuditState,
+}
+
+/// `hearth sandbox supervise ID` (started by `create`, never by hand).
+pub async fn supervise(args: SuperviseArgs, settings: &crate::config::Settings) -> anyhow::Result<u8> {
+    let id = SandboxId::parse(&args.id)?;
+    supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir).await
+}
+
+pub async fn audit(manager: &SandboxManager, args: AuditArgs) -> anyhow::Result<u8> {
+    let id = SandboxId::parse(&args.id)?;
+    let report = report(manager, &id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if args.follow {
+        let last = report.recent.last().map_or(0, |e| e.id);
+        follow(manager, &id, last, args.json).await?;
+    }
+    Ok(0)
+}
+
+async fn report(manager: &SandboxManager, id: &SandboxId) -> anyhow::Result<Report> {
+    let record = manager.store.get_sandbox(id).await?;
+    if record.is_none() && manager.store.seccomp_audit_state(id).await?.is_none() {
+        return Err(SandboxError::NotFound(id.clone()).into());
+    }
+    let dirs = manager.dirs.sandbox(id);
+    let running =
+        supervisor::launch::request_flush(&manager.store, &dirs, id, FLUSH_WAIT).await?;
+    let state = manager.store.seccomp_audit_state(id).await?;
+    Ok(Report {
+        sandbox: id.to_string(),
+        status: record.map(|r| r.status.to_string()),
+        supervisor: state.map(|state| SupervisorInfo { running, state }),
+        counts: manager.store.seccomp_audit_counts(id).await?,
+        recent: manager.store.seccomp_audit_recent(id, 0).await?,
+        network_drops: Vec::new(),
+    })
+}
+
+async fn follow(
+    manager: &SandboxManager,
+    id: &SandboxId,
+    mut last: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            () = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
+        for stored in manager.store.seccomp_audit_recent(id, last).await? {
+            last = stored.id;
+            if json {
+                println!("{}", serde_json::to_string(&stored)?);
+            } else {
+                println!("{}", entry_line(&stored.entry));
+            }
+        }
+        let supervised = supervisor::launch::running(&manager.dirs.sandbox(id))?.is_some();
+        if !supervised && manager.store.get_sandbox(id).await?.is_none() {
+            return Ok(());
+        }
+        if !supervised && !json {
+            // Nothing more will come unless a kill is recorded by `exec`; keep watching those.
+            tracing::debug!(%id, "supervisor gone; following kills only");
+        }
+    }
+}
+
+fn print_report(r: &Report) {
+    let total: u64 = r.counts.iter().map(|c| c.count).sum();
+    let supervisor = match &r.supervisor {
+        Some(s) if s.running => format!("supervisor pid {} running", s.state.supervisor_pid),
+        Some(s) => format!(
+            "supervisor ended: {}",
+            s.state.ended.as_deref().unwrap_or("exited without a reason (crashed?)")
+        ),
+        None => "no supervisor: this sandbox's policy audits nothing".to_owned(),
+    };
+    let status = r.status.as_deref().unwrap_or("removed");
+    println!("sandbox {} ({status}): {total} refused calls; {supervisor}", r.sandbox);
+    println!("{:<20} {:>5} {:<16} {:<11} {:>10}", "SYSCALL", "NR", "ACTION", "SOURCE", "COUNT");
+    for c in &r.counts {
+        let nr = c.nr.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let name = c.syscall.as_deref().unwrap_or("(unknown)");
+        println!("{name:<20} {nr:>5} {:<16} {:<11} {:>10}", c.action, c.source, c.count);
+    }
+    let capacity = r.supervisor.as_ref().map_or(0, |s| s.state.capacity);
+    println!("recent entries (oldest first, at most {capacity} kept):");
+    println!("{:<12} {:>7} {:<16} {:<16} {:<16} ARGS", "TIME (UTC)", "PID", "COMM", "SYSCALL", "ACTION");
+    for stored in &r.recent {
+        println!("{}", entry_line(&stored.entry));
+    }
+    println!("network drops: none recorded");
+}
+
+fn entry_line(e: &AuditEntry) -> String {
+    let pid = e.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let args: Vec<String> = e.args.iter().map(|a| format!("{a:#x}")).collect();
+    format!(
+        "{:<12} {pid:>7} {:<16} {:<16} {:<16} {}",
+        clock(e.time_ms),
+        e.comm.as_deref().unwrap_or("-"),
+        e.syscall_name.as_deref().unwrap_or("(unknown)"),
+        e.action.as_str(),
+        args.join(",")
+    )
+}
+
+/// `HH:MM:SS.mmm` of a Unix time in ms (UTC; the date is in the JSON).
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}", secs / 3600, secs / 60 % 60, secs % 60, ms % 1000)
+}
+
+/// Records a command that died of SIGSYS: the kernel kills for `kill_process` without telling
+/// any listener, so the exit status is the only trace hearth gets (the syscall number is only in
+/// the kernel's audit log, `dmesg | grep type=1326`). A failure to record is logged, not fatal:
+/// the command's own result matters more.
+pub async fn record_exit(manager: &SandboxManager, id: &SandboxId, argv0: &str, status: &ExitStatus) {
+    if status.signal != Some(SIGSYS) {
+        return;
+    }
+    let mut entry = AuditEntry::new(
+        native_arch(),
+        -1,
+        [0; 6],
+        AuditAction::KilledProcess,
+        AuditSource::Guest,
+    );
+    entry.comm = Some(argv0.rsplit('/').next().unwrap_or(argv0).to_owned());
+    let window_ms = u64::try_from(DEFAULT_WINDOW.as_millis()).unwrap_or(60_000);
+    let capacity = hearth_seccomp::audit::DEFAULT_CAPACITY as u64;
+    if let Err(err) = manager
+        .store
+        .record_seccomp_entry(id, &entry, window_ms, capacity)
+        .await
+    {
+        tracing::warn!(%id, %err, "cannot record the SIGSYS kill in the audit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clock_formats_utc_time_of_day() {
+        assert_eq!(super::clock(86_400_000 + 3_723_004), "01:02:03.004");
+    }
+}

@@ -1,0 +1,236 @@
+//! The supervisor's own side: `hearth sandbox supervise ID`.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hearth_sandbox::dirs::RuntimeDirs;
+use hearth_sandbox::SandboxId;
+use hearth_seccomp::audit::{AuditConfig, AuditWindow, SharedAuditLog};
+use hearth_seccomp::notify::{spawn_server, NotifyError, NotifyListener, ServeSummary};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::launch::READY_LINE;
+use super::{SupervisorError, FIRST_CONNECT_TIMEOUT, FLUSH_INTERVAL};
+use crate::store::{FlushTotals, Store};
+
+/// How long one accept waits before the accept thread looks at `stop` again.
+const ACCEPT_POLL: Duration = Duration::from_millis(250);
+/// Window rows kept for retry while the store refuses writes; past it the oldest are dropped
+/// (and logged) rather than growing without bound.
+const MAX_UNSAVED_WINDOWS: usize = 65_536;
+
+type Server = JoinHandle<Result<ServeSummary, NotifyError>>;
+
+/// Server threads, the first being the container init's (its end is the sandbox's end).
+#[derive(Debug, Default)]
+struct Servers {
+    threads: Vec<Server>,
+    /// Set when no runtime connected within [`FIRST_CONNECT_TIMEOUT`].
+    abandoned: bool,
+}
+
+/// Runs the supervisor of `id` until its sandbox is gone or it is told to stop.
+pub async fn run(id: SandboxId, runtime_dir: &Path, state_dir: &Path) -> anyhow::Result<u8> {
+    // Its own session: a Ctrl-C meant for the `hearth` that started it must not reach it.
+    if let Err(err) = nix::unistd::setsid() {
+        tracing::debug!(%err, "setsid failed (already a group leader)");
+    }
+    let dirs = RuntimeDirs::open(runtime_dir)?.sandbox(&id);
+    let store = Store::open_with(state_dir, 1).await?;
+    let config = AuditConfig::default();
+    let audit = SharedAuditLog::new(config)?;
+    let mut signals = Signals::install()?;
+    let listener = NotifyListener::bind(&dirs.seccomp_socket())?;
+    let capacity = u64::try_from(config.capacity).unwrap_or(u64::MAX);
+    store
+        .begin_seccomp_audit(&id, std::process::id(), capacity)
+        .await?;
+    announce_ready()?;
+    tracing::info!(%id, socket = %listener.path().display(), "seccomp supervisor listening");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = Arc::new(Mutex::new(Servers::default()));
+    let acceptor = {
+        let (audit, stop, servers) = (audit.clone(), Arc::clone(&stop), Arc::clone(&servers));
+        std::thread::Builder::new()
+            .name("seccomp-accept".into())
+            .spawn(move || accept_loop(&listener, &audit, &stop, &servers))
+            .map_err(SupervisorError::Thread)?
+    };
+    let mut flusher = Flusher::new(store, id.clone(), audit, capacity);
+    let ended = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break "terminated",
+            _ = signals.int.recv() => break "interrupted",
+            _ = signals.usr1.recv() => flusher.flush(None).await,
+            () = tokio::time::sleep(FLUSH_INTERVAL) => {
+                flusher.flush(None).await;
+                if let Some(reason) = finished(&servers) {
+                    break reason;
+                }
+            }
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let threads = tokio::task::spawn_blocking(move || join_all(acceptor, &servers)).await;
+    if let Err(err) = threads {
+        tracing::warn!(%err, "joining the notify threads failed");
+    }
+    flusher.flush(Some(ended)).await;
+    tracing::info!(%id, ended, "seccomp supervisor exiting");
+    Ok(0)
+}
+
+/// SIGTERM/SIGINT stop the supervisor; SIGUSR1 asks for a flush now.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, SupervisorError> {
+        let one = |kind: SignalKind, name| {
+            signal(kind).map_err(|source| SupervisorError::Signal { name, source })
+        };
+        Ok(Self {
+            term: one(SignalKind::terminate(), "SIGTERM")?,
+            int: one(SignalKind::interrupt(), "SIGINT")?,
+            usr1: one(SignalKind::user_defined1(), "SIGUSR1")?,
+        })
+    }
+}
+
+/// The one line the parent waits for; stdout is not used again.
+fn announce_ready() -> Result<(), SupervisorError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY_LINE}")
+        .and_then(|()| out.flush())
+        .map_err(|source| SupervisorError::File {
+            path: "stdout".into(),
+            source,
+        })
+}
+
+/// Why the supervisor should end now, if it should: the init's filter is gone, or nobody came.
+fn finished(servers: &Mutex<Servers>) -> Option<&'static str> {
+    let servers = servers.lock().unwrap_or_else(|p| p.into_inner());
+    if servers.abandoned {
+        return Some("no runtime connected");
+    }
+    servers
+        .threads
+        .first()
+        .filter(|init| init.is_finished())
+        .map(|_| "filter gone")
+}
+
+/// Accepts every runtime connection (`runc run`, then one per `runc exec`) and serves each fd on
+/// its own thread, until `stop`.
+fn accept_loop(
+    listener: &NotifyListener,
+    audit: &SharedAuditLog,
+    stop: &Arc<AtomicBool>,
+    servers: &Mutex<Servers>,
+) {
+    let started = Instant::now();
+    let mut accepted = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept_one(ACCEPT_POLL) {
+            Ok(conn) => {
+                accepted += 1;
+                tracing::info!(pid = conn.state.pid, n = accepted, "runtime sent a seccomp fd");
+                let name = format!("seccomp-notify-{accepted}");
+                match spawn_server(name, conn.fd, audit.clone(), Arc::clone(stop)) {
+                    Ok(handle) => lock(servers).threads.push(handle),
+                    Err(err) => tracing::error!(%err, "cannot serve a seccomp fd"),
+                }
+            }
+            Err(NotifyError::AcceptTimeout { .. }) => {
+                if accepted == 0 && started.elapsed() > FIRST_CONNECT_TIMEOUT {
+                    lock(servers).abandoned = true;
+                    return;
+                }
+            }
+            // One broken connection must not end the audit of the others.
+            Err(err) => {
+                tracing::warn!(%err, "a runtime connection failed");
+                std::thread::sleep(ACCEPT_POLL);
+            }
+        }
+    }
+}
+
+fn lock(servers: &Mutex<Servers>) -> std::sync::MutexGuard<'_, Servers> {
+    servers.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn join_all(acceptor: JoinHandle<()>, servers: &Mutex<Servers>) {
+    let _ = acceptor.join();
+    let threads = std::mem::take(&mut lock(servers).threads);
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(summary)) => tracing::info!(?summary, "seccomp fd served"),
+            Ok(Err(err)) => tracing::error!(%err, "serving a seccomp fd failed"),
+            Err(_) => tracing::error!("a seccomp notify thread panicked"),
+        }
+    }
+}
+
+/// Moves what the log gathered since the last flush into the store.
+struct Flusher {
+    store: Store,
+    id: SandboxId,
+    audit: SharedAuditLog,
+    capacity: u64,
+    /// The next ring `seq` not yet stored.
+    next_seq: u64,
+    /// Windows a failed flush could not store, retried next time.
+    unsaved: Vec<AuditWindow>,
+}
+
+impl Flusher {
+    fn new(store: Store, id: SandboxId, audit: SharedAuditLog, capacity: u64) -> Self {
+        Self {
+            store,
+            id,
+            audit,
+            capacity,
+            next_seq: 0,
+            unsaved: Vec::new(),
+        }
+    }
+
+    async fn flush(&mut self, ended: Option<&str>) {
+        let (windows, recent, totals) = {
+            let mut log = self.audit.lock();
+            let totals = FlushTotals {
+                total: log.total(),
+                evicted: log.evicted(),
+                capacity: self.capacity,
+            };
+            (log.drain_windows(), log.recent_since(self.next_seq), totals)
+        };
+        let mut windows = windows;
+        windows.append(&mut self.unsaved);
+        let result = self
+            .store
+            .flush_seccomp_audit(&self.id, &windows, &recent, totals, ended)
+            .await;
+        match result {
+            Ok(_) => self.next_seq = totals.total,
+            Err(err) => {
+                tracing::error!(%err, "cannot store the seccomp audit; retrying next flush");
+                let excess = windows.len().saturating_sub(MAX_UNSAVED_WINDOWS);
+                if excess > 0 {
+                    tracing::error!(dropped = excess, "audit windows dropped: store unavailable");
+                }
+                self.unsaved = windows.split_off(excess);
+            }
+        }
+    }
+}

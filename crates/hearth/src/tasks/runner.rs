@@ -1,0 +1,258 @@
+//! Running one agent task: sandbox, gateway token, agent, result, diff, cleanup.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hearth_proto::{ExecRequest, ExitStatus};
+use hearth_sandbox::guest_client::{GuestClient, OutputChunk};
+use hearth_sandbox::net::{NetMode, NetPolicy};
+use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::agent_files::AGENT_FILES;
+use super::diff::{snapshot, unified_diff};
+use super::model::ModelBackend;
+use super::TaskError;
+use crate::sandboxes::SandboxManager;
+use crate::store::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
+
+/// Where the agent lives inside the sandbox (the guest dir is writable only by the sandbox).
+const AGENT_DIR: &str = "/.hearth/agent";
+const TASK_FILE: &str = "/.hearth/task.json";
+const RESULT_FILE: &str = "/.hearth/result.json";
+const TRAJECTORY_FILE: &str = "/.hearth/trajectory.jsonl";
+/// Extra time the host gives the agent past its own wall-clock limit to write its result.
+const AGENT_GRACE: Duration = Duration::from_secs(30);
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub prompt: String,
+    pub model: String,
+    pub workspace: Option<PathBuf>,
+    pub max_steps: u32,
+    pub max_tokens: u64,
+    pub timeout: Duration,
+    pub net: NetPolicy,
+    pub limits: ResourceLimits,
+    pub seccomp: Value,
+}
+
+/// What the runner reports while a task runs.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The sandbox is up and the agent is starting.
+    Started { sandbox: String, workspace: PathBuf },
+    /// One event the agent printed (model_call, tool_call, tool_result, error, final).
+    Agent(Value),
+}
+
+/// Runs tasks on one manager and one gateway.
+#[derive(Debug)]
+pub struct TaskRunner<'a> {
+    pub manager: &'a SandboxManager,
+    pub model: &'a ModelBackend,
+    /// Per-task private dirs (default workspace, diff baseline): `<state dir>/tasks`.
+    pub tasks_dir: PathBuf,
+}
+
+impl TaskRunner<'_> {
+    /// Runs `request` as task `id` (already inserted as `queued`) to its end. The sandbox is
+    /// removed whatever happens; the task record keeps the outcome.
+    pub async fn run(&self, id: &TaskId, request: &TaskRequest, mut on_progress: impl FnMut(Progress), mut cancel: watch::Receiver<bool>) -> Result<TaskRecord, TaskError> {
+        let store = &self.manager.store;
+        if !store.transition_task(id, TaskStatus::Starting).await? {
+            return Err(TaskError::NotStartable(id.clone()));
+        }
+        let task_dir = self.tasks_dir.join(id.as_str());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&task_dir)
+            .map_err(|source| TaskError::Dir { path: task_dir.clone(), source })?;
+        let outcome = tokio::select! {
+            outcome = self.run_in_sandbox(id, request, &task_dir, &mut on_progress) => outcome,
+            _ = cancel.wait_for(|cancelled| *cancelled) => Ok(Ended { status: TaskStatus::Cancelled, outcome: TaskOutcome { reason: Some("cancelled by the user".into()), ..TaskOutcome::default() } }),
+        };
+        // Cleanup runs however the task ended: the gateway token, the sandbox, the baseline.
+        self.model.gateway.revoke_task(&gateway_task_id(id));
+        if let Err(err) = self.manager.remove(&id.sandbox_id(), true).await {
+            tracing::warn!(task = %id, error = %err, "removing the task's sandbox");
+        }
+        let _ = std::fs::remove_dir_all(task_dir.join("baseline"));
+        let ended = match outcome {
+            Ok(ended) => ended,
+            Err(err) => Ended { status: TaskStatus::Failed, outcome: TaskOutcome { reason: Some(err.to_string()), ..TaskOutcome::default() } },
+        };
+        store.record_outcome(id, &ended.outcome).await?;
+        store.transition_task(id, ended.status).await?;
+        store.append_event(id, "state", &json!({"status": ended.status, "reason": ended.outcome.reason})).await?;
+        store.get_task(id).await?.ok_or_else(|| TaskError::NotStartable(id.clone()))
+    }
+
+    async fn run_in_sandbox(&self, id: &TaskId, request: &TaskRequest, task_dir: &Path, on_progress: &mut impl FnMut(Progress)) -> Result<Ended, TaskError> {
+        let store = &self.manager.store;
+        let workspace = self.workspace(request, task_dir)?;
+        let baseline = task_dir.join("baseline");
+        let have_baseline = match snapshot(&workspace, &baseline) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(task = %id, error = %err, "no diff for this task");
+                false
+            }
+        };
+        let mut net = request.net.clone();
+        if net.mode == NetMode::None {
+            // The agent must reach the gateway; `none` would leave it no way to the model.
+            net.mode = NetMode::Gateway;
+        }
+        let spec = SandboxSpec { id: id.sandbox_id(), limits: request.limits, workspace: Some(workspace.clone()), seccomp: Some(request.seccomp.clone()), guest_seccomp: None, net };
+        self.manager.create(&spec).await?;
+        store.append_event(id, "state", &json!({"status": "starting", "sandbox": spec.id})).await?;
+        let listener = self.bind_gateway(id).await?;
+        let token = self.model.gateway.register_task(gateway_task_id(id), request.max_tokens).map_err(|err| TaskError::Gateway(err.to_string()))?;
+        let gateway_url = format!("http://{}", listener.local_addr());
+        let client = self.manager.guest(&spec.id).await?;
+        install_agent(&client).await?;
+        let task_json = json!({
+            "prompt": request.prompt, "model": request.model, "gateway_url": gateway_url,
+            "gateway_token": token.expose(), "max_steps": request.max_steps, "max_tokens": request.max_tokens,
+            "timeout_s": request.timeout.as_secs_f64(), "mcp_command": ["/.hearth/hearth-guest", "mcp", "--root", "/workspace"],
+            "workspace": "/workspace", "trajectory_path": TRAJECTORY_FILE, "result_path": RESULT_FILE,
+        });
+        client.write_file(TASK_FILE, serde_json::to_vec(&task_json).unwrap_or_default(), 0o600).await?;
+        drop(task_json);
+        store.transition_task(id, TaskStatus::Running).await?;
+        on_progress(Progress::Started { sandbox: spec.id.to_string(), workspace: workspace.clone() });
+        let status = self.run_agent(id, &client, request.timeout + AGENT_GRACE, on_progress).await?;
+        drop(listener);
+        let result: Value = match client.read_file(RESULT_FILE).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let diff = if have_baseline { unified_diff(&baseline, &workspace).ok() } else { None };
+        Ok(Ended::from_agent(&result, status, diff))
+    }
+
+    fn workspace(&self, request: &TaskRequest, task_dir: &Path) -> Result<PathBuf, TaskError> {
+        if let Some(dir) = &request.workspace {
+            return Ok(dir.clone());
+        }
+        let dir = task_dir.join("workspace");
+        std::fs::create_dir_all(&dir).map_err(|source| TaskError::Dir { path: dir.clone(), source })?;
+        if self.model.scripted.is_some() {
+            // The scripted upstream replays the demo fixture, which works on the demo files.
+            for (name, content) in hearth_gateway::scripted::DEMO_WORKSPACE_FILES {
+                let path = dir.join(name);
+                std::fs::write(&path, content).map_err(|source| TaskError::Dir { path, source })?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The gateway listens on the sandbox's host-side address, the one destination its firewall
+    /// always allows.
+    async fn bind_gateway(&self, id: &TaskId) -> Result<hearth_gateway::ListenerHandle, TaskError> {
+        let slot = self.manager.store.net_slot(&id.sandbox_id()).await?.ok_or_else(|| TaskError::Gateway("the task's sandbox has no network link".into()))?;
+        let config = self.manager.firewall.config();
+        let addrs = config.pool.slot(slot).ok_or_else(|| TaskError::Gateway(format!("slot {slot} is outside the pool")))?;
+        let port = config.gateway_ports.first().copied().unwrap_or(4180);
+        let listener = tokio::net::TcpListener::bind((addrs.host, port)).await.map_err(|err| TaskError::Gateway(format!("cannot listen on {}:{port}: {err}", addrs.host)))?;
+        self.model.gateway.spawn(listener).map_err(|err| TaskError::Gateway(err.to_string()))
+    }
+
+    async fn run_agent(&self, id: &TaskId, client: &GuestClient, limit: Duration, on_progress: &mut impl FnMut(Progress)) -> Result<ExitStatus, TaskError> {
+        let request = ExecRequest {
+            argv: vec!["python3".into(), format!("{AGENT_DIR}/loop.py"), "--task".into(), TASK_FILE.into()],
+            cwd: Some("/workspace".into()),
+            timeout_ms: Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
+            ..ExecRequest::default()
+        };
+        // Events go to the store as they arrive, so the timeline interleaves them with the
+        // gateway's llm_call records in real order.
+        let (events, mut queued) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        let store = self.manager.store.clone();
+        let task = id.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(event) = queued.recv().await {
+                if let Err(err) = store.append_event(&task, "agent", &event).await {
+                    tracing::warn!(%task, error = %err, "cannot record an agent event");
+                }
+            }
+        });
+        let mut line = Vec::new();
+        let status = client
+            .exec(&request, |chunk| {
+                if let OutputChunk::Stdout(data) = chunk {
+                    for byte in data {
+                        if byte == b'\n' {
+                            if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                                on_progress(Progress::Agent(event.clone()));
+                                let _ = events.send(event);
+                            }
+                            line.clear();
+                        } else if line.len() < 1 << 20 {
+                            line.push(byte);
+                        }
+                    }
+                }
+            })
+            .await;
+        drop(events);
+        let _ = writer.await;
+        Ok(status?)
+    }
+}
+
+/// The gateway's own task id type carries the same string.
+fn gateway_task_id(id: &TaskId) -> hearth_gateway::TaskId {
+    hearth_gateway::TaskId::parse(id.as_str()).expect("hearth task ids are valid gateway task ids")
+}
+
+/// Copies the embedded agent into the sandbox.
+async fn install_agent(client: &GuestClient) -> Result<(), TaskError> {
+    let mkdir = ExecRequest { argv: vec!["mkdir".into(), "-p".into(), format!("{AGENT_DIR}/hearth_agent")], ..ExecRequest::default() };
+    let status = client.exec(&mkdir, |_| {}).await?;
+    if !status.success() {
+        return Err(TaskError::Gateway(format!("cannot create {AGENT_DIR} in the sandbox")));
+    }
+    for (path, content) in AGENT_FILES {
+        client.write_file(&format!("{AGENT_DIR}/{path}"), content.as_bytes().to_vec(), 0o644).await?;
+    }
+    Ok(())
+}
+
+/// A task's final status and outcome.
+#[derive(Debug)]
+struct Ended {
+    status: TaskStatus,
+    outcome: TaskOutcome,
+}
+
+impl Ended {
+    /// Maps the agent's result file (or its absence) and exit status to the task's end.
+    fn from_agent(result: &Value, exit: ExitStatus, diff: Option<String>) -> Self {
+        let tokens = &result["tokens"];
+        let mut outcome = TaskOutcome {
+            answer: result["answer"].as_str().map(str::to_owned),
+            reason: result["reason"].as_str().map(str::to_owned),
+            prompt_tokens: tokens["prompt"].as_i64().unwrap_or(0),
+            completion_tokens: tokens["completion"].as_i64().unwrap_or(0),
+            diff,
+        };
+        let status = match result["status"].as_str() {
+            Some("succeeded") => TaskStatus::Succeeded,
+            Some("timed_out") => TaskStatus::TimedOut,
+            Some(other) => {
+                outcome.reason = Some(format!("{other}: {}", outcome.reason.clone().unwrap_or_default()));
+                TaskStatus::Failed
+            }
+            None if exit.timed_out => TaskStatus::TimedOut,
+            None => {
+                outcome.reason = Some(format!("the agent ended without a result (exit {})", exit.shell_code()));
+                TaskStatus::Failed
+            }
+        };
+        Self { status, outcome }
+    }
+}
