@@ -93,7 +93,11 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let seccomp = match &args.seccomp_bpf {
-        Some(path) => Some(std::sync::Arc::new(seccomp::GuestFilters::load(path)?)),
+        Some(path) => {
+            let filters = seccomp::GuestFilters::load(path)?;
+            tracing::info!(path = %path.display(), programs = filters.len(), "seccomp filters for every exec");
+            Some(std::sync::Arc::new(filters))
+        }
         None => None,
     };
     let config = server::Config {

@@ -140,6 +140,9 @@ mod tests {
         }
         let out = cmd.output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "-1 1");
-        assert!(nix::unistd::getppid().as_raw() > 0, "the parent stays unfiltered");
+        assert!(
+            nix::unistd::getppid().as_raw() > 0,
+            "the parent stays unfiltered"
+        );
     }
 }

@@ -91,7 +91,10 @@ impl Server {
         let deadline = Instant::now() + ANSWER_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).expect("server answered in time");
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("server answered in time");
             let message: Value = serde_json::from_str(&line).expect("every line is JSON");
             assert_eq!(message["jsonrpc"], "2.0", "{message}");
             if message["id"] == json!(id) && message.get("method").is_none() {
@@ -117,7 +120,10 @@ impl Server {
     fn call(&mut self, name: &str, arguments: Value) -> (String, bool) {
         let result = self.request("tools/call", json!({"name": name, "arguments": arguments}));
         let content = result["content"].as_array().expect("content list");
-        let text: Vec<&str> = content.iter().map(|c| c["text"].as_str().unwrap()).collect();
+        let text: Vec<&str> = content
+            .iter()
+            .map(|c| c["text"].as_str().unwrap())
+            .collect();
         (text.join("\n"), result["isError"] == json!(true))
     }
 
@@ -145,7 +151,10 @@ impl Drop for Server {
 fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
     }
 }
 
@@ -180,7 +189,10 @@ fn handshake_lists_the_five_tools_with_schemas() {
     let tools = result["tools"].as_array().unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["edit_file", "list_dir", "read_file", "shell", "write_file"]);
+    assert_eq!(
+        names,
+        ["edit_file", "list_dir", "read_file", "shell", "write_file"]
+    );
     let schema = |name: &str| {
         let tool = tools.iter().find(|t| t["name"] == name).unwrap();
         assert!(!tool["description"].as_str().unwrap().is_empty());
@@ -189,9 +201,18 @@ fn handshake_lists_the_five_tools_with_schemas() {
     let shell = schema("shell");
     assert_eq!(shell["type"], "object");
     assert_eq!(shell["required"], json!(["command"]), "{shell}");
-    assert_eq!(shell["properties"]["timeout_s"]["type"], "number", "{shell}");
-    assert!(shell["properties"]["timeout_s"].get("default").is_none(), "{shell}");
-    assert_eq!(schema("edit_file")["required"], json!(["path", "old", "new"]));
+    assert_eq!(
+        shell["properties"]["timeout_s"]["type"], "number",
+        "{shell}"
+    );
+    assert!(
+        shell["properties"]["timeout_s"].get("default").is_none(),
+        "{shell}"
+    );
+    assert_eq!(
+        schema("edit_file")["required"],
+        json!(["path", "old", "new"])
+    );
     assert_eq!(schema("write_file")["required"], json!(["path", "content"]));
     assert_eq!(schema("read_file")["required"], json!(["path"]));
     assert_eq!(schema("list_dir")["additionalProperties"], json!(false));
@@ -206,48 +227,88 @@ fn older_protocol_versions_are_echoed_and_unknown_ones_get_a_known_version() {
         assert_eq!(init["serverInfo"]["name"], "hearth-guest");
         assert!(init["capabilities"]["tools"].is_object(), "{init}");
         server.notify("notifications/initialized", json!({}));
-        assert_eq!(server.ok("shell", json!({"command": "echo hi"})), "exit code: 0\nstdout:\nhi\n\nstderr:\n");
+        assert_eq!(
+            server.ok("shell", json!({"command": "echo hi"})),
+            "exit code: 0\nstdout:\nhi\n\nstderr:\n"
+        );
     }
     let mut server = Server::spawn(&[]);
     let init = server.initialize("2099-01-01");
     let offered = init["protocolVersion"].as_str().unwrap();
-    assert!(offered.starts_with("20") && offered != "2099-01-01", "{init}");
+    assert!(
+        offered.starts_with("20") && offered != "2099-01-01",
+        "{init}"
+    );
 }
 
 #[test]
 fn write_read_list_and_edit_files() {
     let mut server = Server::start(&[]);
-    let wrote = server.ok("write_file", json!({"path": "src/deep/calc.py", "content": "a = 1\nb = 1\n"}));
+    let wrote = server.ok(
+        "write_file",
+        json!({"path": "src/deep/calc.py", "content": "a = 1\nb = 1\n"}),
+    );
     assert!(wrote.starts_with("created "), "{wrote}");
     let file = server.root().join("src/deep/calc.py");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "a = 1\nb = 1\n");
-    assert_eq!(server.ok("read_file", json!({"path": "src/deep/calc.py"})), "a = 1\nb = 1\n");
+    assert_eq!(
+        server.ok("read_file", json!({"path": "src/deep/calc.py"})),
+        "a = 1\nb = 1\n"
+    );
     // Absolute paths work too.
     let absolute = file.to_str().unwrap();
-    assert_eq!(server.ok("read_file", json!({"path": absolute})), "a = 1\nb = 1\n");
+    assert_eq!(
+        server.ok("read_file", json!({"path": absolute})),
+        "a = 1\nb = 1\n"
+    );
 
     std::fs::write(server.root().join("top.txt"), "x").unwrap();
     assert_eq!(server.ok("list_dir", json!({"path": "."})), "src/\ntop.txt");
-    assert_eq!(server.ok("list_dir", json!({"path": "src/deep"})), "calc.py");
+    assert_eq!(
+        server.ok("list_dir", json!({"path": "src/deep"})),
+        "calc.py"
+    );
 
-    let edited = server.ok("edit_file", json!({"path": "src/deep/calc.py", "old": "b = 1", "new": "b = 2"}));
+    let edited = server.ok(
+        "edit_file",
+        json!({"path": "src/deep/calc.py", "old": "b = 1", "new": "b = 2"}),
+    );
     assert!(edited.contains("line 2"), "{edited}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "a = 1\nb = 2\n");
 
-    let none = server.err("edit_file", json!({"path": "src/deep/calc.py", "old": "c = 1", "new": "c = 2"}));
-    assert!(none.contains("`old` must match exactly once") && none.contains("found 0"), "{none}");
-    let two = server.err("edit_file", json!({"path": "src/deep/calc.py", "old": " = ", "new": "="}));
+    let none = server.err(
+        "edit_file",
+        json!({"path": "src/deep/calc.py", "old": "c = 1", "new": "c = 2"}),
+    );
+    assert!(
+        none.contains("`old` must match exactly once") && none.contains("found 0"),
+        "{none}"
+    );
+    let two = server.err(
+        "edit_file",
+        json!({"path": "src/deep/calc.py", "old": " = ", "new": "="}),
+    );
     assert!(two.contains("found 2"), "{two}");
-    let empty = server.err("edit_file", json!({"path": "src/deep/calc.py", "old": "", "new": "z"}));
+    let empty = server.err(
+        "edit_file",
+        json!({"path": "src/deep/calc.py", "old": "", "new": "z"}),
+    );
     assert!(empty.contains("must not be empty"), "{empty}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "a = 1\nb = 2\n", "failed edits change nothing");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "a = 1\nb = 2\n",
+        "failed edits change nothing"
+    );
 }
 
 #[test]
 fn file_tool_failures_are_error_results_naming_the_path() {
     let mut server = Server::start(&[]);
     let missing = server.err("read_file", json!({"path": "absent.txt"}));
-    assert!(missing.contains("absent.txt") && missing.contains("No such file"), "{missing}");
+    assert!(
+        missing.contains("absent.txt") && missing.contains("No such file"),
+        "{missing}"
+    );
     let dir = server.err("read_file", json!({"path": "."}));
     assert!(dir.contains("is a directory"), "{dir}");
     let not_dir = server.err("list_dir", json!({"path": "nope"}));
@@ -255,7 +316,10 @@ fn file_tool_failures_are_error_results_naming_the_path() {
     std::fs::write(server.root().join("binary"), [0xff, 0xfe, 0x00]).unwrap();
     let binary = server.err("read_file", json!({"path": "binary"}));
     assert!(binary.contains("not UTF-8"), "{binary}");
-    let missing_edit = server.err("edit_file", json!({"path": "absent.txt", "old": "a", "new": "b"}));
+    let missing_edit = server.err(
+        "edit_file",
+        json!({"path": "absent.txt", "old": "a", "new": "b"}),
+    );
     assert!(missing_edit.contains("absent.txt"), "{missing_edit}");
 }
 
@@ -265,11 +329,17 @@ fn writes_are_atomic_keep_the_mode_and_respect_the_size_cap() {
     let script = server.root().join("run.sh");
     std::fs::write(&script, "#!/bin/sh\necho old\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let wrote = server.ok("write_file", json!({"path": "run.sh", "content": "#!/bin/sh\necho new\n"}));
+    let wrote = server.ok(
+        "write_file",
+        json!({"path": "run.sh", "content": "#!/bin/sh\necho new\n"}),
+    );
     assert!(wrote.starts_with("overwrote "), "{wrote}");
     let mode = std::fs::metadata(&script).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o750);
-    assert_eq!(server.ok("shell", json!({"command": "./run.sh"})), "exit code: 0\nstdout:\nnew\n\nstderr:\n");
+    assert_eq!(
+        server.ok("shell", json!({"command": "./run.sh"})),
+        "exit code: 0\nstdout:\nnew\n\nstderr:\n"
+    );
     let leftovers: Vec<PathBuf> = std::fs::read_dir(server.root())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -289,18 +359,36 @@ fn writes_are_atomic_keep_the_mode_and_respect_the_size_cap() {
 #[test]
 fn shell_runs_in_the_workspace_with_an_allowlisted_environment() {
     let mut server = Server::start(&[]);
-    let text = server.ok("shell", json!({"command": "pwd; echo to-stderr >&2; env; exit 3"}));
+    let text = server.ok(
+        "shell",
+        json!({"command": "pwd; echo to-stderr >&2; env; exit 3"}),
+    );
     let root = server.root().canonicalize().unwrap();
-    assert!(text.starts_with(&format!("exit code: 3\nstdout:\n{}\n", root.display())), "{text}");
+    assert!(
+        text.starts_with(&format!("exit code: 3\nstdout:\n{}\n", root.display())),
+        "{text}"
+    );
     assert!(text.ends_with("stderr:\nto-stderr\n"), "{text}");
-    assert!(text.contains(&format!("HEARTH_WORKSPACE={}", root.display())), "{text}");
+    assert!(
+        text.contains(&format!("HEARTH_WORKSPACE={}", root.display())),
+        "{text}"
+    );
     assert!(text.contains("\nPATH="), "{text}");
-    assert!(!text.contains("must-not-leak"), "the server's environment leaked: {text}");
+    assert!(
+        !text.contains("must-not-leak"),
+        "the server's environment leaked: {text}"
+    );
 
     let killed = server.ok("shell", json!({"command": "kill -9 $$"}));
-    assert!(killed.starts_with("exit code: 137 (killed by signal 9)"), "{killed}");
+    assert!(
+        killed.starts_with("exit code: 137 (killed by signal 9)"),
+        "{killed}"
+    );
     let stdin = server.ok("shell", json!({"command": "cat; echo done"}));
-    assert!(stdin.contains("done"), "stdin must be closed, not inherited: {stdin}");
+    assert!(
+        stdin.contains("done"),
+        "stdin must be closed, not inherited: {stdin}"
+    );
 }
 
 #[test]
@@ -311,7 +399,10 @@ fn shell_timeout_kills_the_whole_process_group_and_keeps_partial_output() {
     assert!(text.starts_with("command timed out after 0.5s"), "{text}");
     assert!(text.contains("stdout:\nstarted\n"), "{text}");
     let pid = read_pid(&server.root().join("bg.pid"));
-    assert!(wait_gone(pid), "background sleep {pid} survived the timeout");
+    assert!(
+        wait_gone(pid),
+        "background sleep {pid} survived the timeout"
+    );
 
     let bad = server.err("shell", json!({"command": "true", "timeout_s": -1}));
     assert!(bad.contains("timeout_s"), "{bad}");
@@ -321,7 +412,10 @@ fn shell_timeout_kills_the_whole_process_group_and_keeps_partial_output() {
 fn long_output_keeps_its_head_and_tail() {
     let mut server = Server::start(&["--max-output", "2000"]);
     let text = server.ok("shell", json!({"command": "seq 1 100000; echo oops >&2"}));
-    assert!(text.starts_with("exit code: 0\nstdout:\n1\n2\n3\n"), "{text:.200}");
+    assert!(
+        text.starts_with("exit code: 0\nstdout:\n1\n2\n3\n"),
+        "{text:.200}"
+    );
     assert!(text.contains("[... output truncated: "), "{text}");
     assert!(text.ends_with("99999\n100000\n\nstderr:\noops\n"), "{text}");
     assert!(text.len() < 2200, "{} bytes returned", text.len());
@@ -334,10 +428,16 @@ fn bad_tool_names_and_arguments() {
     let response = server.response(id);
     assert_eq!(response["error"]["code"], -32602, "{response}");
     let message = response["error"]["message"].as_str().unwrap();
-    assert!(message.contains("rm_rf") && message.contains("read_file"), "{message}");
+    assert!(
+        message.contains("rm_rf") && message.contains("read_file"),
+        "{message}"
+    );
 
     let unknown_field = server.err("read_file", json!({"pth": "x"}));
-    assert!(unknown_field.contains("invalid arguments") && unknown_field.contains("pth"), "{unknown_field}");
+    assert!(
+        unknown_field.contains("invalid arguments") && unknown_field.contains("pth"),
+        "{unknown_field}"
+    );
     let missing = server.err("write_file", json!({"path": "x"}));
     assert!(missing.contains("content"), "{missing}");
     let wrong_type = server.err("shell", json!({"command": 42}));
@@ -352,25 +452,39 @@ fn cancelling_a_call_kills_its_command() {
         json!({"name": "shell", "arguments": {"command": "echo $$ > sh.pid; sleep 300"}}),
     );
     let pid = read_pid(&server.root().join("sh.pid"));
-    server.notify("notifications/cancelled", json!({"requestId": id, "reason": "test"}));
+    server.notify(
+        "notifications/cancelled",
+        json!({"requestId": id, "reason": "test"}),
+    );
     assert!(wait_gone(pid), "cancelled command {pid} still runs");
     // The session goes on.
-    assert!(server.ok("shell", json!({"command": "echo after"})).contains("after"));
+    assert!(server
+        .ok("shell", json!({"command": "echo after"}))
+        .contains("after"));
 }
 
 #[test]
 fn closing_stdin_stops_the_server_and_its_background_jobs() {
     let mut server = Server::start(&[]);
-    let text = server.ok("shell", json!({"command": "sleep 300 > /dev/null 2>&1 & echo $!"}));
+    let text = server.ok(
+        "shell",
+        json!({"command": "sleep 300 > /dev/null 2>&1 & echo $!"}),
+    );
     let pid: u32 = text.lines().nth(2).unwrap().parse().unwrap();
-    assert!(!process_gone(pid), "the background job should outlive its call");
+    assert!(
+        !process_gone(pid),
+        "the background job should outlive its call"
+    );
     drop(server.stdin.take());
     let deadline = Instant::now() + ANSWER_WITHIN;
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "server did not exit on stdin EOF");
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit on stdin EOF"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
@@ -388,5 +502,8 @@ fn a_workspace_that_does_not_exist_is_refused_at_start() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("missing") && stderr.contains("workspace"), "{stderr}");
+    assert!(
+        stderr.contains("missing") && stderr.contains("workspace"),
+        "{stderr}"
+    );
 }

@@ -130,7 +130,11 @@ mod tests {
     fn round_trips_and_rejects_damage() {
         // ret ALLOW; ld [0]; ret ERRNO|1
         let one = vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
-        let two = [vec![0x20, 0, 1, 2, 0, 0, 0, 0], vec![0x06, 0, 0, 0, 1, 0, 5, 0]].concat();
+        let two = [
+            vec![0x20, 0, 1, 2, 0, 0, 0, 0],
+            vec![0x06, 0, 0, 0, 1, 0, 5, 0],
+        ]
+        .concat();
         let file = encode(&[one, two]).unwrap();
         let programs = decode(&file).unwrap();
         assert_eq!(programs.len(), 2);

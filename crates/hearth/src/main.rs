@@ -7,8 +7,8 @@ mod doctor;
 mod exit;
 mod sandboxes;
 mod store;
-mod tasks;
 mod supervisor;
+mod tasks;
 
 use std::process::ExitCode;
 

@@ -417,23 +417,37 @@ fn network_modes_and_the_net_command() {
     // Default: a link to the host side, hearth's resolver in resolv.conf, a firewall table.
     let sb = Sandbox::create("rt-net-gateway", &[]);
     let links = sb.sh_ok("ls /sys/class/net");
-    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), vec!["eth0", "lo"]);
-    let report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &sb.id, "--json"])).unwrap();
+    assert_eq!(
+        links.split_whitespace().collect::<Vec<_>>(),
+        vec!["eth0", "lo"]
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["sandbox", "net", &sb.id, "--json"])).unwrap();
     assert_eq!(report["policy"]["mode"], "gateway");
     let host = report["link"]["host_address"].as_str().unwrap().to_owned();
-    assert!(sb.sh_ok("cat /etc/resolv.conf").contains(&format!("nameserver {host}")));
-    assert!(!report["rules"].as_array().unwrap().is_empty(), "rules with counters: {report}");
+    assert!(sb
+        .sh_ok("cat /etc/resolv.conf")
+        .contains(&format!("nameserver {host}")));
+    assert!(
+        !report["rules"].as_array().unwrap().is_empty(),
+        "rules with counters: {report}"
+    );
 
     // --net none: loopback only, no table, no link.
     let none = Sandbox::create("rt-net-none", &["--net", "none"]);
     assert_eq!(none.sh_ok("ls /sys/class/net").trim(), "lo");
-    let report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &none.id, "--json"])).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&["sandbox", "net", &none.id, "--json"])).unwrap();
     assert!(report["link"].is_null());
 
     // Two sandboxes cannot reach each other: a listener in one, a connection attempt from the other.
     let other = Sandbox::create("rt-net-other", &[]);
-    let other_report: serde_json::Value = serde_json::from_str(&ok(&["sandbox", "net", &other.id, "--json"])).unwrap();
-    let other_addr = other_report["link"]["sandbox_address"].as_str().unwrap().to_owned();
+    let other_report: serde_json::Value =
+        serde_json::from_str(&ok(&["sandbox", "net", &other.id, "--json"])).unwrap();
+    let other_addr = other_report["link"]["sandbox_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let probe = format!(
         "import socket\ns = socket.socket(); s.settimeout(2)\ntry:\n    s.connect(('{other_addr}', 8000)); print('connected')\nexcept OSError as e:\n    print('blocked', type(e).__name__)"
     );

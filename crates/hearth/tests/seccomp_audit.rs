@@ -57,8 +57,18 @@ fn denied_calls_get_eperm_and_the_audit_has_exact_counts() {
     assert_eq!(lines[15], "done");
 
     let report = audit_json(&sb.id);
-    for (name, times) in [("unshare", 3), ("mount", 2), ("ptrace", 4), ("keyctl", 5), ("bpf", 1)] {
-        assert_eq!(count(&report, name, "denied_eperm"), times, "{name}: {report}");
+    for (name, times) in [
+        ("unshare", 3),
+        ("mount", 2),
+        ("ptrace", 4),
+        ("keyctl", 5),
+        ("bpf", 1),
+    ] {
+        assert_eq!(
+            count(&report, name, "denied_eperm"),
+            times,
+            "{name}: {report}"
+        );
     }
     let recent = report["recent"].as_array().unwrap();
     let first = recent
@@ -75,7 +85,9 @@ fn denied_calls_get_eperm_and_the_audit_has_exact_counts() {
     // The text form names each syscall with its count.
     let table = ok(&["sandbox", "audit", &sb.id]);
     assert!(
-        table.lines().any(|l| l.starts_with("keyctl") && l.trim_end().ends_with(" 5")),
+        table
+            .lines()
+            .any(|l| l.starts_with("keyctl") && l.trim_end().ends_with(" 5")),
         "{table}"
     );
 }
@@ -130,7 +142,12 @@ fn supervisor_lives_and_dies_with_its_sandbox() {
     let pid: i32 = text.split_whitespace().next().unwrap().parse().unwrap();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     // Its own session, so a Ctrl-C at the terminal that ran `create` can't reach it.
-    assert_eq!(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap().as_raw(), pid);
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid)))
+            .unwrap()
+            .as_raw(),
+        pid
+    );
 
     // If it dies, audited calls are still refused (ENOSYS), never allowed.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
@@ -144,7 +161,11 @@ fn supervisor_lives_and_dies_with_its_sandbox() {
     let report = audit_json(&sb.id);
     assert_eq!(report["supervisor"]["running"], false, "{report}");
     drop(sb);
-    assert!(leftovers("sa-life").is_empty(), "{:?}", leftovers("sa-life"));
+    assert!(
+        leftovers("sa-life").is_empty(),
+        "{:?}",
+        leftovers("sa-life")
+    );
 }
 
 #[test]
@@ -165,8 +186,11 @@ fn removing_a_sandbox_stops_its_supervisor() {
 }
 
 fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 /// A supervisor that can't start, or one the runtime can't reach, fails the create with one
@@ -178,7 +202,10 @@ fn an_unreachable_listener_fails_the_create_cleanly() {
     let liar = tmp.path().join("liar.sh");
     std::fs::write(&liar, "#!/bin/sh\necho ready\nwhile :; do sleep 1; done\n").unwrap();
     std::fs::set_permissions(&liar, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for (id, exe) in [("sa-nolisten-false", Path::new("/bin/false")), ("sa-nolisten-liar", &liar)] {
+    for (id, exe) in [
+        ("sa-nolisten-false", Path::new("/bin/false")),
+        ("sa-nolisten-liar", &liar),
+    ] {
         let out = common::hearth()
             .env("HEARTH_SUPERVISOR_EXE", exe)
             .args(["sandbox", "create", "--id", id])
@@ -188,17 +215,23 @@ fn an_unreachable_listener_fails_the_create_cleanly() {
         assert_eq!(out.status.code(), Some(7), "{id}: {err}");
         assert_eq!(err.lines().count(), 1, "{id}: {err}");
         assert!(err.starts_with("hearth: "), "{err}");
-        assert!(err.contains("seccomp") || err.contains("listener"), "{id}: {err}");
+        assert!(
+            err.contains("seccomp") || err.contains("listener"),
+            "{id}: {err}"
+        );
         assert!(leftovers(id).is_empty(), "{id}: {:?}", leftovers(id));
         assert!(!process_mentions(id), "{id}: a supervisor process is left");
     }
 }
 
 fn process_mentions(id: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == id.as_bytes()))
-    })
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == id.as_bytes()))
+        })
 }
 
 #[test]
@@ -237,7 +270,14 @@ fn a_malformed_policy_is_one_line_naming_file_rule_and_problem() {
         "{err}"
     );
     // The same file refused by create, before anything is made.
-    let out = run(&["sandbox", "create", "--id", "sa-badpolicy", "--seccomp", policy.to_str().unwrap()]);
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        "sa-badpolicy",
+        "--seccomp",
+        policy.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(leftovers("sa-badpolicy").is_empty());
 }

@@ -90,7 +90,11 @@ impl Workspace {
         }
         let existed = write_atomic(&path, content.as_bytes())?;
         let verb = if existed { "overwrote" } else { "created" };
-        Ok(format!("{verb} {} ({} bytes)", path.display(), content.len()))
+        Ok(format!(
+            "{verb} {} ({} bytes)",
+            path.display(),
+            content.len()
+        ))
     }
 
     pub fn edit(&self, path: &str, old: &str, new: &str) -> Result<String, FileError> {

@@ -80,13 +80,10 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
 }
 
 fn build(args: &McpArgs) -> Result<ToolServer, McpError> {
-    let root = args
-        .root
-        .canonicalize()
-        .map_err(|source| McpError::Root {
-            path: args.root.clone(),
-            source,
-        })?;
+    let root = args.root.canonicalize().map_err(|source| McpError::Root {
+        path: args.root.clone(),
+        source,
+    })?;
     if !root.is_dir() {
         return Err(McpError::RootNotDir(root));
     }

@@ -57,7 +57,11 @@ impl HeadTail {
         }
         let head_len = (budget / 2).min(self.head.len());
         let tail_len = (budget - head_len).min(self.tail.len());
-        let tail: Vec<u8> = self.tail.range(self.tail.len() - tail_len..).copied().collect();
+        let tail: Vec<u8> = self
+            .tail
+            .range(self.tail.len() - tail_len..)
+            .copied()
+            .collect();
         let omitted = self.total - (head_len + tail_len) as u64;
         format!(
             "{}\n[... output truncated: {omitted} bytes omitted ...]\n{}",
@@ -100,12 +104,17 @@ mod tests {
 
     #[test]
     fn long_output_keeps_head_and_tail_and_counts_the_middle() {
-        let body: Vec<u8> = (0..1000u32).flat_map(|i| format!("{i:04}\n").into_bytes()).collect();
+        let body: Vec<u8> = (0..1000u32)
+            .flat_map(|i| format!("{i:04}\n").into_bytes())
+            .collect();
         let out = capture(100, &body.chunks(7).collect::<Vec<_>>());
         let text = out.render(100);
         assert!(text.starts_with("0000\n0001\n"), "{text}");
         assert!(text.ends_with("0998\n0999\n"), "{text}");
-        assert!(text.contains("[... output truncated: 4900 bytes omitted ...]"), "{text}");
+        assert!(
+            text.contains("[... output truncated: 4900 bytes omitted ...]"),
+            "{text}"
+        );
     }
 
     #[test]

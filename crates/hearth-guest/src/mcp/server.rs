@@ -39,7 +39,10 @@ fn tidy_optional_fields(schema: &mut schemars::Schema) {
     let properties = schema.get_mut("properties").and_then(|p| p.as_object_mut());
     for property in properties.into_iter().flat_map(|p| p.values_mut()) {
         if let Some(property) = property.as_object_mut() {
-            if property.get("default").is_some_and(serde_json::Value::is_null) {
+            if property
+                .get("default")
+                .is_some_and(serde_json::Value::is_null)
+            {
                 property.remove("default");
             }
             if property.get("format").and_then(serde_json::Value::as_str) == Some("double") {
@@ -133,7 +136,11 @@ impl ToolServer {
             Ok(timeout) => timeout,
             Err(err) => return reply(Err::<String, _>(err)),
         };
-        reply(self.shell.run(&args.command, timeout, context.ct.cancelled()).await)
+        reply(
+            self.shell
+                .run(&args.command, timeout, context.ct.cancelled())
+                .await,
+        )
     }
 
     #[tool(
@@ -190,7 +197,12 @@ impl ServerHandler for ToolServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.clone();
         if !self.tool_router.has_route(&name) {
-            let known: Vec<_> = self.tool_router.list_all().into_iter().map(|t| t.name).collect();
+            let known: Vec<_> = self
+                .tool_router
+                .list_all()
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
             let message = format!("unknown tool {name:?}; the tools are: {}", known.join(", "));
             return Err(ErrorData::invalid_params(message, None));
         }

@@ -56,14 +56,20 @@ pub struct Groups(Arc<Mutex<HashSet<i32>>>);
 
 impl Groups {
     fn insert(&self, pgid: i32) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(pgid);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pgid);
     }
 
     /// Forgets `pgid` once no process is left in it, so `kill_all` never signals a group id
     /// that was since reused.
     fn forget_if_empty(&self, pgid: i32) {
         if killpg(Pid::from_raw(pgid), None) == Err(nix::errno::Errno::ESRCH) {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&pgid);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pgid);
         }
     }
 

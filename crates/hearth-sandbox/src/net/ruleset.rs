@@ -37,7 +37,9 @@ use nftables::schema::{
 use nftables::stmt::{Counter, JumpTarget, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::policy::{AllowRule, NetPolicy, ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, PRIVATE_V4, PRIVATE_V6};
+use super::policy::{
+    AllowRule, NetPolicy, ALWAYS_DENIED_V4, ALWAYS_DENIED_V6, PRIVATE_V4, PRIVATE_V6,
+};
 
 /// Why a packet was dropped; the last part of the log prefix and of the rule's comment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -172,9 +174,17 @@ pub fn install(spec: &RulesetSpec<'_>) -> Nftables<'static> {
         }));
     }
     if has_domain_rules(spec.policy) {
-        batch.add(dns_set(t, DNS_ANY_SET, SetTypeValue::Single(SetType::Ipv4Addr)));
+        batch.add(dns_set(
+            t,
+            DNS_ANY_SET,
+            SetTypeValue::Single(SetType::Ipv4Addr),
+        ));
         let pair = [SetType::Ipv4Addr, SetType::InetService];
-        batch.add(dns_set(t, DNS_PORT_SET, SetTypeValue::Concatenated(pair.to_vec().into())));
+        batch.add(dns_set(
+            t,
+            DNS_PORT_SET,
+            SetTypeValue::Concatenated(pair.to_vec().into()),
+        ));
     }
     let mut rules = RuleWriter { spec, batch };
     rules.hooks();
@@ -416,7 +426,11 @@ fn table(name: &str) -> NfListObject<'static> {
 }
 
 /// A named set whose elements carry their own timeouts (the resolver sets them from DNS TTLs).
-fn dns_set(table: &str, name: &'static str, set_type: SetTypeValue<'static>) -> NfListObject<'static> {
+fn dns_set(
+    table: &str,
+    name: &'static str,
+    set_type: SetTypeValue<'static>,
+) -> NfListObject<'static> {
     NfListObject::Set(Box::new(Set {
         family: NfFamily::INet,
         table: table.to_owned().into(),

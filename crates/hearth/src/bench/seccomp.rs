@@ -92,7 +92,10 @@ async fn measure(
     progress(json, &format!("exec true x{execs} in an idle host"));
     let idle = exec_samples(manager, quiet, execs).await?;
 
-    progress(json, &format!("{calls} denied unshare calls, execs alongside"));
+    progress(
+        json,
+        &format!("{calls} denied unshare calls, execs alongside"),
+    );
     let client = manager.guest(flood).await?;
     let started = std::time::Instant::now();
     let workload = tokio::spawn(async move {
@@ -111,7 +114,10 @@ async fn measure(
     let outlasted = !workload.is_finished();
     let (status, stdout, elapsed) = workload.await?;
     if !status?.success() {
-        bail!("the flood workload failed: {}", String::from_utf8_lossy(&stdout));
+        bail!(
+            "the flood workload failed: {}",
+            String::from_utf8_lossy(&stdout)
+        );
     }
     let seen: u64 = String::from_utf8_lossy(&stdout).trim().parse().unwrap_or(0);
 
@@ -209,13 +215,20 @@ fn print_table(r: &SeccompBench) {
     println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
     let row =
         |name: &str, p: &Percentiles| println!("{name:<44} {:>9.2} {:>9.2}", p.p50_ms, p.p99_ms);
-    row("exec true, second sandbox, during the flood", &r.exec_during_flood);
+    row(
+        "exec true, second sandbox, during the flood",
+        &r.exec_during_flood,
+    );
     row("reference: same, idle (same run)", &r.exec_idle);
     println!(
         "{:<44} {:>9.2}x (goal <= 1.2x){}",
         "exec ratio (p50)",
         r.exec_ratio_p50,
-        if r.flood_outlasted_samples { "" } else { "; the flood ended before the samples did" }
+        if r.flood_outlasted_samples {
+            ""
+        } else {
+            "; the flood ended before the samples did"
+        }
     );
 }
 

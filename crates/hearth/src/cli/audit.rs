@@ -64,7 +64,10 @@ struct SupervisorInfo {
 }
 
 /// `hearth sandbox supervise ID` (started by `create`, never by hand).
-pub async fn supervise(args: SuperviseArgs, settings: &crate::config::Settings) -> anyhow::Result<u8> {
+pub async fn supervise(
+    args: SuperviseArgs,
+    settings: &crate::config::Settings,
+) -> anyhow::Result<u8> {
     let id = SandboxId::parse(&args.id)?;
     supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir).await
 }
@@ -90,8 +93,7 @@ async fn report(manager: &SandboxManager, id: &SandboxId) -> anyhow::Result<Repo
         return Err(SandboxError::NotFound(id.clone()).into());
     }
     let dirs = manager.dirs.sandbox(id);
-    let running =
-        supervisor::launch::request_flush(&manager.store, &dirs, id, FLUSH_WAIT).await?;
+    let running = supervisor::launch::request_flush(&manager.store, &dirs, id, FLUSH_WAIT).await?;
     let state = manager.store.seccomp_audit_state(id).await?;
     Ok(Report {
         sandbox: id.to_string(),
@@ -141,21 +143,36 @@ fn print_report(r: &Report) {
         Some(s) if s.running => format!("supervisor pid {} running", s.state.supervisor_pid),
         Some(s) => format!(
             "supervisor ended: {}",
-            s.state.ended.as_deref().unwrap_or("exited without a reason (crashed?)")
+            s.state
+                .ended
+                .as_deref()
+                .unwrap_or("exited without a reason (crashed?)")
         ),
         None => "no supervisor: this sandbox's policy audits nothing".to_owned(),
     };
     let status = r.status.as_deref().unwrap_or("removed");
-    println!("sandbox {} ({status}): {total} refused calls; {supervisor}", r.sandbox);
-    println!("{:<20} {:>5} {:<16} {:<11} {:>10}", "SYSCALL", "NR", "ACTION", "SOURCE", "COUNT");
+    println!(
+        "sandbox {} ({status}): {total} refused calls; {supervisor}",
+        r.sandbox
+    );
+    println!(
+        "{:<20} {:>5} {:<16} {:<11} {:>10}",
+        "SYSCALL", "NR", "ACTION", "SOURCE", "COUNT"
+    );
     for c in &r.counts {
         let nr = c.nr.map_or_else(|| "?".to_owned(), |n| n.to_string());
         let name = c.syscall.as_deref().unwrap_or("(unknown)");
-        println!("{name:<20} {nr:>5} {:<16} {:<11} {:>10}", c.action, c.source, c.count);
+        println!(
+            "{name:<20} {nr:>5} {:<16} {:<11} {:>10}",
+            c.action, c.source, c.count
+        );
     }
     let capacity = r.supervisor.as_ref().map_or(0, |s| s.state.capacity);
     println!("recent entries (oldest first, at most {capacity} kept):");
-    println!("{:<12} {:>7} {:<16} {:<16} {:<16} ARGS", "TIME (UTC)", "PID", "COMM", "SYSCALL", "ACTION");
+    println!(
+        "{:<12} {:>7} {:<16} {:<16} {:<16} ARGS",
+        "TIME (UTC)", "PID", "COMM", "SYSCALL", "ACTION"
+    );
     for stored in &r.recent {
         println!("{}", entry_line(&stored.entry));
     }
@@ -178,14 +195,25 @@ fn entry_line(e: &AuditEntry) -> String {
 /// `HH:MM:SS.mmm` of a Unix time in ms (UTC; the date is in the JSON).
 fn clock(ms: u64) -> String {
     let secs = ms / 1000 % 86_400;
-    format!("{:02}:{:02}:{:02}.{:03}", secs / 3600, secs / 60 % 60, secs % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        ms % 1000
+    )
 }
 
 /// Records a command that died of SIGSYS: the kernel kills for `kill_process` without telling
 /// any listener, so the exit status is the only trace hearth gets (the syscall number is only in
 /// the kernel's audit log, `dmesg | grep type=1326`). A failure to record is logged, not fatal:
 /// the command's own result matters more.
-pub async fn record_exit(manager: &SandboxManager, id: &SandboxId, argv0: &str, status: &ExitStatus) {
+pub async fn record_exit(
+    manager: &SandboxManager,
+    id: &SandboxId,
+    argv0: &str,
+    status: &ExitStatus,
+) {
     if status.signal != Some(SIGSYS) {
         return;
     }

@@ -32,21 +32,32 @@ pub async fn show(manager: &SandboxManager, raw_id: &str, json: bool) -> anyhow:
     let record = manager.get(&id).await?;
     let config = manager.firewall.config().clone();
     let slot = manager.store.net_slot(&id).await?;
-    let link = slot.and_then(|slot| config.pool.slot(slot)).map(|addrs: SlotAddrs| {
-        let names = id.names();
-        LinkReport {
-            slot: addrs.index,
-            subnet: addrs.subnet.to_string(),
-            host_interface: names.veth_host,
-            host_address: addrs.host.to_string(),
-            sandbox_address: addrs.sandbox.to_string(),
-            gateway_ports: config.gateway_ports.clone(),
-            dns_port: config.dns_port,
-            nft_table: names.nft_table,
-        }
-    });
-    let rules = if link.is_some() { manager.firewall_counters(&id).await? } else { Vec::new() };
-    let report = NetReport { id, policy: record.spec.net, link, rules };
+    let link = slot
+        .and_then(|slot| config.pool.slot(slot))
+        .map(|addrs: SlotAddrs| {
+            let names = id.names();
+            LinkReport {
+                slot: addrs.index,
+                subnet: addrs.subnet.to_string(),
+                host_interface: names.veth_host,
+                host_address: addrs.host.to_string(),
+                sandbox_address: addrs.sandbox.to_string(),
+                gateway_ports: config.gateway_ports.clone(),
+                dns_port: config.dns_port,
+                nft_table: names.nft_table,
+            }
+        });
+    let rules = if link.is_some() {
+        manager.firewall_counters(&id).await?
+    } else {
+        Vec::new()
+    };
+    let report = NetReport {
+        id,
+        policy: record.spec.net,
+        link,
+        rules,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -60,7 +71,10 @@ fn print_report(report: &NetReport) {
     println!("sandbox   {}", report.id);
     println!("mode      {}", policy.mode);
     for rule in &policy.allow {
-        println!("allow     {}", serde_json::to_string(rule).unwrap_or_default());
+        println!(
+            "allow     {}",
+            serde_json::to_string(rule).unwrap_or_default()
+        );
     }
     if policy.allow_private {
         println!("private   allowed for allowlisted destinations");
@@ -71,14 +85,23 @@ fn print_report(report: &NetReport) {
     match &report.link {
         None => println!("link      none (loopback only)"),
         Some(link) => {
-            println!("link      {} {} -> host {} (table inet {})", link.host_interface, link.sandbox_address, link.host_address, link.nft_table);
-            println!("gateway   {}:{:?}, resolver {}:{}", link.host_address, link.gateway_ports, link.host_address, link.dns_port);
+            println!(
+                "link      {} {} -> host {} (table inet {})",
+                link.host_interface, link.sandbox_address, link.host_address, link.nft_table
+            );
+            println!(
+                "gateway   {}:{:?}, resolver {}:{}",
+                link.host_address, link.gateway_ports, link.host_address, link.dns_port
+            );
         }
     }
     if !report.rules.is_empty() {
         println!("\n{:<10} {:>10} {:>12}  RULE", "CHAIN", "PACKETS", "BYTES");
         for rule in &report.rules {
-            println!("{:<10} {:>10} {:>12}  {}", rule.chain, rule.packets, rule.bytes, rule.comment);
+            println!(
+                "{:<10} {:>10} {:>12}  {}",
+                rule.chain, rule.packets, rule.bytes, rule.comment
+            );
         }
     }
 }

@@ -59,9 +59,15 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
     let model = ModelBackend::from_env(Arc::clone(&recorder)).await?;
     let id = TaskId::generate();
     let spec = json!({"workspace": request.workspace, "max_steps": request.max_steps, "max_tokens": request.max_tokens, "timeout_s": request.timeout.as_secs_f64(), "net": request.net});
-    manager.store.insert_task(&id, &request.prompt, &request.model, &spec).await?;
+    manager
+        .store
+        .insert_task(&id, &request.prompt, &request.model, &spec)
+        .await?;
     let mut printer = Printer::new(args.json);
-    printer.line(&json!({"type": "task", "id": id, "model": model.description}), &format!("task {id}: {}", model.description));
+    printer.line(
+        &json!({"type": "task", "id": id, "model": model.description}),
+        &format!("task {id}: {}", model.description),
+    );
 
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -69,8 +75,19 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
             let _ = cancel_tx.send(true);
         }
     });
-    let runner = TaskRunner { manager: &manager, model: &model, tasks_dir: settings.state_dir.join("tasks") };
-    let record = runner.run(&id, &request, |progress| printer.progress(&progress), cancel_rx).await?;
+    let runner = TaskRunner {
+        manager: &manager,
+        model: &model,
+        tasks_dir: settings.state_dir.join("tasks"),
+    };
+    let record = runner
+        .run(
+            &id,
+            &request,
+            |progress| printer.progress(&progress),
+            cancel_rx,
+        )
+        .await?;
     recorder.close();
     let _ = writer.await;
     printer.finish(&record);
@@ -88,17 +105,32 @@ fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
         return Err(bad("the prompt is empty".into()));
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(bad(format!("--timeout {} must be a positive number of seconds", args.timeout)));
+        return Err(bad(format!(
+            "--timeout {} must be a positive number of seconds",
+            args.timeout
+        )));
     }
     if args.max_steps == 0 || args.max_tokens == 0 {
         return Err(bad("--max-steps and --max-tokens must be at least 1".into()));
     }
     let workspace = match &args.workspace {
-        Some(dir) => Some(dir.canonicalize().map_err(|err| bad(format!("workspace {}: {err}", dir.display())))?),
+        Some(dir) => Some(
+            dir.canonicalize()
+                .map_err(|err| bad(format!("workspace {}: {err}", dir.display())))?,
+        ),
         None => None,
     };
-    let mut net = NetPolicy::new(if args.allow.is_empty() { NetMode::Gateway } else { NetMode::Allowlist });
-    net.allow = args.allow.iter().map(|raw| AllowRule::parse(raw)).collect::<Result<_, _>>().map_err(|err| bad(err.to_string()))?;
+    let mut net = NetPolicy::new(if args.allow.is_empty() {
+        NetMode::Gateway
+    } else {
+        NetMode::Allowlist
+    });
+    net.allow = args
+        .allow
+        .iter()
+        .map(|raw| AllowRule::parse(raw))
+        .collect::<Result<_, _>>()
+        .map_err(|err| bad(err.to_string()))?;
     let policy = hearth_seccomp::load_policy("default").map_err(|err| bad(err.to_string()))?;
     let seccomp = hearth_seccomp::render_oci(&policy, None).map_err(|err| bad(err.to_string()))?;
     Ok(TaskRequest {
@@ -123,7 +155,10 @@ struct Printer {
 
 impl Printer {
     fn new(json: bool) -> Self {
-        Self { json, terminal: std::io::stderr().is_terminal() }
+        Self {
+            json,
+            terminal: std::io::stderr().is_terminal(),
+        }
     }
 
     fn line(&mut self, value: &Value, text: &str) {
@@ -137,7 +172,10 @@ impl Printer {
     fn progress(&mut self, progress: &Progress) {
         match progress {
             Progress::Started { sandbox, workspace } => {
-                self.line(&json!({"type": "started", "sandbox": sandbox, "workspace": workspace}), &format!("sandbox {sandbox} up; workspace {}", workspace.display()));
+                self.line(
+                    &json!({"type": "started", "sandbox": sandbox, "workspace": workspace}),
+                    &format!("sandbox {sandbox} up; workspace {}", workspace.display()),
+                );
             }
             Progress::Agent(event) => {
                 if self.json {
@@ -148,13 +186,33 @@ impl Printer {
                 match event["type"].as_str() {
                     Some("model_call") => {
                         let tokens = event["tokens_total"].as_i64().unwrap_or(0);
-                        self.line(event, &format!("step {step}: model answered ({tokens} tokens so far)"));
+                        self.line(
+                            event,
+                            &format!("step {step}: model answered ({tokens} tokens so far)"),
+                        );
                     }
                     Some("tool_call") => {
-                        let args: String = event["arguments"].as_str().unwrap_or("").chars().take(80).collect();
-                        self.line(event, &format!("step {step}: {} {args}", event["name"].as_str().unwrap_or("?")));
+                        let args: String = event["arguments"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(80)
+                            .collect();
+                        self.line(
+                            event,
+                            &format!(
+                                "step {step}: {} {args}",
+                                event["name"].as_str().unwrap_or("?")
+                            ),
+                        );
                     }
-                    Some("error") => self.line(event, &format!("step {step}: error: {}", event["reason"].as_str().unwrap_or("?"))),
+                    Some("error") => self.line(
+                        event,
+                        &format!(
+                            "step {step}: error: {}",
+                            event["reason"].as_str().unwrap_or("?")
+                        ),
+                    ),
                     _ => {}
                 }
             }
@@ -166,7 +224,10 @@ impl Printer {
             println!("{}", json!({"type": "result", "task": record}));
             return;
         }
-        eprintln!("task {} {} ({} prompt + {} completion tokens)", record.id, record.status, record.prompt_tokens, record.completion_tokens);
+        eprintln!(
+            "task {} {} ({} prompt + {} completion tokens)",
+            record.id, record.status, record.prompt_tokens, record.completion_tokens
+        );
         if let Some(reason) = &record.reason {
             eprintln!("reason: {reason}");
         }

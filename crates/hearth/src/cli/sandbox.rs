@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use hearth_proto::{ExecRequest, StreamName};
 use hearth_sandbox::guest_client::OutputChunk;
-use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
 use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
+use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
 use hearth_sandbox::SandboxId;
 
 use crate::config::Settings;
@@ -175,7 +175,11 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
     };
     let listener = manager.dirs.sandbox(&id).seccomp_socket();
     let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
-    let guest_seccomp = args.guest_seccomp.as_deref().map(super::seccomp::guest_bpf).transpose()?;
+    let guest_seccomp = args
+        .guest_seccomp
+        .as_deref()
+        .map(super::seccomp::guest_bpf)
+        .transpose()?;
     manager.reconcile().await?;
     let spec = SandboxSpec {
         id,
@@ -273,13 +277,26 @@ fn net_policy(args: &CreateArgs) -> Result<NetPolicy, CliError> {
         (None, true) => NetMode::Gateway,
     };
     if mode != NetMode::Allowlist && !args.allow.is_empty() {
-        return Err(CliError::new(BAD_INPUT, format!("--allow needs --net allowlist, not --net {mode}")));
+        return Err(CliError::new(
+            BAD_INPUT,
+            format!("--allow needs --net allowlist, not --net {mode}"),
+        ));
     }
     let mut policy = NetPolicy::new(mode);
-    policy.allow = args.allow.iter().map(|raw| AllowRule::parse(raw)).collect::<Result<_, _>>().map_err(bad)?;
+    policy.allow = args
+        .allow
+        .iter()
+        .map(|raw| AllowRule::parse(raw))
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
     policy.allow_private = args.allow_private;
     policy.publish.clone_from(&args.publish);
-    policy.rate = args.net_rate.as_deref().map(Rate::parse).transpose().map_err(bad)?;
+    policy.rate = args
+        .net_rate
+        .as_deref()
+        .map(Rate::parse)
+        .transpose()
+        .map_err(bad)?;
     policy.validate().map_err(bad)?;
     Ok(policy)
 }

@@ -35,7 +35,12 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
                 println!("{:<16} {:<11} {:>8}  PROMPT", "ID", "STATUS", "TOKENS");
                 for task in tasks {
                     let prompt: String = task.prompt.chars().take(60).collect();
-                    println!("{:<16} {:<11} {:>8}  {prompt}", task.id.to_string(), task.status.to_string(), task.prompt_tokens + task.completion_tokens);
+                    println!(
+                        "{:<16} {:<11} {:>8}  {prompt}",
+                        task.id.to_string(),
+                        task.status.to_string(),
+                        task.prompt_tokens + task.completion_tokens
+                    );
                 }
             }
         }
@@ -43,13 +48,23 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
             let task = find(&store, &id).await?;
             let events = store.events_after(&task.id, 0).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"task": task, "events": events}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"task": task, "events": events}))?
+                );
             } else {
                 print_task(&task);
                 println!("\ntimeline ({} events):", events.len());
                 for event in events {
-                    let summary = event.data.get("type").and_then(|t| t.as_str()).unwrap_or("");
-                    println!("  {:>4} {:>14} {:<9} {summary}", event.seq, event.ts_ms, event.kind);
+                    let summary = event
+                        .data
+                        .get("type")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("");
+                    println!(
+                        "  {:>4} {:>14} {:<9} {summary}",
+                        event.seq, event.ts_ms, event.kind
+                    );
                 }
             }
         }
@@ -57,7 +72,10 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
             let task = find(&store, &id).await?;
             println!("{}", json!({"kind": "task", "task": task}));
             for event in store.events_after(&task.id, 0).await? {
-                println!("{}", json!({"kind": event.kind, "seq": event.seq, "ts_ms": event.ts_ms, "data": event.data}));
+                println!(
+                    "{}",
+                    json!({"kind": event.kind, "seq": event.seq, "ts_ms": event.ts_ms, "data": event.data})
+                );
             }
         }
     }
@@ -66,7 +84,10 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
 
 async fn find(store: &Store, raw: &str) -> anyhow::Result<TaskRecord> {
     let id = TaskId::parse(raw)?;
-    Ok(store.get_task(&id).await?.ok_or_else(|| CliError::new(NOT_FOUND, format!("no task with id {id}")))?)
+    Ok(store
+        .get_task(&id)
+        .await?
+        .ok_or_else(|| CliError::new(NOT_FOUND, format!("no task with id {id}")))?)
 }
 
 fn print_task(task: &TaskRecord) {
@@ -74,7 +95,10 @@ fn print_task(task: &TaskRecord) {
     println!("status    {}", task.status);
     println!("model     {}", task.model);
     println!("prompt    {}", task.prompt);
-    println!("tokens    {} prompt + {} completion", task.prompt_tokens, task.completion_tokens);
+    println!(
+        "tokens    {} prompt + {} completion",
+        task.prompt_tokens, task.completion_tokens
+    );
     if let Some(reason) = &task.reason {
         println!("reason    {reason}");
     }

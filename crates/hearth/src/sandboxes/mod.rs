@@ -108,11 +108,12 @@ impl SandboxManager {
         if spec.workspace.is_none() {
             dirs.create_default_workspace()?;
         }
-        let network = self.with_firewall({
-            let (id, policy) = (spec.id.clone(), spec.net.clone());
-            move |firewall| firewall.setup(&id, &policy)
-        })
-        .await?;
+        let network = self
+            .with_firewall({
+                let (id, policy) = (spec.id.clone(), spec.net.clone());
+                move |firewall| firewall.setup(&id, &policy)
+            })
+            .await?;
         // The seccomp listener must be up before the runtime looks for it (see `supervisor`).
         crate::supervisor::start_if_needed(spec, &dirs, self.dirs.root(), self.store.state_dir())
             .await?;
@@ -170,7 +171,10 @@ impl SandboxManager {
             errors.push(err.to_string());
         }
         let id_owned = id.clone();
-        if let Err(err) = self.with_firewall(move |firewall| firewall.teardown(&id_owned)).await {
+        if let Err(err) = self
+            .with_firewall(move |firewall| firewall.teardown(&id_owned))
+            .await
+        {
             errors.push(err.to_string());
         }
         if let Err(err) = self.dirs.sandbox(id).remove() {
@@ -251,9 +255,13 @@ impl SandboxManager {
 
 impl SandboxManager {
     /// The firewall rules of a sandbox with their packet and byte counters.
-    pub async fn firewall_counters(&self, id: &SandboxId) -> Result<Vec<hearth_sandbox::net::RuleCounter>, SandboxError> {
+    pub async fn firewall_counters(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<hearth_sandbox::net::RuleCounter>, SandboxError> {
         let id = id.clone();
-        self.with_firewall(move |firewall| firewall.counters(&id)).await
+        self.with_firewall(move |firewall| firewall.counters(&id))
+            .await
     }
 
     /// Runs a firewall operation on a blocking thread: it makes netlink and nftables calls,

@@ -109,7 +109,10 @@ impl SandboxManager {
         }
         // Namespaces, links, nft tables and slots of sandboxes that have no live record.
         let live: Vec<SandboxId> = known.iter().cloned().collect();
-        match self.with_firewall(move |firewall| firewall.reconcile(&live)).await {
+        match self
+            .with_firewall(move |firewall| firewall.reconcile(&live))
+            .await
+        {
             Ok(net) => {
                 report.orphan_netns = net.namespaces;
                 report.orphan_links = net.links;

@@ -301,7 +301,10 @@ async fn trim_recent(
     Ok(())
 }
 
-fn entry_from_row(id: &SandboxId, row: &sqlx::sqlite::SqliteRow) -> Result<StoredEntry, StoreError> {
+fn entry_from_row(
+    id: &SandboxId,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<StoredEntry, StoreError> {
     let corrupt = |problem: String| StoreError::Corrupt {
         id: id.to_string(),
         problem,
@@ -393,7 +396,10 @@ mod tests {
         let mut kill = entry(UNKNOWN_NR);
         kill.action = AuditAction::KilledProcess;
         kill.syscall_name = None;
-        store.record_seccomp_entry(&id, &kill, 60_000, 4).await.unwrap();
+        store
+            .record_seccomp_entry(&id, &kill, 60_000, 4)
+            .await
+            .unwrap();
         let counts = store.seccomp_audit_counts(&id).await.unwrap();
         assert!(counts
             .iter()

@@ -100,6 +100,9 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
+        // Two hearth processes opening a new database at once would both try to create its
+        // tables; an exclusive lock beside the database makes migrations one at a time.
+        let _lock = lock_exclusive(&state_dir.join("hearth.db.lock")).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -109,4 +112,34 @@ impl Store {
             state_dir: state_dir.to_owned(),
         })
     }
+}
+
+/// Takes an exclusive `flock` on `path` (created 0600), waiting on a blocking thread.
+async fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    let path = path.to_owned();
+    let waited = tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StoreError::StateDir {
+                path: path.clone(),
+                source,
+            })?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+            StoreError::StateDir {
+                path,
+                source: errno.into(),
+            }
+        })
+    })
+    .await;
+    waited.unwrap_or_else(|join| {
+        Err(StoreError::StateDir {
+            path: PathBuf::from("hearth.db.lock"),
+            source: io::Error::other(join),
+        })
+    })
 }

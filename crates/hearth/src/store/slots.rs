@@ -27,11 +27,19 @@ impl SqliteSlotStore {
 }
 
 fn failed(op: &'static str) -> impl FnOnce(sqlx::Error) -> SlotStoreError {
-    move |err| SlotStoreError { op, source: Box::new(err) }
+    move |err| SlotStoreError {
+        op,
+        source: Box::new(err),
+    }
 }
 
 impl SlotStore for SqliteSlotStore {
-    fn claim(&self, id: &SandboxId, capacity: u32, busy: &BTreeSet<u32>) -> Result<Option<u32>, SlotStoreError> {
+    fn claim(
+        &self,
+        id: &SandboxId,
+        capacity: u32,
+        busy: &BTreeSet<u32>,
+    ) -> Result<Option<u32>, SlotStoreError> {
         self.runtime.block_on(async {
             // A unique violation means another process took the slot between our read and our
             // insert: read again and take the next one.
@@ -53,11 +61,12 @@ impl SlotStore for SqliteSlotStore {
                 let Some(free) = (0..capacity).find(|slot| !taken.contains(slot)) else {
                     return Ok(None);
                 };
-                let inserted = sqlx::query("INSERT INTO net_slots (sandbox_id, slot) VALUES (?, ?)")
-                    .bind(id.as_str())
-                    .bind(i64::from(free))
-                    .execute(&self.store.pool)
-                    .await;
+                let inserted =
+                    sqlx::query("INSERT INTO net_slots (sandbox_id, slot) VALUES (?, ?)")
+                        .bind(id.as_str())
+                        .bind(i64::from(free))
+                        .execute(&self.store.pool)
+                        .await;
                 match inserted {
                     Ok(_) => return Ok(Some(free)),
                     Err(sqlx::Error::Database(db)) if db.is_unique_violation() => continue,
@@ -105,7 +114,11 @@ mod tests {
 
     #[test]
     fn claims_are_stable_unique_and_skip_busy_slots() {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let store = runtime.block_on(Store::open(tmp.path())).unwrap();
         let slots = SqliteSlotStore::new(store, runtime.handle().clone());
@@ -113,9 +126,19 @@ mod tests {
         let b = SandboxId::parse("slot-b").unwrap();
         let busy: BTreeSet<u32> = [0].into();
         assert_eq!(slots.claim(&a, 4, &busy).unwrap(), Some(1));
-        assert_eq!(slots.claim(&a, 4, &busy).unwrap(), Some(1), "same id keeps its slot");
+        assert_eq!(
+            slots.claim(&a, 4, &busy).unwrap(),
+            Some(1),
+            "same id keeps its slot"
+        );
         assert_eq!(slots.claim(&b, 4, &busy).unwrap(), Some(2));
-        assert_eq!(slots.claim(&SandboxId::parse("slot-c").unwrap(), 3, &busy).unwrap(), None, "pool of 3 exhausted");
+        assert_eq!(
+            slots
+                .claim(&SandboxId::parse("slot-c").unwrap(), 3, &busy)
+                .unwrap(),
+            None,
+            "pool of 3 exhausted"
+        );
         assert_eq!(slots.list().unwrap(), vec![(a.clone(), 1), (b.clone(), 2)]);
         slots.release(&a).unwrap();
         slots.release(&a).unwrap();
@@ -126,10 +149,11 @@ mod tests {
 impl Store {
     /// The address-pool slot a sandbox's network holds, if any.
     pub async fn net_slot(&self, id: &SandboxId) -> Result<Option<u32>, super::StoreError> {
-        let slot: Option<i64> = sqlx::query_scalar("SELECT slot FROM net_slots WHERE sandbox_id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let slot: Option<i64> =
+            sqlx::query_scalar("SELECT slot FROM net_slots WHERE sandbox_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(slot.and_then(|slot| u32::try_from(slot).ok()))
     }
 }

@@ -20,7 +20,10 @@ impl TaskId {
     pub fn generate() -> Self {
         let sandbox = SandboxId::generate();
         let suffix = sandbox.as_str().trim_start_matches("sb-");
-        Self(SandboxId::parse(&format!("t-{suffix}")).expect("t- plus a generated suffix is a valid id"))
+        Self(
+            SandboxId::parse(&format!("t-{suffix}"))
+                .expect("t- plus a generated suffix is a valid id"),
+        )
     }
 
     pub fn parse(raw: &str) -> Result<Self, hearth_sandbox::IdError> {
@@ -134,7 +137,10 @@ impl fmt::Display for TaskStatus {
 impl FromStr for TaskStatus {
     type Err = String;
     fn from_str(raw: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw).ok_or_else(|| format!("unknown task status {raw:?}"))
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| format!("unknown task status {raw:?}"))
     }
 }
 
@@ -177,7 +183,13 @@ pub struct TaskOutcome {
 }
 
 impl Store {
-    pub async fn insert_task(&self, id: &TaskId, prompt: &str, model: &str, spec: &serde_json::Value) -> Result<TaskRecord, StoreError> {
+    pub async fn insert_task(
+        &self,
+        id: &TaskId,
+        prompt: &str,
+        model: &str,
+        spec: &serde_json::Value,
+    ) -> Result<TaskRecord, StoreError> {
         let now = now_ms();
         sqlx::query("INSERT INTO tasks (id, status, prompt, model, spec, owner_pid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(id.as_str())
@@ -189,22 +201,33 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
-        self.get_task(id).await?.ok_or_else(|| StoreError::Corrupt { id: id.to_string(), problem: "vanished after insert".to_owned() })
+        self.get_task(id).await?.ok_or_else(|| StoreError::Corrupt {
+            id: id.to_string(),
+            problem: "vanished after insert".to_owned(),
+        })
     }
 
     /// Moves a task to `next` if its lifecycle allows it; returns whether it moved. The check
     /// and the update are one statement, so two processes cannot both finish a task.
     pub async fn transition_task(&self, id: &TaskId, next: TaskStatus) -> Result<bool, StoreError> {
-        let allowed: Vec<&str> = TaskStatus::ALL.into_iter().filter(|s| s.can_become(next)).map(TaskStatus::as_str).collect();
+        let allowed: Vec<&str> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.can_become(next))
+            .map(TaskStatus::as_str)
+            .collect();
         let placeholders = vec!["?"; allowed.len()].join(", ");
         let stamp_column = match next {
             TaskStatus::Starting => Some("started_at"),
             s if s.is_final() => Some("finished_at"),
             _ => None,
         };
-        let stamp = stamp_column.map(|c| format!(", {c} = ?")).unwrap_or_default();
+        let stamp = stamp_column
+            .map(|c| format!(", {c} = ?"))
+            .unwrap_or_default();
         let sql = format!("UPDATE tasks SET status = ?, owner_pid = ?{stamp} WHERE id = ? AND status IN ({placeholders})");
-        let mut query = sqlx::query(&sql).bind(next.as_str()).bind(i64::from(std::process::id()));
+        let mut query = sqlx::query(&sql)
+            .bind(next.as_str())
+            .bind(i64::from(std::process::id()));
         if stamp_column.is_some() {
             query = query.bind(now_ms());
         }
@@ -216,7 +239,11 @@ impl Store {
     }
 
     /// Records how a task ended (answer, reason, tokens, diff); the status is set separately.
-    pub async fn record_outcome(&self, id: &TaskId, outcome: &TaskOutcome) -> Result<(), StoreError> {
+    pub async fn record_outcome(
+        &self,
+        id: &TaskId,
+        outcome: &TaskOutcome,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE tasks SET answer = ?, reason = ?, prompt_tokens = ?, completion_tokens = ?, diff = ? WHERE id = ?")
             .bind(&outcome.answer)
             .bind(&outcome.reason)
@@ -230,17 +257,27 @@ impl Store {
     }
 
     pub async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| task_from_row(&row)).transpose()
     }
 
     pub async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM tasks ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM tasks ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(task_from_row).collect()
     }
 
     /// Appends a timeline event; its sequence number is the task's next one.
-    pub async fn append_event(&self, id: &TaskId, kind: &str, data: &serde_json::Value) -> Result<i64, StoreError> {
+    pub async fn append_event(
+        &self,
+        id: &TaskId,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO task_events (task_id, seq, ts_ms, kind, data) \
              SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM task_events WHERE task_id = ? RETURNING seq",
@@ -256,7 +293,11 @@ impl Store {
     }
 
     /// Events after `after_seq`, in order.
-    pub async fn events_after(&self, id: &TaskId, after_seq: i64) -> Result<Vec<TaskEvent>, StoreError> {
+    pub async fn events_after(
+        &self,
+        id: &TaskId,
+        after_seq: i64,
+    ) -> Result<Vec<TaskEvent>, StoreError> {
         let rows = sqlx::query("SELECT seq, ts_ms, kind, data FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq")
             .bind(id.as_str())
             .bind(after_seq)
@@ -278,7 +319,10 @@ impl Store {
 
 fn task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord, StoreError> {
     let raw_id: String = row.try_get("id")?;
-    let corrupt = |problem: String| StoreError::Corrupt { id: raw_id.clone(), problem };
+    let corrupt = |problem: String| StoreError::Corrupt {
+        id: raw_id.clone(),
+        problem,
+    };
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
     let owner_pid: i64 = row.try_get("owner_pid")?;
@@ -307,13 +351,24 @@ mod tests {
     #[test]
     fn lifecycle_guards() {
         use TaskStatus::*;
-        let finals: Vec<_> = TaskStatus::ALL.into_iter().filter(|s| s.is_final()).collect();
-        assert_eq!(finals, vec![Succeeded, Failed, TimedOut, Cancelled, Interrupted]);
+        let finals: Vec<_> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(
+            finals,
+            vec![Succeeded, Failed, TimedOut, Cancelled, Interrupted]
+        );
         for status in TaskStatus::ALL {
             assert!(!status.can_become(Queued));
             assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
             if status.is_final() {
-                assert!(TaskStatus::ALL.into_iter().all(|next| !status.can_become(next)), "{status} is final");
+                assert!(
+                    TaskStatus::ALL
+                        .into_iter()
+                        .all(|next| !status.can_become(next)),
+                    "{status} is final"
+                );
             }
         }
         assert!(Queued.can_become(Starting) && Starting.can_become(Running));
@@ -335,18 +390,54 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).await.unwrap();
         let id = TaskId::generate();
-        store.insert_task(&id, "fix it", "m", &serde_json::json!({})).await.unwrap();
-        assert!(!store.transition_task(&id, TaskStatus::Running).await.unwrap(), "queued cannot jump to running");
-        assert!(store.transition_task(&id, TaskStatus::Starting).await.unwrap());
-        assert!(store.transition_task(&id, TaskStatus::Running).await.unwrap());
-        assert!(store.transition_task(&id, TaskStatus::Succeeded).await.unwrap());
-        assert!(!store.transition_task(&id, TaskStatus::Cancelled).await.unwrap(), "final stays final");
+        store
+            .insert_task(&id, "fix it", "m", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert!(
+            !store
+                .transition_task(&id, TaskStatus::Running)
+                .await
+                .unwrap(),
+            "queued cannot jump to running"
+        );
+        assert!(store
+            .transition_task(&id, TaskStatus::Starting)
+            .await
+            .unwrap());
+        assert!(store
+            .transition_task(&id, TaskStatus::Running)
+            .await
+            .unwrap());
+        assert!(store
+            .transition_task(&id, TaskStatus::Succeeded)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .transition_task(&id, TaskStatus::Cancelled)
+                .await
+                .unwrap(),
+            "final stays final"
+        );
         let task = store.get_task(&id).await.unwrap().unwrap();
         assert_eq!(task.status, TaskStatus::Succeeded);
         assert!(task.started_at.is_some() && task.finished_at.is_some());
 
-        assert_eq!(store.append_event(&id, "a", &serde_json::json!({"n": 1})).await.unwrap(), 1);
-        assert_eq!(store.append_event(&id, "b", &serde_json::json!({"n": 2})).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .append_event(&id, "a", &serde_json::json!({"n": 1}))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .append_event(&id, "b", &serde_json::json!({"n": 2}))
+                .await
+                .unwrap(),
+            2
+        );
         let events = store.events_after(&id, 1).await.unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "b");

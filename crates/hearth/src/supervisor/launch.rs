@@ -17,8 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::proc::{self, ProcessStamp};
-use crate::store::Store;
 use super::{SupervisorError, EXE_ENV, READY_TIMEOUT, STOP_GRACE};
+use crate::store::Store;
 
 /// The line a supervisor prints once its listener is bound.
 pub const READY_LINE: &str = "ready";
@@ -201,7 +201,10 @@ fn terminate(pidfd: &Pidfd, grace: Duration) -> Result<(), SupervisorError> {
     if pidfd.wait(grace)? {
         return Ok(());
     }
-    tracing::warn!(pid = pidfd.pid(), "seccomp supervisor ignored SIGTERM; killing it");
+    tracing::warn!(
+        pid = pidfd.pid(),
+        "seccomp supervisor ignored SIGTERM; killing it"
+    );
     pidfd.signal(nix::libc::SIGKILL)?;
     if pidfd.wait(Duration::from_secs(5))? {
         Ok(())
@@ -241,7 +244,10 @@ pub async fn request_flush(
     let Some(pidfd) = running(dirs)? else {
         return Ok(false);
     };
-    let before = store.seccomp_audit_state(id).await?.map_or(0, |s| s.flush_seq);
+    let before = store
+        .seccomp_audit_state(id)
+        .await?
+        .map_or(0, |s| s.flush_seq);
     pidfd.signal(nix::libc::SIGUSR1)?;
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {

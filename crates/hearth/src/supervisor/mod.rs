@@ -73,7 +73,9 @@ pub enum SupervisorError {
         why: String,
         log: String,
     },
-    #[error("sandbox {id}: the seccomp listenerPath {given} is not the sandbox's socket {expected}")]
+    #[error(
+        "sandbox {id}: the seccomp listenerPath {given} is not the sandbox's socket {expected}"
+    )]
     ListenerPath {
         id: SandboxId,
         given: PathBuf,

@@ -143,7 +143,11 @@ fn accept_loop(
         match listener.accept_one(ACCEPT_POLL) {
             Ok(conn) => {
                 accepted += 1;
-                tracing::info!(pid = conn.state.pid, n = accepted, "runtime sent a seccomp fd");
+                tracing::info!(
+                    pid = conn.state.pid,
+                    n = accepted,
+                    "runtime sent a seccomp fd"
+                );
                 let name = format!("seccomp-notify-{accepted}");
                 match spawn_server(name, conn.fd, audit.clone(), Arc::clone(stop)) {
                     Ok(handle) => lock(servers).threads.push(handle),

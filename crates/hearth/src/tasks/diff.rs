@@ -33,7 +33,10 @@ fn copy_tree(from: &Path, to: &Path, budget: &mut u64) -> Result<(), DiffError> 
         let path = path.to_owned();
         move |source| DiffError::Snapshot { path, source }
     };
-    fs::DirBuilder::new().mode(0o700).create(to).map_err(err(to))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .map_err(err(to))?;
     for entry in fs::read_dir(from).map_err(err(from))? {
         let entry = entry.map_err(err(from))?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
@@ -68,7 +71,9 @@ pub fn unified_diff(before: &Path, after: &Path) -> Result<String, DiffError> {
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (before, after) = (before.display().to_string(), after.display().to_string());
-    text = text.replace(&format!("{before}/"), "a/").replace(&format!("{after}/"), "b/");
+    text = text
+        .replace(&format!("{before}/"), "a/")
+        .replace(&format!("{after}/"), "b/");
     if text.len() > MAX_DIFF_BYTES {
         let mut cut = MAX_DIFF_BYTES;
         while !text.is_char_boundary(cut) {

@@ -18,7 +18,10 @@ pub enum TaskError {
     #[error("task {0} is not queued; it cannot start")]
     NotStartable(TaskId),
     #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gateway: {0}")]
     Gateway(String),
     #[error(transparent)]

@@ -10,6 +10,8 @@ use super::recorder::StoreRecorder;
 /// Environment variables naming a real model endpoint (as OpenAI's clients read them).
 pub const BASE_URL_ENV: &str = "OPENAI_BASE_URL";
 pub const API_KEY_ENV: &str = "OPENAI_API_KEY";
+/// A fixture file for the scripted upstream instead of the embedded demo one (tests use it).
+pub const FIXTURE_ENV: &str = "HEARTH_SCRIPTED_FIXTURE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -45,16 +47,32 @@ impl ModelBackend {
             };
             let description = format!("model endpoint {}", url.as_str());
             let gateway = Gateway::new(GatewayConfig::new(url, key), recorder)?;
-            return Ok(Self { gateway, scripted: None, description });
+            return Ok(Self {
+                gateway,
+                scripted: None,
+                description,
+            });
         }
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(|err| ModelError::Scripted(err.to_string()))?;
-        let scripted = ScriptedUpstream::spawn(Fixture::demo(), listener).map_err(|err| ModelError::Scripted(err.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|err| ModelError::Scripted(err.to_string()))?;
+        let fixture = match std::env::var_os(FIXTURE_ENV) {
+            Some(path) => Fixture::load(std::path::Path::new(&path))
+                .map_err(|err| ModelError::Scripted(err.to_string()))?,
+            None => Fixture::demo(),
+        };
+        let scripted = ScriptedUpstream::spawn(fixture, listener)
+            .map_err(|err| ModelError::Scripted(err.to_string()))?;
         let url = UpstreamUrl::parse(&scripted.base_url()).map_err(ModelError::BadUrl)?;
         let description = format!(
             "scripted upstream (fixture {:?}: replayed model turns, not a real model; set {BASE_URL_ENV} and {API_KEY_ENV} for one)",
             scripted.fixture().name
         );
         let gateway = Gateway::new(GatewayConfig::new(url, None), recorder)?;
-        Ok(Self { gateway, scripted: Some(scripted), description })
+        Ok(Self {
+            gateway,
+            scripted: Some(scripted),
+            description,
+        })
     }
 }

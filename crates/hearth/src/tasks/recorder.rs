@@ -20,25 +20,40 @@ impl StoreRecorder {
         let (sender, mut receiver) = mpsc::unbounded_channel::<GatewayCall>();
         let writer = tokio::spawn(async move {
             while let Some(call) = receiver.recv().await {
-                let Ok(task) = TaskId::parse(call.task_id.as_str()) else { continue };
+                let Ok(task) = TaskId::parse(call.task_id.as_str()) else {
+                    continue;
+                };
                 let data = serde_json::to_value(&call).unwrap_or_default();
                 if let Err(err) = store.append_event(&task, "llm_call", &data).await {
                     tracing::warn!(%task, error = %err, "cannot record a gateway call");
                 }
             }
         });
-        (Self { sender: Mutex::new(Some(sender)) }, writer)
+        (
+            Self {
+                sender: Mutex::new(Some(sender)),
+            },
+            writer,
+        )
     }
 
     /// Stops queueing; the writer finishes what is queued and ends.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 
 impl CallRecorder for StoreRecorder {
     fn record(&self, call: GatewayCall) {
-        if let Some(sender) = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+        if let Some(sender) = self
+            .sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
             let _ = sender.send(call);
         }
     }

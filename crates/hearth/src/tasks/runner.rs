@@ -60,7 +60,13 @@ pub struct TaskRunner<'a> {
 impl TaskRunner<'_> {
     /// Runs `request` as task `id` (already inserted as `queued`) to its end. The sandbox is
     /// removed whatever happens; the task record keeps the outcome.
-    pub async fn run(&self, id: &TaskId, request: &TaskRequest, mut on_progress: impl FnMut(Progress), mut cancel: watch::Receiver<bool>) -> Result<TaskRecord, TaskError> {
+    pub async fn run(
+        &self,
+        id: &TaskId,
+        request: &TaskRequest,
+        mut on_progress: impl FnMut(Progress),
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<TaskRecord, TaskError> {
         let store = &self.manager.store;
         if !store.transition_task(id, TaskStatus::Starting).await? {
             return Err(TaskError::NotStartable(id.clone()));
@@ -69,7 +75,10 @@ impl TaskRunner<'_> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .create(&task_dir)
-            .map_err(|source| TaskError::Dir { path: task_dir.clone(), source })?;
+            .map_err(|source| TaskError::Dir {
+                path: task_dir.clone(),
+                source,
+            })?;
         let outcome = tokio::select! {
             outcome = self.run_in_sandbox(id, request, &task_dir, &mut on_progress) => outcome,
             _ = cancel.wait_for(|cancelled| *cancelled) => Ok(Ended { status: TaskStatus::Cancelled, outcome: TaskOutcome { reason: Some("cancelled by the user".into()), ..TaskOutcome::default() } }),
@@ -82,15 +91,36 @@ impl TaskRunner<'_> {
         let _ = std::fs::remove_dir_all(task_dir.join("baseline"));
         let ended = match outcome {
             Ok(ended) => ended,
-            Err(err) => Ended { status: TaskStatus::Failed, outcome: TaskOutcome { reason: Some(err.to_string()), ..TaskOutcome::default() } },
+            Err(err) => Ended {
+                status: TaskStatus::Failed,
+                outcome: TaskOutcome {
+                    reason: Some(err.to_string()),
+                    ..TaskOutcome::default()
+                },
+            },
         };
         store.record_outcome(id, &ended.outcome).await?;
         store.transition_task(id, ended.status).await?;
-        store.append_event(id, "state", &json!({"status": ended.status, "reason": ended.outcome.reason})).await?;
-        store.get_task(id).await?.ok_or_else(|| TaskError::NotStartable(id.clone()))
+        store
+            .append_event(
+                id,
+                "state",
+                &json!({"status": ended.status, "reason": ended.outcome.reason}),
+            )
+            .await?;
+        store
+            .get_task(id)
+            .await?
+            .ok_or_else(|| TaskError::NotStartable(id.clone()))
     }
 
-    async fn run_in_sandbox(&self, id: &TaskId, request: &TaskRequest, task_dir: &Path, on_progress: &mut impl FnMut(Progress)) -> Result<Ended, TaskError> {
+    async fn run_in_sandbox(
+        &self,
+        id: &TaskId,
+        request: &TaskRequest,
+        task_dir: &Path,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<Ended, TaskError> {
         let store = &self.manager.store;
         let workspace = self.workspace(request, task_dir)?;
         let baseline = task_dir.join("baseline");
@@ -106,11 +136,28 @@ impl TaskRunner<'_> {
             // The agent must reach the gateway; `none` would leave it no way to the model.
             net.mode = NetMode::Gateway;
         }
-        let spec = SandboxSpec { id: id.sandbox_id(), limits: request.limits, workspace: Some(workspace.clone()), seccomp: Some(request.seccomp.clone()), guest_seccomp: None, net };
+        let spec = SandboxSpec {
+            id: id.sandbox_id(),
+            limits: request.limits,
+            workspace: Some(workspace.clone()),
+            seccomp: Some(request.seccomp.clone()),
+            guest_seccomp: None,
+            net,
+        };
         self.manager.create(&spec).await?;
-        store.append_event(id, "state", &json!({"status": "starting", "sandbox": spec.id})).await?;
+        store
+            .append_event(
+                id,
+                "state",
+                &json!({"status": "starting", "sandbox": spec.id}),
+            )
+            .await?;
         let listener = self.bind_gateway(id).await?;
-        let token = self.model.gateway.register_task(gateway_task_id(id), request.max_tokens).map_err(|err| TaskError::Gateway(err.to_string()))?;
+        let token = self
+            .model
+            .gateway
+            .register_task(gateway_task_id(id), request.max_tokens)
+            .map_err(|err| TaskError::Gateway(err.to_string()))?;
         let gateway_url = format!("http://{}", listener.local_addr());
         let client = self.manager.guest(&spec.id).await?;
         install_agent(&client).await?;
@@ -120,17 +167,32 @@ impl TaskRunner<'_> {
             "timeout_s": request.timeout.as_secs_f64(), "mcp_command": ["/.hearth/hearth-guest", "mcp", "--root", "/workspace"],
             "workspace": "/workspace", "trajectory_path": TRAJECTORY_FILE, "result_path": RESULT_FILE,
         });
-        client.write_file(TASK_FILE, serde_json::to_vec(&task_json).unwrap_or_default(), 0o600).await?;
+        client
+            .write_file(
+                TASK_FILE,
+                serde_json::to_vec(&task_json).unwrap_or_default(),
+                0o600,
+            )
+            .await?;
         drop(task_json);
         store.transition_task(id, TaskStatus::Running).await?;
-        on_progress(Progress::Started { sandbox: spec.id.to_string(), workspace: workspace.clone() });
-        let status = self.run_agent(id, &client, request.timeout + AGENT_GRACE, on_progress).await?;
+        on_progress(Progress::Started {
+            sandbox: spec.id.to_string(),
+            workspace: workspace.clone(),
+        });
+        let status = self
+            .run_agent(id, &client, request.timeout + AGENT_GRACE, on_progress)
+            .await?;
         drop(listener);
         let result: Value = match client.read_file(RESULT_FILE).await {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             Err(_) => Value::Null,
         };
-        let diff = if have_baseline { unified_diff(&baseline, &workspace).ok() } else { None };
+        let diff = if have_baseline {
+            unified_diff(&baseline, &workspace).ok()
+        } else {
+            None
+        };
         Ok(Ended::from_agent(&result, status, diff))
     }
 
@@ -139,7 +201,10 @@ impl TaskRunner<'_> {
             return Ok(dir.clone());
         }
         let dir = task_dir.join("workspace");
-        std::fs::create_dir_all(&dir).map_err(|source| TaskError::Dir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| TaskError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
         if self.model.scripted.is_some() {
             // The scripted upstream replays the demo fixture, which works on the demo files.
             for (name, content) in hearth_gateway::scripted::DEMO_WORKSPACE_FILES {
@@ -153,17 +218,43 @@ impl TaskRunner<'_> {
     /// The gateway listens on the sandbox's host-side address, the one destination its firewall
     /// always allows.
     async fn bind_gateway(&self, id: &TaskId) -> Result<hearth_gateway::ListenerHandle, TaskError> {
-        let slot = self.manager.store.net_slot(&id.sandbox_id()).await?.ok_or_else(|| TaskError::Gateway("the task's sandbox has no network link".into()))?;
+        let slot = self
+            .manager
+            .store
+            .net_slot(&id.sandbox_id())
+            .await?
+            .ok_or_else(|| TaskError::Gateway("the task's sandbox has no network link".into()))?;
         let config = self.manager.firewall.config();
-        let addrs = config.pool.slot(slot).ok_or_else(|| TaskError::Gateway(format!("slot {slot} is outside the pool")))?;
+        let addrs = config
+            .pool
+            .slot(slot)
+            .ok_or_else(|| TaskError::Gateway(format!("slot {slot} is outside the pool")))?;
         let port = config.gateway_ports.first().copied().unwrap_or(4180);
-        let listener = tokio::net::TcpListener::bind((addrs.host, port)).await.map_err(|err| TaskError::Gateway(format!("cannot listen on {}:{port}: {err}", addrs.host)))?;
-        self.model.gateway.spawn(listener).map_err(|err| TaskError::Gateway(err.to_string()))
+        let listener = tokio::net::TcpListener::bind((addrs.host, port))
+            .await
+            .map_err(|err| {
+                TaskError::Gateway(format!("cannot listen on {}:{port}: {err}", addrs.host))
+            })?;
+        self.model
+            .gateway
+            .spawn(listener)
+            .map_err(|err| TaskError::Gateway(err.to_string()))
     }
 
-    async fn run_agent(&self, id: &TaskId, client: &GuestClient, limit: Duration, on_progress: &mut impl FnMut(Progress)) -> Result<ExitStatus, TaskError> {
+    async fn run_agent(
+        &self,
+        id: &TaskId,
+        client: &GuestClient,
+        limit: Duration,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<ExitStatus, TaskError> {
         let request = ExecRequest {
-            argv: vec!["python3".into(), format!("{AGENT_DIR}/loop.py"), "--task".into(), TASK_FILE.into()],
+            argv: vec![
+                "python3".into(),
+                format!("{AGENT_DIR}/loop.py"),
+                "--task".into(),
+                TASK_FILE.into(),
+            ],
             cwd: Some("/workspace".into()),
             timeout_ms: Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
             ..ExecRequest::default()
@@ -211,13 +302,28 @@ fn gateway_task_id(id: &TaskId) -> hearth_gateway::TaskId {
 
 /// Copies the embedded agent into the sandbox.
 async fn install_agent(client: &GuestClient) -> Result<(), TaskError> {
-    let mkdir = ExecRequest { argv: vec!["mkdir".into(), "-p".into(), format!("{AGENT_DIR}/hearth_agent")], ..ExecRequest::default() };
+    let mkdir = ExecRequest {
+        argv: vec![
+            "mkdir".into(),
+            "-p".into(),
+            format!("{AGENT_DIR}/hearth_agent"),
+        ],
+        ..ExecRequest::default()
+    };
     let status = client.exec(&mkdir, |_| {}).await?;
     if !status.success() {
-        return Err(TaskError::Gateway(format!("cannot create {AGENT_DIR} in the sandbox")));
+        return Err(TaskError::Gateway(format!(
+            "cannot create {AGENT_DIR} in the sandbox"
+        )));
     }
     for (path, content) in AGENT_FILES {
-        client.write_file(&format!("{AGENT_DIR}/{path}"), content.as_bytes().to_vec(), 0o644).await?;
+        client
+            .write_file(
+                &format!("{AGENT_DIR}/{path}"),
+                content.as_bytes().to_vec(),
+                0o644,
+            )
+            .await?;
     }
     Ok(())
 }
@@ -244,12 +350,18 @@ impl Ended {
             Some("succeeded") => TaskStatus::Succeeded,
             Some("timed_out") => TaskStatus::TimedOut,
             Some(other) => {
-                outcome.reason = Some(format!("{other}: {}", outcome.reason.clone().unwrap_or_default()));
+                outcome.reason = Some(format!(
+                    "{other}: {}",
+                    outcome.reason.clone().unwrap_or_default()
+                ));
                 TaskStatus::Failed
             }
             None if exit.timed_out => TaskStatus::TimedOut,
             None => {
-                outcome.reason = Some(format!("the agent ended without a result (exit {})", exit.shell_code()));
+                outcome.reason = Some(format!(
+                    "the agent ended without a result (exit {})",
+                    exit.shell_code()
+                ));
                 TaskStatus::Failed
             }
         };

@@ -19,9 +19,12 @@ pub struct TestEnv {
 pub fn env() -> &'static TestEnv {
     static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
+        // Under cargo's per-target temp dir rather than /tmp, so leftovers of runs stay with
+        // the build (statics are never dropped, so the dir outlives the test binary).
+        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         let root = tempfile::Builder::new()
             .prefix("hearth-test-")
-            .tempdir()
+            .tempdir_in(base)
             .expect("tempdir");
         TestEnv {
             runtime_dir: root.path().join("run"),
@@ -165,15 +168,27 @@ fn leftovers_now(id: &str) -> Vec<String> {
         found.push(format!("container hearth-{id}"));
     }
     let table = format!("hearth_{}", id.replace('-', "_"));
-    let tables = Command::new("nft").args(["list", "tables"]).output().expect("nft list tables");
-    if String::from_utf8_lossy(&tables.stdout).lines().any(|l| l.trim() == format!("table inet {table}")) {
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    if String::from_utf8_lossy(&tables.stdout)
+        .lines()
+        .any(|l| l.trim() == format!("table inet {table}"))
+    {
         found.push(format!("nft table {table}"));
     }
     // Host links carry the owning sandbox in their alias (`hearth:<id>`).
-    let links = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
     for line in String::from_utf8_lossy(&links.stdout).lines() {
         if line.trim_end().ends_with(&format!("alias hearth:{id}")) {
-            found.push(format!("link {}", line.split(':').nth(1).unwrap_or("?").trim()));
+            found.push(format!(
+                "link {}",
+                line.split(':').nth(1).unwrap_or("?").trim()
+            ));
         }
     }
     let ls = stdout(&run(&["sandbox", "ls", "--json"]));

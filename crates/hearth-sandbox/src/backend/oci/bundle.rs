@@ -190,11 +190,19 @@ fn build_spec(
 }
 
 fn guest_args(spec: &SandboxSpec) -> Vec<String> {
-    let mut args: Vec<String> = [GUEST_BINARY_IN_SANDBOX, "serve", "--listen", GUEST_SOCKET_IN_SANDBOX]
-        .map(str::to_owned)
-        .into();
+    let mut args: Vec<String> = [
+        GUEST_BINARY_IN_SANDBOX,
+        "serve",
+        "--listen",
+        GUEST_SOCKET_IN_SANDBOX,
+    ]
+    .map(str::to_owned)
+    .into();
     if spec.guest_seccomp.is_some() {
-        args.extend(["--seccomp-bpf".to_owned(), GUEST_SECCOMP_IN_SANDBOX.to_owned()]);
+        args.extend([
+            "--seccomp-bpf".to_owned(),
+            GUEST_SECCOMP_IN_SANDBOX.to_owned(),
+        ]);
     }
     args
 }
@@ -255,7 +263,11 @@ fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
 /// Writes the sandbox's own /etc: identity files of its own, plus placeholders where the
 /// host's linker cache and certificates get mounted (the /etc mount is read-only, so the
 /// runtime could not create these mount points itself).
-fn write_etc(etc: &Path, hostname: &str, resolver: Option<std::net::SocketAddr>) -> Result<(), BundleError> {
+fn write_etc(
+    etc: &Path,
+    hostname: &str,
+    resolver: Option<std::net::SocketAddr>,
+) -> Result<(), BundleError> {
     let files: [(&str, String); 6] = [
         ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned()),
         ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
@@ -286,7 +298,10 @@ fn write_etc(etc: &Path, hostname: &str, resolver: Option<std::net::SocketAddr>)
 /// resolver to name.
 fn resolv_conf(resolver: Option<std::net::SocketAddr>) -> String {
     match resolver {
-        Some(addr) => format!("# hearth: the sandbox's own resolver\nnameserver {}\noptions timeout:2 attempts:2\n", addr.ip()),
+        Some(addr) => format!(
+            "# hearth: the sandbox's own resolver\nnameserver {}\noptions timeout:2 attempts:2\n",
+            addr.ip()
+        ),
         None => "# hearth: no network link, so no resolver\n".to_owned(),
     }
 }

@@ -92,7 +92,11 @@ fn garbage(packet: &[u8]) -> Verdict {
 fn allowed_key(name: &Name) -> Option<String> {
     let mut key = String::with_capacity(name.len());
     for label in name.iter() {
-        if label.is_empty() || !label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-') {
+        if label.is_empty()
+            || !label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        {
             return None;
         }
         if !key.is_empty() {
@@ -156,10 +160,7 @@ pub(super) fn from_upstream(
             RData::A(a) => {
                 let timeout = record.ttl.clamp(ttl.min, ttl.max);
                 if pending.grant.any_port {
-                    elements.push(SetElement::Any {
-                        addr: a.0,
-                        timeout,
-                    });
+                    elements.push(SetElement::Any { addr: a.0, timeout });
                 }
                 elements.extend(pending.grant.ports.iter().map(|&port| SetElement::Port {
                     addr: a.0,

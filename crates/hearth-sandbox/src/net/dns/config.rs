@@ -135,7 +135,9 @@ pub(super) fn normalise(name: &str) -> Option<String> {
     let labels_ok = name.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
     (labels_ok && name.len() <= 253).then_some(name)
 }

@@ -84,7 +84,11 @@ fn batch(table: &str, elements: &[SetElement]) -> Nftables<'static> {
     }
     let mut batch = Batch::new();
     for set in [DNS_ANY_SET, DNS_PORT_SET] {
-        let in_set: Vec<SetElement> = unique.values().copied().filter(|e| e.set() == set).collect();
+        let in_set: Vec<SetElement> = unique
+            .values()
+            .copied()
+            .filter(|e| e.set() == set)
+            .collect();
         if in_set.is_empty() {
             continue;
         }
@@ -106,7 +110,11 @@ fn batch(table: &str, elements: &[SetElement]) -> Nftables<'static> {
     batch.to_nftables()
 }
 
-fn element(table: &str, set: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+fn element(
+    table: &str,
+    set: &'static str,
+    elem: Vec<Expression<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Element(Element {
         family: NfFamily::INet,
         table: table.to_owned().into(),

@@ -261,7 +261,10 @@ impl State {
                 return;
             }
             let mut packet = vec![0u8; len];
-            if !matches!(timeout(TCP_IDLE, stream.read_exact(&mut packet)).await, Ok(Ok(_))) {
+            if !matches!(
+                timeout(TCP_IDLE, stream.read_exact(&mut packet)).await,
+                Ok(Ok(_))
+            ) {
                 return;
             }
             let Ok(_permit) = self.queries.acquire().await else {
@@ -275,7 +278,10 @@ impl State {
             };
             let mut framed = prefix.to_be_bytes().to_vec();
             framed.extend_from_slice(&reply);
-            if !matches!(timeout(TCP_IDLE, stream.write_all(&framed)).await, Ok(Ok(()))) {
+            if !matches!(
+                timeout(TCP_IDLE, stream.write_all(&framed)).await,
+                Ok(Ok(()))
+            ) {
                 tracing::debug!(table = %self.table, from = %from, "TCP reply failed");
                 return;
             }

@@ -55,7 +55,11 @@ fn unlisted_names_and_subdomains_get_nxdomain_with_their_question() {
     ] {
         let asked = query(name, RecordType::A);
         let reply = replied(judged(&asked));
-        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
         assert_eq!(reply.metadata.id, asked.metadata.id);
         assert_eq!(reply.metadata.message_type, MessageType::Response);
         assert_eq!(reply.queries, asked.queries);
@@ -98,7 +102,10 @@ fn responses_are_ignored_and_odd_queries_refused() {
     assert!(matches!(judged(&response), Verdict::Ignore));
 
     let mut two = query("api.example.com.", RecordType::A);
-    two.add_query(Query::query(Name::from_ascii("open.example.").unwrap(), RecordType::A));
+    two.add_query(Query::query(
+        Name::from_ascii("open.example.").unwrap(),
+        RecordType::A,
+    ));
     let reply = replied(judged(&two));
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
@@ -147,25 +154,55 @@ fn the_cname_chain_is_followed_and_strangers_are_left_out() {
     let cdn = Name::from_ascii("edge.cdn.test.").unwrap();
     upstream.answers = vec![
         record("api.example.com.", 30, RData::CNAME(CNAME(cdn))),
-        record("edge.cdn.test.", 5, RData::A(A(Ipv4Addr::new(192, 0, 2, 7)))),
-        record("edge.cdn.test.", 86_400, RData::A(A(Ipv4Addr::new(192, 0, 2, 8)))),
-        record("stranger.test.", 300, RData::A(A(Ipv4Addr::new(192, 0, 2, 99)))),
-        record("api.example.com.", 300, RData::AAAA(AAAA("2001:db8::1".parse().unwrap()))),
+        record(
+            "edge.cdn.test.",
+            5,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+        ),
+        record(
+            "edge.cdn.test.",
+            86_400,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 8))),
+        ),
+        record(
+            "stranger.test.",
+            300,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, 99))),
+        ),
+        record(
+            "api.example.com.",
+            300,
+            RData::AAAA(AAAA("2001:db8::1".parse().unwrap())),
+        ),
     ];
     let (reply, elements) = from_upstream(&pending, &upstream, BOUNDS);
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(reply.metadata.id, pending.request.metadata.id);
     assert_eq!(reply.answers.len(), 3, "{:?}", reply.answers);
-    assert_eq!(reply.answers[2].ttl, 3600, "TTLs given out are cut to the maximum");
+    assert_eq!(
+        reply.answers[2].ttl, 3600,
+        "TTLs given out are cut to the maximum"
+    );
     let addr = Ipv4Addr::new(192, 0, 2, 7);
     let far = Ipv4Addr::new(192, 0, 2, 8);
     assert_eq!(
         elements,
         [
             SetElement::Any { addr, timeout: 60 },
-            SetElement::Port { addr, port: 443, timeout: 60 },
-            SetElement::Any { addr: far, timeout: 3600 },
-            SetElement::Port { addr: far, port: 443, timeout: 3600 },
+            SetElement::Port {
+                addr,
+                port: 443,
+                timeout: 60
+            },
+            SetElement::Any {
+                addr: far,
+                timeout: 3600
+            },
+            SetElement::Port {
+                addr: far,
+                port: 443,
+                timeout: 3600
+            },
         ]
     );
 }
@@ -179,7 +216,11 @@ fn upstream_failures_are_passed_on_without_elements() {
         (ResponseCode::Refused, ResponseCode::ServFail),
     ] {
         let mut upstream = reply(&pending.request, code);
-        upstream.answers = vec![record("api.example.com.", 300, RData::A(A(Ipv4Addr::LOCALHOST)))];
+        upstream.answers = vec![record(
+            "api.example.com.",
+            300,
+            RData::A(A(Ipv4Addr::LOCALHOST)),
+        )];
         let (reply, elements) = from_upstream(&pending, &upstream, BOUNDS);
         assert_eq!(reply.metadata.response_code, want);
         assert!(elements.is_empty() && reply.answers.is_empty());
@@ -192,7 +233,9 @@ fn udp_replies_too_large_are_truncated_to_the_question() {
     let mut message = reply(&pending.request, ResponseCode::NoError);
     for i in 0..60u8 {
         let addr = Ipv4Addr::new(192, 0, 2, i);
-        message.answers.push(record("open.example.", 60, RData::A(A(addr))));
+        message
+            .answers
+            .push(record("open.example.", 60, RData::A(A(addr))));
     }
     let full = encode(&message, None).unwrap();
     assert!(full.len() > 512);
