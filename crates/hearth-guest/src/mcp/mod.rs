@@ -3,8 +3,9 @@
 //!
 //! The agent starts it as a child process and talks to it on stdin/stdout; logs go to stderr.
 //! It serves until stdin closes, then kills the process groups of any commands still running.
-//! Protocol versions: whatever the client asks for among rmcp's known versions (2024-11-05,
-//! 2025-03-26, 2025-06-18, 2025-11-25) is echoed; anything else gets rmcp's newest.
+//! Protocol versions are rmcp's: an `initialize` asking for 2024-11-05, 2025-03-26, 2025-06-18 or
+//! 2025-11-25 is answered with that version; any other gets 2025-11-25, the newest with an
+//! `initialize` handshake (2026-07-28 clients, which send the version with each request, work too).
 
 mod files;
 mod output;
@@ -48,7 +49,8 @@ pub enum McpError {
     #[error("workspace {0} is not a directory")]
     RootNotDir(PathBuf),
     #[error("MCP session did not start: {0}")]
-    Initialize(#[from] rmcp::service::ServerInitializeError),
+    // Boxed: rmcp's error holds a whole JSON-RPC message, hundreds of bytes.
+    Initialize(Box<rmcp::service::ServerInitializeError>),
     #[error("MCP session ended abnormally: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -102,7 +104,10 @@ fn build(args: &McpArgs) -> Result<ToolServer, McpError> {
 }
 
 async fn serve(server: ToolServer) -> Result<(), McpError> {
-    let running = server.serve(rmcp::transport::stdio()).await?;
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| McpError::Initialize(Box::new(e)))?;
     let reason = running.waiting().await?;
     tracing::debug!(?reason, "MCP session ended");
     Ok(())

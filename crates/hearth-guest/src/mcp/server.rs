@@ -10,9 +10,7 @@ use std::fmt::Display;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
@@ -187,32 +185,29 @@ impl ToolServer {
                     edit_file, list_dir. Relative paths are relative to the workspace."
 )]
 impl ServerHandler for ToolServer {
-    /// The router's dispatch, except that arguments that do not fit a tool's schema become an
-    /// error result the model can correct, not a JSON-RPC error (as MCP 2025-11-25 advises).
-    /// An unknown tool name stays a protocol error (-32602), naming the tools there are.
+    /// The router's dispatch (which already turns arguments that do not fit a tool's schema into
+    /// an error result, as MCP 2025-11-25 advises), with a better answer for an unknown tool: a
+    /// protocol error (-32602) that names the tools there are, not just "tool not found".
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let name = request.name.clone();
-        if !self.tool_router.has_route(&name) {
+        if !self.tool_router.has_route(&request.name) {
             let known: Vec<_> = self
                 .tool_router
                 .list_all()
                 .into_iter()
                 .map(|t| t.name)
                 .collect();
-            let message = format!("unknown tool {name:?}; the tools are: {}", known.join(", "));
+            let message = format!(
+                "unknown tool {:?}; the tools are: {}",
+                request.name,
+                known.join(", ")
+            );
             return Err(ErrorData::invalid_params(message, None));
         }
         let call = ToolCallContext::new(self, request, context);
-        match self.tool_router.call(call).await {
-            Err(err) if err.code == ErrorCode::INVALID_PARAMS => {
-                let message = format!("invalid arguments for {name}: {}", err.message);
-                Ok(reply::<String>(Err(message)).into())
-            }
-            other => other,
-        }
+        self.tool_router.call(call).await
     }
 }

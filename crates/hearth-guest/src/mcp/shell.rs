@@ -254,3 +254,52 @@ pub fn allowlisted_env(
     env.push(("HEARTH_WORKSPACE".to_string(), workspace));
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_is_an_allowlist_with_defaults() {
+        let lookup = |name: &str| match name {
+            "PATH" => Some("/opt/bin:/usr/bin".to_string()),
+            "LANG" => Some(String::new()), // empty counts as unset
+            "AWS_SECRET_ACCESS_KEY" | "OPENAI_API_KEY" => Some("secret".to_string()),
+            _ => None,
+        };
+        let env = allowlisted_env(std::path::Path::new("/ws"), lookup);
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("PATH", "/opt/bin:/usr/bin"),
+                ("HOME", "/ws"),
+                ("LANG", "C.UTF-8"),
+                ("TERM", "dumb"),
+                ("HEARTH_WORKSPACE", "/ws"),
+            ]
+        );
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_finite() {
+        let shell = Shell {
+            cwd: PathBuf::from("/"),
+            env: Vec::new(),
+            max_output: 100,
+            default_timeout: Duration::from_secs(60),
+            groups: Groups::default(),
+        };
+        assert_eq!(shell.timeout(None).unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            shell.timeout(Some(0.5)).unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(shell.timeout(Some(bad)), Err(ShellError::BadTimeout(_))),
+                "{bad}"
+            );
+        }
+    }
+}

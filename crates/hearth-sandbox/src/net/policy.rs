@@ -1,11 +1,11 @@
 //! What a sandbox may reach: its network mode and its allowlist, parsed once from `--net` and
 //! `--allow` strings into typed values.
 //!
-//! `CIDR[:port]` rules are enforced by the sandbox's nft table. `domain[:port]` rules are parsed
-//! and stored here, but enforcing them needs hearth's DNS resolver (it answers only allowed names
-//! and adds the answers to a per-sandbox nft set with timeouts); until that lands a domain rule
-//! opens nothing. Caveat for then: an allowed name's address may be shared (CDNs, virtual hosts),
-//! so allowing `a.example.com` also allows whatever else answers on that address.
+//! `CIDR[:port]` rules are enforced by the sandbox's nft table. `domain[:port]` rules are
+//! enforced by the sandbox's DNS resolver (`net::dns`): it answers only allowed names and adds
+//! their addresses to the table's sets with timeouts, so a domain opens nothing until the sandbox
+//! resolves it through hearth. Caveat: an allowed name's address may be shared (CDNs, virtual
+//! hosts), so allowing `a.example.com` also allows whatever else answers on that address.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
