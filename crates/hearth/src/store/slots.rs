@@ -108,6 +108,18 @@ impl SlotStore for SqliteSlotStore {
     }
 }
 
+impl Store {
+    /// The address-pool slot a sandbox's network holds, if any.
+    pub async fn net_slot(&self, id: &SandboxId) -> Result<Option<u32>, super::StoreError> {
+        let slot: Option<i64> =
+            sqlx::query_scalar("SELECT slot FROM net_slots WHERE sandbox_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(slot.and_then(|slot| u32::try_from(slot).ok()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,17 +155,5 @@ mod tests {
         slots.release(&a).unwrap();
         slots.release(&a).unwrap();
         assert_eq!(slots.list().unwrap(), vec![(b, 2)]);
-    }
-}
-
-impl Store {
-    /// The address-pool slot a sandbox's network holds, if any.
-    pub async fn net_slot(&self, id: &SandboxId) -> Result<Option<u32>, super::StoreError> {
-        let slot: Option<i64> =
-            sqlx::query_scalar("SELECT slot FROM net_slots WHERE sandbox_id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(slot.and_then(|slot| u32::try_from(slot).ok()))
     }
 }
