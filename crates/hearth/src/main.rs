@@ -1,5 +1,6 @@
 //! `hearth`: run AI-agent tasks in isolated sandboxes.
 
+mod api;
 mod bench;
 mod cli;
 mod config;

@@ -85,7 +85,9 @@ fn create_exec_cp_rm_round_trip() {
 
 #[test]
 fn sandbox_is_isolated_from_the_host() {
-    let sb = Sandbox::create("rt-isolation", &[]);
+    // `--net none`: the namespace hearth made has loopback only (the default adds the
+    // firewalled link to hearth's gateway; see network_modes_and_the_net_command).
+    let sb = Sandbox::create("rt-isolation", &["--net", "none"]);
     assert_eq!(sb.sh_ok("cat /proc/1/comm").trim(), "hearth-guest");
 
     // Host processes are invisible: the test runner's own pid is not there, and the sandbox

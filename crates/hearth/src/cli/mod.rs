@@ -5,6 +5,7 @@ mod net;
 mod run;
 mod sandbox;
 pub(crate) mod seccomp;
+mod serve;
 mod task;
 
 use std::path::PathBuf;
@@ -66,9 +67,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API (tasks, their events, sandboxes) on loopback and a Unix socket.
+    Serve(serve::ServeArgs),
     /// Measure hearth against its reference tools on this host.
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(BenchCommand),
+}
+
+/// `hearth bench ...`: the task benchmark next to those of bench.rs.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Agent tasks per second end to end (scripted upstream), and the gateway's added latency.
+    Tasks(crate::api::bench_tasks::TasksBenchArgs),
+    #[command(flatten)]
+    Other(crate::bench::BenchCommand),
 }
 
 /// Runs a parsed command; returns the process exit code.
@@ -80,6 +92,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Sandbox(command) => sandbox::run(command, &settings).await,
         Command::Seccomp(command) => seccomp::run(command),
         Command::Doctor { json } => crate::doctor::run(&settings, json),
-        Command::Bench(command) => crate::bench::run(command, &settings).await,
+        Command::Serve(args) => serve::run(args, &settings).await,
+        Command::Bench(BenchCommand::Tasks(args)) => {
+            crate::api::bench_tasks::run(args, &settings).await
+        }
+        Command::Bench(BenchCommand::Other(command)) => crate::bench::run(command, &settings).await,
     }
 }

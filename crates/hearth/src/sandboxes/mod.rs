@@ -71,6 +71,11 @@ impl SandboxManager {
     /// Creates a sandbox and waits until its guest answers. On any failure everything made so
     /// far is removed again before the error is returned.
     pub async fn create(&self, spec: &SandboxSpec) -> Result<SandboxRecord, SandboxError> {
+        // Shared with other creates, exclusive with reconciliation: a reconcile must never see
+        // this sandbox's objects on the host before its record is there to claim them.
+        let _creating = self
+            .lock_sandboxes(nix::fcntl::FlockArg::LockShared)
+            .await?;
         let backend = self.backend.kind().to_string();
         let record = match self
             .store
@@ -262,6 +267,14 @@ impl SandboxManager {
         let id = id.clone();
         self.with_firewall(move |firewall| firewall.counters(&id))
             .await
+    }
+
+    /// The host-wide lock between creates (shared) and reconciliation (exclusive).
+    pub(crate) async fn lock_sandboxes(
+        &self,
+        arg: nix::fcntl::FlockArg,
+    ) -> Result<nix::fcntl::Flock<std::fs::File>, SandboxError> {
+        Ok(crate::store::lock_file(&self.dirs.root().join("sandboxes.lock"), arg).await?)
     }
 
     /// Runs a firewall operation on a blocking thread: it makes netlink and nftables calls,

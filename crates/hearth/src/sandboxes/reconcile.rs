@@ -56,6 +56,10 @@ impl SandboxManager {
     /// Removes everything abandoned by crashed hearth processes; never touches a sandbox that a
     /// live process is still creating or removing.
     pub async fn reconcile(&self) -> Result<ReconcileReport, SandboxError> {
+        // No create is between writing its record and making its objects while we look.
+        let _exclusive = self
+            .lock_sandboxes(nix::fcntl::FlockArg::LockExclusive)
+            .await?;
         let mut report = ReconcileReport::default();
         let records = self.store.list_sandboxes().await?;
         let mut known = BTreeSet::new();

@@ -116,6 +116,15 @@ impl Store {
 
 /// Takes an exclusive `flock` on `path` (created 0600), waiting on a blocking thread.
 async fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    lock_file(path, nix::fcntl::FlockArg::LockExclusive).await
+}
+
+/// Takes a `flock` of kind `arg` on `path` (created 0600), waiting on a blocking thread. The
+/// lock goes with the returned guard, or with the process if it dies.
+pub async fn lock_file(
+    path: &Path,
+    arg: nix::fcntl::FlockArg,
+) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
     let path = path.to_owned();
     let waited = tokio::task::spawn_blocking(move || {
         let file = OpenOptions::new()
@@ -128,11 +137,9 @@ async fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>,
                 path: path.clone(),
                 source,
             })?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
-            StoreError::StateDir {
-                path,
-                source: errno.into(),
-            }
+        nix::fcntl::Flock::lock(file, arg).map_err(|(_, errno)| StoreError::StateDir {
+            path,
+            source: errno.into(),
         })
     })
     .await;

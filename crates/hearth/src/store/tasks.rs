@@ -2,13 +2,25 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use hearth_sandbox::SandboxId;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{Row, SqliteConnection};
+use tokio::sync::watch;
 
 use super::sandboxes::now_ms;
 use super::{Store, StoreError};
+
+/// Bumped after every timeline write of this process, so live followers (the API's event
+/// streams) re-read the store instead of polling it. Process-wide because every writer
+/// (runner, gateway recorder, API) shares the one database; writers in other processes are not
+/// seen here, which is why followers also re-read now and then.
+static TIMELINE_CHANGED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+fn timeline_changed() {
+    TIMELINE_CHANGED.send_modify(|n| *n = n.wrapping_add(1));
+}
 
 /// A validated task id. Task ids are also valid sandbox ids: a task's sandbox is named after it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -210,40 +222,24 @@ impl Store {
     /// Moves a task to `next` if its lifecycle allows it; returns whether it moved. The check
     /// and the update are one statement, so two processes cannot both finish a task.
     pub async fn transition_task(&self, id: &TaskId, next: TaskStatus) -> Result<bool, StoreError> {
-        let allowed: Vec<&str> = TaskStatus::ALL
-            .into_iter()
-            .filter(|s| s.can_become(next))
-            .map(TaskStatus::as_str)
-            .collect();
-        let placeholders = vec!["?"; allowed.len()].join(", ");
-        let stamp_column = match next {
-            TaskStatus::Starting => Some("started_at"),
-            s if s.is_final() => Some("finished_at"),
-            _ => None,
-        };
-        let stamp = stamp_column
-            .map(|c| format!(", {c} = ?"))
-            .unwrap_or_default();
-        let sql = format!("UPDATE tasks SET status = ?, owner_pid = ?{stamp} WHERE id = ? AND status IN ({placeholders})");
-        let mut query = sqlx::query(&sql)
-            .bind(next.as_str())
-            .bind(i64::from(std::process::id()));
-        if stamp_column.is_some() {
-            query = query.bind(now_ms());
-        }
-        query = query.bind(id.as_str());
-        for status in allowed {
-            query = query.bind(status);
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        transition_on(&mut conn, id, next).await
     }
 
-    /// Records how a task ended (answer, reason, tokens, diff); the status is set separately.
-    pub async fn record_outcome(
+    /// Ends a task in one transaction: outcome, final status and the `state` event saying so.
+    /// A reader that sees the final status therefore also finds the event (the API's event
+    /// stream ends on it). Returns false, changing nothing, when the task was already final.
+    pub async fn finish_task(
         &self,
         id: &TaskId,
+        status: TaskStatus,
         outcome: &TaskOutcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        debug_assert!(status.is_final());
+        let mut tx = self.pool.begin().await?;
+        if !transition_on(&mut tx, id, status).await? {
+            return Ok(false);
+        }
         sqlx::query("UPDATE tasks SET answer = ?, reason = ?, prompt_tokens = ?, completion_tokens = ?, diff = ? WHERE id = ?")
             .bind(&outcome.answer)
             .bind(&outcome.reason)
@@ -251,9 +247,28 @@ impl Store {
             .bind(outcome.completion_tokens)
             .bind(&outcome.diff)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let data = serde_json::json!({"status": status, "reason": outcome.reason});
+        append_on(&mut tx, id, "state", &data).await?;
+        tx.commit().await?;
+        timeline_changed();
+        Ok(true)
+    }
+
+    /// A receiver that changes whenever this process appends to any task's timeline.
+    pub fn timeline_changes(&self) -> watch::Receiver<u64> {
+        TIMELINE_CHANGED.subscribe()
+    }
+
+    /// Tasks not yet final (queued, starting, running), oldest first.
+    pub async fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE status IN ('queued', 'starting', 'running') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
     }
 
     pub async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
@@ -278,17 +293,9 @@ impl Store {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO task_events (task_id, seq, ts_ms, kind, data) \
-             SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM task_events WHERE task_id = ? RETURNING seq",
-        )
-        .bind(id.as_str())
-        .bind(now_ms())
-        .bind(kind)
-        .bind(data.to_string())
-        .bind(id.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        let seq = append_on(&mut conn, id, kind, data).await?;
+        timeline_changed();
         Ok(seq)
     }
 
@@ -315,6 +322,59 @@ impl Store {
             })
             .collect()
     }
+}
+
+async fn transition_on(
+    conn: &mut SqliteConnection,
+    id: &TaskId,
+    next: TaskStatus,
+) -> Result<bool, StoreError> {
+    let allowed: Vec<&str> = TaskStatus::ALL
+        .into_iter()
+        .filter(|s| s.can_become(next))
+        .map(TaskStatus::as_str)
+        .collect();
+    let placeholders = vec!["?"; allowed.len()].join(", ");
+    let stamp_column = match next {
+        TaskStatus::Starting => Some("started_at"),
+        s if s.is_final() => Some("finished_at"),
+        _ => None,
+    };
+    let stamp = stamp_column
+        .map(|c| format!(", {c} = ?"))
+        .unwrap_or_default();
+    let sql = format!("UPDATE tasks SET status = ?, owner_pid = ?{stamp} WHERE id = ? AND status IN ({placeholders})");
+    let mut query = sqlx::query(&sql)
+        .bind(next.as_str())
+        .bind(i64::from(std::process::id()));
+    if stamp_column.is_some() {
+        query = query.bind(now_ms());
+    }
+    query = query.bind(id.as_str());
+    for status in allowed {
+        query = query.bind(status);
+    }
+    Ok(query.execute(conn).await?.rows_affected() == 1)
+}
+
+async fn append_on(
+    conn: &mut SqliteConnection,
+    id: &TaskId,
+    kind: &str,
+    data: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO task_events (task_id, seq, ts_ms, kind, data) \
+         SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM task_events WHERE task_id = ? RETURNING seq",
+    )
+    .bind(id.as_str())
+    .bind(now_ms())
+    .bind(kind)
+    .bind(data.to_string())
+    .bind(id.as_str())
+    .fetch_one(conn)
+    .await?;
+    Ok(seq)
 }
 
 fn task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TaskRecord, StoreError> {
@@ -442,5 +502,41 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "b");
         assert_eq!(events[0].data["n"], 2);
+    }
+
+    #[tokio::test]
+    async fn finishing_is_atomic_and_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).await.unwrap();
+        let id = TaskId::generate();
+        store
+            .insert_task(&id, "p", "m", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 1);
+        let changes = store.timeline_changes();
+        let outcome = TaskOutcome {
+            reason: Some("stopped".into()),
+            ..TaskOutcome::default()
+        };
+        assert!(store
+            .finish_task(&id, TaskStatus::Interrupted, &outcome)
+            .await
+            .unwrap());
+        assert!(changes.has_changed().unwrap(), "followers are woken");
+        assert!(
+            !store
+                .finish_task(&id, TaskStatus::Cancelled, &outcome)
+                .await
+                .unwrap(),
+            "a final task is not finished twice"
+        );
+        let task = store.get_task(&id).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Interrupted);
+        assert_eq!(task.reason.as_deref(), Some("stopped"));
+        let events = store.events_after(&id, 0).await.unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].data["status"], "interrupted");
+        assert!(store.unfinished_tasks().await.unwrap().is_empty());
     }
 }

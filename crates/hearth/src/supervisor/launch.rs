@@ -182,7 +182,8 @@ fn open_if_same(stamp: &ProcessStamp) -> Result<Option<Pidfd>, SupervisorError> 
     };
     // Checked after the pidfd is open: if the start time matches now, the pidfd is that process.
     match proc::stamp(stamp.pid) {
-        Ok(now) if now == *stamp => Ok(Some(pidfd)),
+        // A zombie (exited, not yet reaped by whoever inherited it) still has its stat file.
+        Ok(now) if now == *stamp && !pidfd.wait(Duration::ZERO)? => Ok(Some(pidfd)),
         _ => Ok(None),
     }
 }

@@ -4,8 +4,12 @@
 mod agent_files;
 pub mod diff;
 pub mod model;
+pub mod params;
+pub mod queue;
 pub mod recorder;
+pub mod restart;
 pub mod runner;
+mod slots;
 
 use std::path::PathBuf;
 

@@ -48,6 +48,22 @@ pub enum Progress {
     Agent(Value),
 }
 
+/// Why a task was stopped from outside, as it is recorded.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    pub status: TaskStatus,
+    pub reason: String,
+}
+
+impl Stop {
+    pub fn cancelled() -> Self {
+        Self {
+            status: TaskStatus::Cancelled,
+            reason: "cancelled by the user".into(),
+        }
+    }
+}
+
 /// Runs tasks on one manager and one gateway.
 #[derive(Debug)]
 pub struct TaskRunner<'a> {
@@ -58,14 +74,34 @@ pub struct TaskRunner<'a> {
 }
 
 impl TaskRunner<'_> {
-    /// Runs `request` as task `id` (already inserted as `queued`) to its end. The sandbox is
-    /// removed whatever happens; the task record keeps the outcome.
+    /// Runs `request` as task `id` (already inserted as `queued`) to its end, cancelled (as by
+    /// the user) when `cancel` turns true. The sandbox is removed whatever happens; the task
+    /// record keeps the outcome.
     pub async fn run(
         &self,
         id: &TaskId,
         request: &TaskRequest,
-        mut on_progress: impl FnMut(Progress),
+        on_progress: impl FnMut(Progress),
         mut cancel: watch::Receiver<bool>,
+    ) -> Result<TaskRecord, TaskError> {
+        let stop = async move {
+            if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
+                // Nobody can cancel any more: run to the end.
+                std::future::pending::<()>().await;
+            }
+            Stop::cancelled()
+        };
+        self.run_until(id, request, on_progress, stop).await
+    }
+
+    /// [`TaskRunner::run`], stopped with the status and reason `stop` yields when it completes
+    /// first (a cancel, or the daemon shutting down).
+    pub async fn run_until(
+        &self,
+        id: &TaskId,
+        request: &TaskRequest,
+        mut on_progress: impl FnMut(Progress),
+        stop: impl std::future::Future<Output = Stop>,
     ) -> Result<TaskRecord, TaskError> {
         let store = &self.manager.store;
         if !store.transition_task(id, TaskStatus::Starting).await? {
@@ -81,7 +117,7 @@ impl TaskRunner<'_> {
             })?;
         let outcome = tokio::select! {
             outcome = self.run_in_sandbox(id, request, &task_dir, &mut on_progress) => outcome,
-            _ = cancel.wait_for(|cancelled| *cancelled) => Ok(Ended { status: TaskStatus::Cancelled, outcome: TaskOutcome { reason: Some("cancelled by the user".into()), ..TaskOutcome::default() } }),
+            stop = stop => Ok(Ended { status: stop.status, outcome: TaskOutcome { reason: Some(stop.reason), ..TaskOutcome::default() } }),
         };
         // Cleanup runs however the task ended: the gateway token, the sandbox, the baseline.
         self.model.gateway.revoke_task(&gateway_task_id(id));
@@ -99,15 +135,7 @@ impl TaskRunner<'_> {
                 },
             },
         };
-        store.record_outcome(id, &ended.outcome).await?;
-        store.transition_task(id, ended.status).await?;
-        store
-            .append_event(
-                id,
-                "state",
-                &json!({"status": ended.status, "reason": ended.outcome.reason}),
-            )
-            .await?;
+        store.finish_task(id, ended.status, &ended.outcome).await?;
         store
             .get_task(id)
             .await?
@@ -176,6 +204,9 @@ impl TaskRunner<'_> {
             .await?;
         drop(task_json);
         store.transition_task(id, TaskStatus::Running).await?;
+        store
+            .append_event(id, "state", &json!({"status": "running"}))
+            .await?;
         on_progress(Progress::Started {
             sandbox: spec.id.to_string(),
             workspace: workspace.clone(),
