@@ -196,7 +196,9 @@ fn check_tool(name: &'static str, args: &[&str], fix: &str, required: bool) -> C
 
 /// Makes and removes a real namespace: permission problems show up here, not mid-create.
 fn check_netns() -> Check {
-    let name = format!("hearth-doctor-{}", std::process::id());
+    // Not `hearth-…`: reconciliation in a concurrent hearth process would take a hearth-named
+    // namespace without a record for a leftover and remove it mid-check.
+    let name = format!("hdoctor-{}", std::process::id());
     match netns::create(&name) {
         Ok(_) => match netns::remove(&name) {
             Ok(()) => Check::pass("netns", "named network namespaces can be created", true),
