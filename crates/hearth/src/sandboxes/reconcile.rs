@@ -77,18 +77,14 @@ impl SandboxManager {
                 known.insert(record.id.clone());
             }
         }
-        let is_orphan = |raw: &str| {
-            SandboxId::parse(raw)
-                .map(|id| !known.contains(&id))
-                .unwrap_or(false)
-        };
+        // The id an object is named after, if it is valid and has no live record.
+        let orphan = |raw: &str| SandboxId::parse(raw).ok().filter(|id| !known.contains(id));
 
         for container in self.backend.list()? {
             let Some(raw) = container.strip_prefix(OBJECT_PREFIX) else {
                 continue;
             };
-            if is_orphan(raw) {
-                let id = SandboxId::parse(raw).expect("checked by is_orphan");
+            if let Some(id) = orphan(raw) {
                 match self.backend.remove(&id) {
                     Ok(()) => report.orphan_containers.push(container),
                     Err(err) => report.errors.push(err.to_string()),
@@ -103,8 +99,7 @@ impl SandboxManager {
             Err(err) => report.errors.push(err.to_string()),
         }
         for dir in self.dirs.list_sandbox_dirs()? {
-            if is_orphan(&dir) {
-                let id = SandboxId::parse(&dir).expect("checked by is_orphan");
+            if let Some(id) = orphan(&dir) {
                 match self.dirs.sandbox(&id).remove() {
                     Ok(()) => report.orphan_dirs.push(dir),
                     Err(err) => report.errors.push(err.to_string()),

@@ -218,20 +218,11 @@ impl OciRuntime {
     /// it), waits for it through a pidfd, then deletes the stopped container. Much faster than
     /// `delete --force`, which polls in 100 ms steps; that stays the fallback.
     pub fn stop_and_delete(&self, container: &str) -> Result<(), RuntimeError> {
-        let out = self.output("state", &["state", container])?;
-        if !out.status.success() {
-            return if mentions_missing(&out) {
-                Ok(())
-            } else {
-                self.delete_force(container)
-            };
-        }
-        let state: ContainerState =
-            serde_json::from_slice(&out.stdout).map_err(|source| RuntimeError::Parse {
-                kind: self.kind,
-                command: "state",
-                source,
-            })?;
+        let state = match self.state(container) {
+            Ok(None) => return Ok(()),
+            Ok(Some(state)) => state,
+            Err(_) => return self.delete_force(container),
+        };
         if state.pid > 0 && state.status != "stopped" {
             if let Err(err) = crate::pidfd::kill_and_wait(state.pid, Duration::from_secs(5)) {
                 tracing::warn!(%container, error = %err, "fast stop failed; falling back to delete --force");
@@ -247,6 +238,11 @@ impl OciRuntime {
 
     /// The container's status (`running`, `created`, `stopped`, ...), `None` if it is unknown.
     pub fn status(&self, container: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.state(container)?.map(|state| state.status))
+    }
+
+    /// `state`: the container's status and init pid, `None` if the runtime does not know it.
+    fn state(&self, container: &str) -> Result<Option<ContainerState>, RuntimeError> {
         let out = self.output("state", &["state", container])?;
         if !out.status.success() {
             return if mentions_missing(&out) {
@@ -255,13 +251,13 @@ impl OciRuntime {
                 Err(self.failed("state", &out))
             };
         }
-        let state: ContainerState =
-            serde_json::from_slice(&out.stdout).map_err(|source| RuntimeError::Parse {
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|source| RuntimeError::Parse {
                 kind: self.kind,
                 command: "state",
                 source,
-            })?;
-        Ok(Some(state.status))
+            })
     }
 
     /// Ids of all containers under hearth's state root.
