@@ -83,6 +83,10 @@ impl Store {
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(source) => return Err(StoreError::StateDir { path, source }),
         }
+        // Two hearth processes opening a new database at once would both set its journal
+        // mode and create its tables; an exclusive lock beside the database makes connecting and
+        // migrating one process at a time (the lock is released when `open` returns).
+        let _lock = lock_exclusive(&state_dir.join("hearth.db.lock")).await?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -100,9 +104,6 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        // Two hearth processes opening a new database at once would both try to create its
-        // tables; an exclusive lock beside the database makes migrations one at a time.
-        let _lock = lock_exclusive(&state_dir.join("hearth.db.lock")).await?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
