@@ -5,6 +5,7 @@
 //! files, tasks) is backend-agnostic.
 
 pub mod oci;
+pub mod vm;
 
 use std::fmt;
 use std::path::PathBuf;
