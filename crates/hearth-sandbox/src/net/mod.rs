@@ -19,6 +19,7 @@ pub mod pool;
 mod reconcile;
 pub mod rtnl;
 pub mod ruleset;
+pub mod tap;
 
 pub use dns::{DnsError, ResolverConfig, ResolverHandle, SandboxResolver};
 pub use droplog::{DropLog, DropSnapshot};
@@ -33,3 +34,4 @@ pub use pool::{AddressPool, MemorySlotStore, PoolError, SlotAddrs, SlotStore, Sl
 pub use reconcile::ReconcileReport;
 pub use rtnl::LinkError;
 pub use ruleset::DropReason;
+pub use tap::TapError;

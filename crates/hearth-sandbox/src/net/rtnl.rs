@@ -347,6 +347,69 @@ impl Rtnl {
         }
     }
 
+    /// Creates the bridge `name`, down (`ip link add NAME type bridge`).
+    pub fn create_bridge(&mut self, name: &str) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        let op = Op {
+            verb: "create bridge",
+            object: name,
+        };
+        self.exchange(
+            &op,
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Enslaves link `index` to the bridge `controller` (`ip link set NAME master BRIDGE`).
+    pub fn set_controller(
+        &mut self,
+        index: u32,
+        name: &str,
+        controller: u32,
+    ) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes = vec![LinkAttribute::Controller(controller)];
+        let op = Op {
+            verb: "add to a bridge",
+            object: name,
+        };
+        self.exchange(&op, RouteNetlinkMessage::SetLink(msg), 0)
+            .map(drop)
+    }
+
+    /// Removes `addr/prefix_len` from link `index`; an address that is not there is fine.
+    pub fn delete_address(
+        &mut self,
+        index: u32,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), LinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes = vec![
+            AddressAttribute::Local(addr.into()),
+            AddressAttribute::Address(addr.into()),
+        ];
+        let op = Op {
+            verb: "remove an address from",
+            object: name,
+        };
+        match self.exchange(&op, RouteNetlinkMessage::DelAddress(msg), 0) {
+            Err(err) if err.errno() == Some(Errno::EADDRNOTAVAIL) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// Sends one request and collects its replies until the ack (or the end of a dump).
     fn exchange(
         &mut self,
