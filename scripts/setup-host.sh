@@ -8,7 +8,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl)
+packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl qemu-system-x86)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

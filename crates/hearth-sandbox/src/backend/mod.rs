@@ -5,6 +5,7 @@
 //! files, tasks) is backend-agnostic.
 
 pub mod oci;
+pub mod qemu;
 pub mod vm;
 
 use std::fmt;
@@ -17,18 +18,22 @@ use crate::id::SandboxId;
 use crate::spec::SandboxSpec;
 
 pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
+pub use qemu::{QemuBackend, QemuError};
+pub use vm::{GuestNet, VmImagePaths};
 
 /// Which isolation technology runs a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Oci,
+    Qemu,
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Oci => "oci",
+            Self::Qemu => "qemu",
         })
     }
 }
@@ -51,6 +56,10 @@ pub struct LaunchContext<'a> {
     pub guest_binary: PathBuf,
     /// hearth's DNS resolver for this sandbox (the host side of its link), if it has a link.
     pub resolver: Option<std::net::SocketAddr>,
+    /// The guest's address on the sandbox link (VM backends; `None` without a link).
+    pub net: Option<GuestNet>,
+    /// The guest image a VM boots (VM backends only).
+    pub vm_image: Option<VmImagePaths>,
 }
 
 /// Errors of any backend.
@@ -58,6 +67,8 @@ pub struct LaunchContext<'a> {
 pub enum BackendError {
     #[error(transparent)]
     Oci(#[from] OciError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
 }
 
 /// A technology that can start and remove isolated sandboxes.

@@ -1,0 +1,527 @@
+//! The QEMU backend: each sandbox is a QEMU VM booting the guest image, `hearth-guest` as init.
+//!
+//! `start` prepares `<sandbox dir>/vm/` (config drive, sockets), bridges a tap into the
+//! sandbox's namespace ([`crate::net::tap`]), spawns QEMU inside that namespace in a session of
+//! its own, records `PID STARTTIME` in `vmm.pid`, and returns once QEMU answers on QMP (so
+//! QEMU itself is up; the guest is still booting). The host reaches the guest through the
+//! sandbox's usual guest socket, served by the [`relay`](crate::backend::vm::relay) that the
+//! per-sandbox supervisor runs: `Upstream::Http2Mux { socket: dirs.vm_serial_socket() }` with
+//! virtio-serial, or a vsock connector when `/dev/vhost-vsock` exists.
+//!
+//! `remove` asks QEMU to quit over QMP, makes sure through a pidfd that it is gone, and removes
+//! the VM directory; everything it finds already gone is fine. Snapshots are not supported on
+//! QEMU yet ([`QemuError::SnapshotUnsupported`]).
+
+pub mod argv;
+pub mod process;
+pub mod qmp;
+pub mod support;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan};
+pub use process::VmmStamp;
+pub use qmp::{Qmp, QmpError, VmStatus};
+pub use support::{KvmState, QemuSupport};
+
+use crate::backend::vm::{
+    self, ConfigDriveError, GuestTransport, KernelCmdline, VmGuestConfig, GUEST_SERIAL_PORT_NAME,
+    GUEST_VSOCK_PORT,
+};
+use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::dirs::{DirsError, RuntimeDirs, SandboxDirs};
+use crate::guest_client::GuestClient;
+use crate::id::SandboxId;
+use crate::net::{netns, NetError, TapError};
+use crate::pidfd::{self, PidfdError};
+use crate::spec::SandboxSpec;
+
+/// How long QEMU may take to come up to QMP (not the guest: see [`QemuBackend::wait_guest_ready`]).
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `remove` waits for QEMU to leave after QMP `quit` before it kills it.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Longest path `bind(2)` accepts for a Unix socket.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Errors of the QEMU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot run {binary}: {source}")]
+    Spawn { binary: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: io::Error },
+    #[error(
+        "the QEMU backend needs a guest image (kernel, initrd, rootfs); run `hearth image build`"
+    )]
+    NoImage,
+    #[error("guest image file {path} is missing")]
+    ImageFileMissing { path: PathBuf },
+    #[error("workspace {path} is not a directory")]
+    WorkspaceNotDir { path: PathBuf },
+    #[error("socket path {path} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets; choose a shorter --runtime-dir")]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error(transparent)]
+    Dirs(#[from] DirsError),
+    #[error(transparent)]
+    ConfigDrive(#[from] ConfigDriveError),
+    #[error(transparent)]
+    Netns(#[from] NetError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Pidfd(#[from] PidfdError),
+    /// `tail`: the end of QEMU's own log (the VM directory is removed with the failed VM).
+    #[error("QEMU for sandbox {id} exited during startup ({status}){}", tail_hint(.tail))]
+    Exited {
+        id: SandboxId,
+        status: String,
+        tail: String,
+    },
+    #[error("QEMU for sandbox {id} did not answer on QMP within {waited:?}{}", tail_hint(.tail))]
+    StartTimeout {
+        id: SandboxId,
+        waited: Duration,
+        tail: String,
+    },
+    /// `tail`: the end of the guest's serial console.
+    #[error("the VM of sandbox {id} stopped while its guest was booting{}", tail_hint(.tail))]
+    DiedBooting { id: SandboxId, tail: String },
+    #[error("the guest of sandbox {id} was not ready within {waited:?}{}", tail_hint(.tail))]
+    BootTimeout {
+        id: SandboxId,
+        waited: Duration,
+        tail: String,
+    },
+    #[error("sandbox {id} has no running VM")]
+    NotRunning { id: SandboxId },
+    #[error("snapshots are not supported on the QEMU backend yet (sandbox {id}); use pause/resume, or the Firecracker backend")]
+    SnapshotUnsupported { id: SandboxId },
+}
+
+fn tail_hint(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+/// What the backend runs: which QEMU, how to accelerate, how to reach the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    /// vhost-vsock for the guest channel (else virtio-serial).
+    pub vsock: bool,
+    /// Pass QEMU's own `-sandbox on,...` seccomp filter.
+    pub qemu_sandbox: bool,
+    pub version: String,
+}
+
+impl QemuConfig {
+    /// The configuration [`QemuSupport::probe`] found best for this host.
+    pub fn from_support(support: &QemuSupport) -> Self {
+        Self {
+            binary: support.binary.clone(),
+            accel: support.accel,
+            vsock: support.vhost_vsock,
+            qemu_sandbox: support.seccomp,
+            version: support.version.clone(),
+        }
+    }
+}
+
+/// Runs sandboxes as QEMU VMs.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    config: QemuConfig,
+    dirs: RuntimeDirs,
+}
+
+impl QemuBackend {
+    pub fn new(config: QemuConfig, dirs: RuntimeDirs) -> Self {
+        Self { config, dirs }
+    }
+
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+
+    /// How QEMU will be run for `spec` in `ctx`: every path and flag resolved. Pure, apart
+    /// from reading nothing: the lead's end-to-end tests can print or check it.
+    pub fn plan(&self, spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<QemuPlan, QemuError> {
+        let image = ctx.vm_image.clone().ok_or(QemuError::NoImage)?;
+        let id = spec.id.as_str();
+        let dirs = ctx.dirs;
+        let (transport, channel) = if self.config.vsock {
+            let guest_cid = argv::cid_for(id);
+            (
+                GuestTransport::Vsock {
+                    port: GUEST_VSOCK_PORT,
+                },
+                Channel::Vsock { guest_cid },
+            )
+        } else {
+            (
+                GuestTransport::VirtioSerial {
+                    port_name: GUEST_SERIAL_PORT_NAME.to_owned(),
+                },
+                Channel::VirtioSerial {
+                    socket: dirs.vm_serial_socket(),
+                    port_name: GUEST_SERIAL_PORT_NAME.to_owned(),
+                },
+            )
+        };
+        let workspace = Some(
+            spec.workspace
+                .clone()
+                .unwrap_or_else(|| dirs.default_workspace()),
+        );
+        let mib = spec.limits.memory.0.div_ceil(1024 * 1024);
+        // Bounded to 1024 by the spec's validation, so the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let vcpus = spec.limits.cpus.0.ceil().max(1.0) as u32;
+        Ok(QemuPlan {
+            name: format!("hearth-{id}"),
+            accel: self.config.accel,
+            memory_mib: mib,
+            vcpus,
+            cmdline: KernelCmdline {
+                transport,
+                root: "/dev/vda".to_owned(),
+                net: ctx.net,
+                config: Some("/dev/vdb".to_owned()),
+                workspace_9p: workspace.is_some(),
+            },
+            image,
+            config_drive: Some(dirs.vm_config_img()),
+            nic: ctx.net.map(|_| Nic {
+                tap: crate::net::tap::TAP_IF.to_owned(),
+                mac: argv::mac_for(id),
+            }),
+            workspace,
+            channel,
+            qmp_socket: dirs.vm_qmp_socket(),
+            console_log: dirs.vm_console_log(),
+            qemu_sandbox: self.config.qemu_sandbox,
+        })
+    }
+
+    /// QEMU's whole command line for `spec` in `ctx` (without the binary).
+    pub fn argv(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<Vec<OsString>, QemuError> {
+        Ok(build_argv(&self.plan(spec, ctx)?))
+    }
+
+    /// Pauses every vCPU of the sandbox's VM.
+    pub fn pause(&self, id: &SandboxId) -> Result<(), QemuError> {
+        self.qmp(id)?.stop()?;
+        Ok(())
+    }
+
+    /// Resumes a paused VM.
+    pub fn resume(&self, id: &SandboxId) -> Result<(), QemuError> {
+        self.qmp(id)?.cont()?;
+        Ok(())
+    }
+
+    /// QEMU's view of the VM (`running`, `paused`, ...).
+    pub fn status(&self, id: &SandboxId) -> Result<VmStatus, QemuError> {
+        Ok(self.qmp(id)?.query_status()?)
+    }
+
+    /// Not supported yet: QEMU's `savevm` needs a qcow2 disk and `migrate` to a file needs the
+    /// matching restore path; both are future work.
+    pub fn snapshot(&self, id: &SandboxId, _dest: &Path) -> Result<(), QemuError> {
+        Err(QemuError::SnapshotUnsupported { id: id.clone() })
+    }
+
+    /// Waits until `client` (the sandbox's guest socket, served by the relay) answers health,
+    /// while watching QEMU: a VM that stops or a guest not ready within `timeout` removes the
+    /// sandbox's VM and returns an error carrying the end of the guest's console.
+    pub async fn wait_guest_ready(
+        &self,
+        id: &SandboxId,
+        client: &GuestClient,
+        timeout: Duration,
+    ) -> Result<hearth_proto::Health, QemuError> {
+        let dirs = self.dirs.sandbox(id);
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(2), client.health()).await;
+            if let Ok(Ok(health)) = probe {
+                return Ok(health);
+            }
+            let console = dirs.vm_console_log();
+            let err = if !self.vmm(&dirs).is_some_and(|s| s.is_alive()) {
+                QemuError::DiedBooting {
+                    id: id.clone(),
+                    tail: process::log_tail(&console),
+                }
+            } else if start.elapsed() >= timeout {
+                QemuError::BootTimeout {
+                    id: id.clone(),
+                    waited: start.elapsed(),
+                    tail: process::log_tail(&console),
+                }
+            } else {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+                continue;
+            };
+            // The VM directory (console included) goes; the console's tail is in the error.
+            if let Err(cleanup) = self.remove_vm(id) {
+                tracing::warn!(%id, error = %cleanup, "cleanup after a failed boot");
+            }
+            return Err(err);
+        }
+    }
+
+    fn qmp(&self, id: &SandboxId) -> Result<Qmp, QemuError> {
+        let dirs = self.dirs.sandbox(id);
+        if !self.vmm(&dirs).is_some_and(|s| s.is_alive()) {
+            return Err(QemuError::NotRunning { id: id.clone() });
+        }
+        Ok(Qmp::connect(&dirs.vm_qmp_socket())?)
+    }
+
+    fn vmm(&self, dirs: &SandboxDirs) -> Option<VmmStamp> {
+        VmmStamp::read(&dirs.vm_pid_file())
+    }
+
+    fn start_inner(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, QemuError> {
+        let plan = self.plan(spec, ctx)?;
+        check_inputs(&plan)?;
+        ctx.dirs.create_vm_dir()?;
+        match self.launch(spec, ctx, &plan) {
+            Ok(()) => Ok(GuestEndpoint::UnixSocket {
+                path: ctx.dirs.guest_socket(),
+            }),
+            Err(err) => {
+                // Leave nothing of ours behind: the process (if any) and the VM directory.
+                if let Err(cleanup) = self.remove_vm(&spec.id) {
+                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        plan: &QemuPlan,
+    ) -> Result<(), QemuError> {
+        let config = VmGuestConfig {
+            seccomp_bpf_b64: spec
+                .guest_seccomp
+                .as_ref()
+                .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
+            env: Default::default(),
+            hostname: spec.id.as_str().to_owned(),
+        };
+        vm::write_config_drive(&ctx.dirs.vm_config_img(), &config)?;
+        if let Some(net) = &ctx.net {
+            crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, None)?;
+        }
+        let ns = netns::open_ns(&ctx.netns_path)?;
+        let log = ctx.dirs.vm_log();
+        let mut child = process::spawn_in_netns(&self.config.binary, &build_argv(plan), ns, &log)?;
+        let pid = child.id();
+        let recorded = VmmStamp::of(pid)
+            .map_err(|source| QemuError::File {
+                path: PathBuf::from(format!("/proc/{pid}/stat")),
+                source,
+            })
+            .and_then(|stamp| stamp.write(&ctx.dirs.vm_pid_file()));
+        let ready = recorded.and_then(|()| wait_qmp(&spec.id, &mut child, &plan.qmp_socket, &log));
+        if ready.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            // Reap QEMU whenever it exits, should this process live that long (the daemon).
+            std::thread::Builder::new()
+                .name("hearth-qemu-reap".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                })
+                .map_err(|source| QemuError::Spawn {
+                    binary: PathBuf::from("(reaper thread)"),
+                    source,
+                })?;
+        }
+        ready
+    }
+
+    /// Quits QEMU (QMP, then SIGKILL through a pidfd) and removes the VM directory. Whatever is
+    /// already gone is fine.
+    fn remove_vm(&self, id: &SandboxId) -> Result<(), QemuError> {
+        let dirs = self.dirs.sandbox(id);
+        if let Some(stamp) = self.vmm(&dirs).filter(VmmStamp::is_alive) {
+            let pid = i32::try_from(stamp.pid).unwrap_or(i32::MAX);
+            let pidfd = pidfd::Pidfd::open(pid)?;
+            if let Some(pidfd) = pidfd {
+                // A stamp check then a pidfd: the pidfd names the process we checked, unless
+                // it exited and the pid was reused in between; re-check to close that window.
+                if stamp.is_alive() {
+                    let quit = Qmp::connect(&dirs.vm_qmp_socket()).and_then(|mut q| q.quit());
+                    let gone = quit.is_ok() && pidfd.wait(QUIT_GRACE)?;
+                    if !gone {
+                        pidfd.signal(libc::SIGKILL)?;
+                        if !pidfd.wait(KILL_WAIT)? {
+                            return Err(PidfdError::StillRunning {
+                                pid,
+                                waited: KILL_WAIT,
+                            }
+                            .into());
+                        }
+                    }
+                }
+            }
+        }
+        remove_dir(&dirs.vm_dir())
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), QemuError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(QemuError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Checks what QEMU would otherwise fail on less clearly.
+fn check_inputs(plan: &QemuPlan) -> Result<(), QemuError> {
+    for path in [&plan.image.kernel, &plan.image.initrd, &plan.image.rootfs] {
+        if !path.is_file() {
+            return Err(QemuError::ImageFileMissing { path: path.clone() });
+        }
+    }
+    if let Some(workspace) = &plan.workspace {
+        if !workspace.is_dir() {
+            return Err(QemuError::WorkspaceNotDir {
+                path: workspace.clone(),
+            });
+        }
+    }
+    let mut sockets = vec![&plan.qmp_socket];
+    if let Channel::VirtioSerial { socket, .. } = &plan.channel {
+        sockets.push(socket);
+    }
+    for socket in sockets {
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(QemuError::SocketPathTooLong {
+                path: socket.clone(),
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Waits until QEMU answers on QMP (its machine is built and its main loop runs), or exits.
+fn wait_qmp(
+    id: &SandboxId,
+    child: &mut std::process::Child,
+    socket: &Path,
+    log: &Path,
+) -> Result<(), QemuError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(QemuError::Exited {
+                id: id.clone(),
+                status: status.to_string(),
+                tail: process::log_tail(log),
+            });
+        }
+        if socket.exists() {
+            match Qmp::connect(socket).and_then(|mut qmp| qmp.query_status()) {
+                Ok(_) => return Ok(()),
+                // Dying right after binding the socket: the next round sees the exit.
+                Err(_) if child.try_wait().is_ok_and(|s| s.is_some()) => continue,
+                Err(err) => tracing::debug!(%id, error = %err, "QMP not ready yet"),
+            }
+        }
+        if start.elapsed() >= START_TIMEOUT {
+            return Err(QemuError::StartTimeout {
+                id: id.clone(),
+                waited: start.elapsed(),
+                tail: process::log_tail(log),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+impl SandboxBackend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn describe(&self) -> String {
+        let accel = match self.config.accel {
+            Accel::Kvm => "kvm, microvm",
+            Accel::Tcg => "tcg, pc",
+        };
+        format!("{} ({accel})", self.config.version)
+    }
+
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, BackendError> {
+        Ok(self.start_inner(spec, ctx)?)
+    }
+
+    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
+        Ok(self.remove_vm(id)?)
+    }
+
+    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
+        Ok(self
+            .vmm(&self.dirs.sandbox(id))
+            .is_some_and(|stamp| stamp.is_alive()))
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        let names = self.dirs.list_sandbox_dirs().map_err(QemuError::from)?;
+        Ok(names
+            .into_iter()
+            .filter(|name| {
+                SandboxId::parse(name).is_ok_and(|id| {
+                    self.vmm(&self.dirs.sandbox(&id))
+                        .is_some_and(|stamp| stamp.is_alive())
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

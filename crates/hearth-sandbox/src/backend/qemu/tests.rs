@@ -1,0 +1,333 @@
+//! Real QEMU under TCG, without the guest image: QMP against a `-S` VM, the probes, and the
+//! backend's whole lifecycle around a tiny multiboot payload that halts (so QEMU runs a real
+//! machine while nothing answers on the guest channel).
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use super::*;
+use crate::spec::{MemoryBytes, ResourceLimits};
+
+const QEMU: &str = "qemu-system-x86_64";
+
+/// A multiboot v1 kernel of 36 bytes: header with the load addresses (flag bit 16), then
+/// `cli; hlt; jmp hlt`. QEMU's `-kernel` loads it directly on `pc`.
+fn multiboot_kernel() -> Vec<u8> {
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = 0x0001_0000;
+    const BASE: u32 = 0x10_0000;
+    let checksum = 0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS));
+    let mut kernel = Vec::new();
+    for word in [MAGIC, FLAGS, checksum, BASE, BASE, 0, 0, BASE + 32] {
+        kernel.extend(word.to_le_bytes());
+    }
+    kernel.extend([0xfa, 0xf4, 0xeb, 0xfd]);
+    kernel
+}
+
+fn tcg_config() -> QemuConfig {
+    QemuConfig {
+        binary: QEMU.into(),
+        accel: Accel::Tcg,
+        vsock: false,
+        qemu_sandbox: true,
+        version: "test".into(),
+    }
+}
+
+/// A runtime root, a sandbox dir, a network namespace and image files, all the test's own.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    runtime: RuntimeDirs,
+    sandbox: SandboxDirs,
+    id: SandboxId,
+    netns_name: String,
+    netns_path: PathBuf,
+    image: vm::VmImagePaths,
+}
+
+impl Fixture {
+    fn new(tag: &str, kernel: &[u8]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = RuntimeDirs::open(tmp.path().join("run")).unwrap();
+        let id = SandboxId::parse(&format!("qemu-{tag}")).unwrap();
+        let sandbox = runtime.create_sandbox(&id).unwrap();
+        sandbox.create_default_workspace().unwrap();
+        let netns_name = format!("hearthtest-qemu-{tag}-{}", std::process::id());
+        let netns_path = netns::create(&netns_name).unwrap();
+        let images = tmp.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let image = vm::VmImagePaths {
+            kernel: images.join("kernel"),
+            initrd: images.join("initrd"),
+            rootfs: images.join("rootfs"),
+        };
+        std::fs::write(&image.kernel, kernel).unwrap();
+        std::fs::write(&image.initrd, b"initrd").unwrap();
+        std::fs::write(&image.rootfs, vec![0u8; 64 * 1024]).unwrap();
+        Self {
+            _tmp: tmp,
+            runtime,
+            sandbox,
+            id,
+            netns_name,
+            netns_path,
+            image,
+        }
+    }
+
+    fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            id: self.id.clone(),
+            limits: ResourceLimits {
+                memory: MemoryBytes(64 << 20),
+                ..ResourceLimits::default()
+            },
+            workspace: None,
+            seccomp: None,
+            net: Default::default(),
+            guest_seccomp: Some(vec![1, 2, 3]),
+        }
+    }
+
+    fn ctx(&self) -> LaunchContext<'_> {
+        LaunchContext {
+            dirs: &self.sandbox,
+            netns_path: self.netns_path.clone(),
+            guest_binary: PathBuf::from("/nonexistent"),
+            resolver: None,
+            net: None,
+            vm_image: Some(self.image.clone()),
+        }
+    }
+
+    fn backend(&self) -> QemuBackend {
+        QemuBackend::new(tcg_config(), self.runtime.clone())
+    }
+
+    /// Whether any process runs with this sandbox's QEMU name on its command line.
+    fn qemu_processes(&self) -> usize {
+        let needle = format!("hearth-{},", self.id.as_str());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&needle))
+            .count()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.backend().remove_vm(&self.id);
+        let _ = netns::remove(&self.netns_name);
+    }
+}
+
+#[test]
+fn qmp_drives_a_real_qemu_and_its_sandbox_option_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("qmp.sock");
+    let mut qmp_opt = OsString::from("unix:");
+    qmp_opt.push(&socket);
+    qmp_opt.push(",server=on,wait=off");
+    let mut child = Command::new(QEMU)
+        .args(["-accel", "tcg", "-machine", "pc", "-S", "-nodefaults"])
+        .args(["-no-user-config", "-display", "none", "-m", "32"])
+        .args(["-sandbox", argv::QEMU_SANDBOX])
+        .arg("-qmp")
+        .arg(&qmp_opt)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut qmp = loop {
+        match Qmp::connect(&socket) {
+            Ok(qmp) => break qmp,
+            Err(err) => {
+                assert!(child.try_wait().unwrap().is_none(), "QEMU exited: {err}");
+                assert!(Instant::now() < deadline, "no QMP: {err}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let status = qmp.query_status().unwrap();
+    assert_eq!(
+        (status.status.as_str(), status.running),
+        ("prelaunch", false)
+    );
+    qmp.cont().unwrap();
+    assert!(qmp.query_status().unwrap().running);
+    qmp.stop().unwrap();
+    assert_eq!(qmp.query_status().unwrap().status, "paused");
+    qmp.cont().unwrap();
+    assert_eq!(qmp.query_status().unwrap().status, "running");
+    let err = qmp.execute("no-such-command", None).unwrap_err();
+    assert!(
+        matches!(&err, QmpError::Command { class, .. } if class == "CommandNotFound"),
+        "{err}"
+    );
+    qmp.quit().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn probes_find_tcg_working_and_report_kvm_honestly() {
+    let tmp = tempfile::tempdir().unwrap();
+    support::probe_accel(
+        Path::new(QEMU),
+        Accel::Tcg,
+        tmp.path(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let support = QemuSupport::probe(Path::new(QEMU), tmp.path()).unwrap();
+    assert!(
+        support.version.starts_with("QEMU emulator version"),
+        "{support:?}"
+    );
+    assert!(support.seccomp, "{support:?}");
+    assert_eq!(
+        support.accel == Accel::Kvm,
+        support.kvm == KvmState::Usable,
+        "{support:?}"
+    );
+    assert_eq!(support.vhost_vsock, Path::new("/dev/vhost-vsock").exists());
+    // The probe leaves no scratch files behind.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    eprintln!("qemu support here: {support:?}");
+}
+
+#[test]
+fn a_missing_binary_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = QemuSupport::probe(Path::new("/nonexistent/qemu"), tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
+}
+
+#[test]
+fn lifecycle_start_pause_resume_remove_leaves_nothing() {
+    let fx = Fixture::new("life", &multiboot_kernel());
+    let backend = fx.backend();
+    let endpoint = backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    assert_eq!(
+        endpoint,
+        GuestEndpoint::UnixSocket {
+            path: fx.sandbox.guest_socket()
+        }
+    );
+    assert!(backend.is_running(&fx.id).unwrap());
+    assert_eq!(backend.list().unwrap(), vec![fx.id.as_str().to_owned()]);
+
+    // QEMU runs in the sandbox's namespace, in a session of its own.
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    let ns_of = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        ns_of(Path::new(&format!("/proc/{}/ns/net", stamp.pid))),
+        ns_of(&fx.netns_path)
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(stamp.pid).unwrap());
+    assert_eq!(nix::unistd::getsid(Some(pid)).unwrap(), pid);
+
+    // The config drive carries the guest's seccomp filter.
+    let drive = std::fs::read(fx.sandbox.vm_config_img()).unwrap();
+    assert_eq!(drive.len(), vm::CONFIG_DRIVE_SIZE);
+    let end = drive.iter().position(|&b| b == 0).unwrap();
+    let config: VmGuestConfig = serde_json::from_slice(&drive[..end]).unwrap();
+    assert_eq!(config.seccomp_bpf_b64.as_deref(), Some("AQID"));
+    assert_eq!(config.hostname, fx.id.as_str());
+
+    assert_eq!(backend.status(&fx.id).unwrap().status, "running");
+    backend.pause(&fx.id).unwrap();
+    assert_eq!(backend.status(&fx.id).unwrap().status, "paused");
+    backend.resume(&fx.id).unwrap();
+    assert_eq!(backend.status(&fx.id).unwrap().status, "running");
+    assert!(matches!(
+        backend.snapshot(&fx.id, Path::new("/tmp/x")),
+        Err(QemuError::SnapshotUnsupported { .. })
+    ));
+
+    backend.remove(&fx.id).unwrap();
+    assert!(!stamp.is_alive());
+    assert!(!fx.sandbox.vm_dir().exists());
+    assert_eq!(fx.qemu_processes(), 0);
+    assert!(!backend.is_running(&fx.id).unwrap());
+    assert!(backend.list().unwrap().is_empty());
+    backend.remove(&fx.id).unwrap(); // already gone: fine
+    assert!(matches!(
+        backend.pause(&fx.id),
+        Err(QemuError::NotRunning { .. })
+    ));
+}
+
+#[test]
+fn qemu_that_exits_at_once_is_a_clear_error_and_leaves_nothing() {
+    // Not a kernel QEMU can load: QEMU exits during machine setup.
+    let fx = Fixture::new("bad", b"this is not a kernel");
+    let backend = fx.backend();
+    let err = backend.start_inner(&fx.spec(), &fx.ctx()).unwrap_err();
+    match &err {
+        QemuError::Exited { status, tail, .. } => {
+            assert!(status.contains("exit status: 1"), "{err}");
+            assert!(!tail.is_empty(), "{err}");
+        }
+        other => panic!("expected Exited, got {other}"),
+    }
+    eprintln!("{err}");
+    assert!(!fx.sandbox.vm_dir().exists());
+    assert_eq!(fx.qemu_processes(), 0);
+    // The rest of the sandbox directory is the caller's, untouched.
+    assert!(fx.sandbox.guest_dir().exists());
+}
+
+#[test]
+fn missing_image_is_refused_before_anything_is_made() {
+    let fx = Fixture::new("noimg", &multiboot_kernel());
+    let backend = fx.backend();
+    let mut ctx = fx.ctx();
+    ctx.vm_image = None;
+    assert!(matches!(
+        backend.start_inner(&fx.spec(), &ctx),
+        Err(QemuError::NoImage)
+    ));
+    std::fs::remove_file(&fx.image.rootfs).unwrap();
+    let err = backend.start_inner(&fx.spec(), &fx.ctx()).unwrap_err();
+    assert!(
+        matches!(&err, QemuError::ImageFileMissing { path } if *path == fx.image.rootfs),
+        "{err}"
+    );
+    assert!(!fx.sandbox.vm_dir().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_answers_times_out_and_the_vm_is_removed() {
+    let fx = Fixture::new("boot", &multiboot_kernel());
+    let backend = fx.backend();
+    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    let client = GuestClient::new(fx.sandbox.guest_socket());
+    let err = backend
+        .wait_guest_ready(&fx.id, &client, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QemuError::BootTimeout { .. }), "{err}");
+    assert!(!stamp.is_alive());
+    assert!(!fx.sandbox.vm_dir().exists());
+    assert_eq!(fx.qemu_processes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_dies_while_booting_is_reported_and_cleaned_up() {
+    let fx = Fixture::new("died", &multiboot_kernel());
+    let backend = fx.backend();
+    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    pidfd::kill_and_wait(i32::try_from(stamp.pid).unwrap(), Duration::from_secs(10)).unwrap();
+    let client = GuestClient::new(fx.sandbox.guest_socket());
+    let err = backend
+        .wait_guest_ready(&fx.id, &client, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QemuError::DiedBooting { .. }), "{err}");
+    assert!(!fx.sandbox.vm_dir().exists());
+}
