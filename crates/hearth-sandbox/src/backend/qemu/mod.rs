@@ -260,7 +260,9 @@ impl QemuBackend {
         let start = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            let probe = tokio::time::timeout(Duration::from_secs(2), client.health()).await;
+            // Longer than the relay's first-answer timeout, so the relay's 502 arrives first.
+            let limit = vm::relay::FIRST_ANSWER_TIMEOUT + Duration::from_secs(2);
+            let probe = tokio::time::timeout(limit, client.health()).await;
             if let Ok(Ok(health)) = probe {
                 return Ok(health);
             }

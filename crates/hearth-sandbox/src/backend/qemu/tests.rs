@@ -305,12 +305,28 @@ async fn a_guest_that_never_answers_times_out_and_the_vm_is_removed() {
     let backend = fx.backend();
     backend.start(&fx.spec(), &fx.ctx()).unwrap();
     let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    // The relay in front of QEMU's real virtio-serial chardev: QEMU accepts the connection,
+    // the halted payload never answers.
+    let listener = vm::relay::bind(&fx.sandbox.guest_socket()).unwrap();
+    let upstream = vm::relay::Upstream::Http2Mux {
+        socket: fx.sandbox.vm_serial_socket(),
+    };
+    let relay = tokio::spawn(vm::relay::serve(listener, upstream, std::future::pending()));
     let client = GuestClient::new(fx.sandbox.guest_socket());
+    match client.health().await.unwrap_err() {
+        crate::guest_client::GuestClientError::Guest {
+            status: 502,
+            message,
+            ..
+        } => assert!(message.contains("did not answer"), "{message}"),
+        other => panic!("expected the relay's 502, got {other:?}"),
+    }
     let err = backend
         .wait_guest_ready(&fx.id, &client, Duration::from_millis(500))
         .await
         .unwrap_err();
     assert!(matches!(err, QemuError::BootTimeout { .. }), "{err}");
+    relay.abort();
     assert!(!stamp.is_alive());
     assert!(!fx.sandbox.vm_dir().exists());
     assert_eq!(fx.qemu_processes(), 0);

@@ -11,7 +11,9 @@
 //!   streamed both ways frame by frame, so an exec's NDJSON output reaches the client as the
 //!   guest produces it. The connection is (re)made lazily: on the first request and after it
 //!   fails, so a guest that restarts its server or a VM that is still booting costs nothing but
-//!   a 502 for requests made meanwhile.
+//!   a 502 for requests made meanwhile. QEMU accepts the connection even before the guest has
+//!   opened its port, so a connection that has never answered is given
+//!   [`FIRST_ANSWER_TIMEOUT`] per request and then dropped; HTTP/2 PINGs watch proven ones.
 //! - [`Upstream::PerConnection`]: transports that give a fresh stream per connection (vsock,
 //!   Firecracker's `CONNECT` handshake) get bytes copied both ways, one upstream stream per
 //!   local connection.
@@ -29,7 +31,9 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hearth_proto::{ErrorBody, ErrorKind};
@@ -39,7 +43,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -156,49 +160,76 @@ fn is_transient_accept_error(err: &io::Error) -> bool {
     )
 }
 
+/// How long a connection that has not answered anything yet may take to answer a request.
+///
+/// QEMU's chardev accepts the relay's connection even while the guest has not opened its port
+/// (still booting): the bytes wait in the socket and nothing ever answers. A connection counts
+/// as alive only once it has produced one response; until then a request gives up after this
+/// long and the connection is dropped, so the next request starts afresh.
+pub const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 PINGs while streams are open find a guest that died under a proven connection. Long
+/// enough that a loaded TCG guest is not mistaken for a dead one.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One h2 connection and whether it has answered yet.
+#[derive(Debug, Clone)]
+struct Conn {
+    sender: SendRequest<Incoming>,
+    proven: Arc<AtomicBool>,
+}
+
 /// The shared HTTP/2 connection to the guest, made on first use and remade after it fails.
 #[derive(Debug)]
 struct Mux {
     socket: PathBuf,
-    sender: Mutex<Option<SendRequest<Incoming>>>,
+    conn: Mutex<Option<Conn>>,
 }
 
 impl Mux {
     fn new(socket: PathBuf) -> Self {
         Self {
             socket,
-            sender: Mutex::new(None),
+            conn: Mutex::new(None),
         }
     }
 
-    /// A sender on a live connection: the current one, or a new one if there is none or it
-    /// has closed.
-    async fn sender(&self) -> Result<SendRequest<Incoming>, String> {
-        let mut slot = self.sender.lock().await;
-        if let Some(sender) = slot.as_ref() {
-            if !sender.is_closed() {
-                return Ok(sender.clone());
+    /// The current live connection, or a new one if there is none or it has closed.
+    async fn conn(&self) -> Result<Conn, String> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.sender.is_closed() {
+                return Ok(conn.clone());
             }
         }
         *slot = None;
-        let sender = self.connect().await?;
-        *slot = Some(sender.clone());
-        Ok(sender)
+        let conn = self.connect().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
-    /// Forgets the current connection if it has closed (another request may have replaced it).
-    async fn discard(&self) {
-        let mut slot = self.sender.lock().await;
-        if slot.as_ref().is_some_and(SendRequest::is_closed) {
+    /// Forgets the current connection if it has closed, or if it is `stale` (another request
+    /// may have replaced it meanwhile).
+    async fn discard(&self, stale: Option<&Conn>) {
+        let mut slot = self.conn.lock().await;
+        let drop_it = slot.as_ref().is_some_and(|current| {
+            current.sender.is_closed()
+                || stale.is_some_and(|stale| Arc::ptr_eq(&stale.proven, &current.proven))
+        });
+        if drop_it {
             *slot = None;
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn connect(&self) -> Result<Conn, String> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|err| format!("cannot connect to {}: {err}", self.socket.display()))?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| format!("HTTP/2 handshake over {}: {err}", self.socket.display()))?;
@@ -209,28 +240,62 @@ impl Mux {
             }
         });
         tracing::debug!(socket = %self.socket.display(), "connected to the guest over HTTP/2");
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            proven: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Sends one request as an h2 stream. A request the old connection refused before sending
     /// (it had just died) is retried once on a fresh connection.
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
-        let mut sender = self.sender().await?;
-        let req = match sender.try_send_request(req).await {
+        let conn = self.conn().await?;
+        let req = match self.send(&conn, req).await? {
             Ok(resp) => return Ok(resp),
-            Err(mut failed) => {
-                self.discard().await;
-                match failed.take_message() {
-                    Some(req) => req,
-                    None => return Err(format!("HTTP/2 exchange: {}", failed.into_error())),
+            Err(req) => req,
+        };
+        let conn = self.conn().await?;
+        match self.send(&conn, req).await? {
+            Ok(resp) => Ok(resp),
+            Err(_) => Err("the guest connection closed before the request was sent".into()),
+        }
+    }
+
+    /// One attempt: the response, or the request back when the connection never sent it.
+    async fn send(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+    ) -> Result<Result<Response<Incoming>, Request<Incoming>>, String> {
+        let mut sender = conn.sender.clone();
+        let sent = sender.try_send_request(req);
+        let result = if conn.proven.load(Ordering::Acquire) {
+            sent.await
+        } else {
+            match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.discard(Some(conn)).await;
+                    return Err(format!(
+                        "connected, but the guest did not answer within {FIRST_ANSWER_TIMEOUT:?} \
+                         (still booting, or hearth-guest is not serving the port)"
+                    ));
                 }
             }
         };
-        let mut sender = self.sender().await?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|err| format!("HTTP/2 exchange: {err}"))
+        match result {
+            Ok(resp) => {
+                conn.proven.store(true, Ordering::Release);
+                Ok(Ok(resp))
+            }
+            Err(mut failed) => {
+                self.discard(None).await;
+                match failed.take_message() {
+                    Some(req) => Ok(Err(req)),
+                    None => Err(format!("HTTP/2 exchange: {}", failed.into_error())),
+                }
+            }
+        }
     }
 }
 

@@ -380,3 +380,35 @@ async fn per_connection_upstream_copies_bytes_and_reports_failures() {
     relay.shut_down().await;
     server.abort();
 }
+
+#[tokio::test]
+async fn a_connected_but_silent_guest_gets_a_502_then_works_once_it_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serial = tmp.path().join("guest-serial.sock");
+    // Like QEMU's chardev before the guest opens its port: connections are accepted, and
+    // nothing is ever read or answered.
+    let listener = UnixListener::bind(&serial).unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            held.push(stream);
+        }
+    });
+    let relay = Relay::start(tmp.path(), mux(&serial));
+    match relay.client.health().await.unwrap_err() {
+        GuestClientError::Guest {
+            status: 502,
+            message,
+            ..
+        } => assert!(message.contains("did not answer"), "{message}"),
+        other => panic!("expected a 502, got {other:?}"),
+    }
+    silent.abort();
+    let _ = silent.await;
+
+    let guest = FakeGuest::start(&serial, Files::default());
+    assert_eq!(relay.client.health().await.unwrap().status, "ok");
+    relay.shut_down().await;
+    guest.stop().await;
+}
