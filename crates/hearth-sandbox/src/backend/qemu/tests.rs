@@ -347,3 +347,78 @@ async fn a_vmm_that_dies_while_booting_is_reported_and_cleaned_up() {
     assert!(matches!(err, QemuError::DiedBooting { .. }), "{err}");
     assert!(!fx.sandbox.vm_dir().exists());
 }
+
+#[test]
+fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
+    use crate::net::rtnl::Rtnl;
+    use crate::net::tap::{BRIDGE_IF, TAP_IF};
+    use std::os::fd::AsFd;
+
+    let fx = Fixture::new("net", &multiboot_kernel());
+    let host_if = format!("hq{}", std::process::id() % 1_000_000);
+    let (host_addr, guest_addr) = (
+        std::net::Ipv4Addr::new(10, 199, 78, 1),
+        std::net::Ipv4Addr::new(10, 199, 78, 2),
+    );
+    let mut host = Rtnl::open("host").unwrap();
+    let ns = netns::open_ns(&fx.netns_path).unwrap();
+    host.create_veth(&host_if, "eth0", ns.as_fd()).unwrap();
+    let index = host.link_index(&host_if).unwrap().unwrap();
+    host.set_up(index, &host_if, None).unwrap();
+    host.replace_address(index, &host_if, host_addr, 30)
+        .unwrap();
+    netns::in_netns(&fx.netns_path, |path| {
+        let mut inside = Rtnl::open(&path.display().to_string())?;
+        let eth0 = inside.link_index("eth0")?.unwrap();
+        inside.set_up(eth0, "eth0", None)?;
+        inside.replace_address(eth0, "eth0", guest_addr, 30)?;
+        Ok::<_, TapError>(())
+    })
+    .unwrap();
+
+    let mut ctx = fx.ctx();
+    ctx.net = Some(vm::GuestNet {
+        address: guest_addr,
+        prefix: 30,
+        gateway: host_addr,
+        dns: host_addr,
+    });
+    let backend = fx.backend();
+    backend.start(&fx.spec(), &ctx).unwrap();
+
+    let show = |dev: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &fx.netns_name, "-j", "link", "show", dev])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+    };
+    let tap = show(TAP_IF);
+    assert_eq!(tap["master"], BRIDGE_IF);
+    // Carrier on a tap means a process holds it open: QEMU attached from inside the namespace.
+    assert!(
+        tap["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "LOWER_UP"),
+        "{tap}"
+    );
+    let args = std::fs::read(format!(
+        "/proc/{}/cmdline",
+        VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().pid
+    ))
+    .unwrap();
+    let args = String::from_utf8_lossy(&args);
+    assert!(
+        args.contains("hearth.net=10.199.78.2/30,10.199.78.1"),
+        "{args}"
+    );
+    assert!(args.contains(&format!(
+        "mac={}",
+        argv::format_mac(argv::mac_for(fx.id.as_str()))
+    )));
+
+    backend.remove(&fx.id).unwrap();
+    let _ = host.delete_link(&host_if);
+}
