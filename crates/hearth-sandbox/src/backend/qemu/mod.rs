@@ -16,6 +16,7 @@ pub mod argv;
 pub mod process;
 pub mod qmp;
 pub mod support;
+pub mod vsock;
 
 use std::ffi::OsString;
 use std::io;
@@ -28,6 +29,7 @@ pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan};
 pub use process::VmmStamp;
 pub use qmp::{Qmp, QmpError, VmStatus};
 pub use support::{KvmState, QemuSupport};
+pub use vsock::VhostVsockConnector;
 
 use crate::backend::vm::{
     self, ConfigDriveError, GuestTransport, KernelCmdline, VmGuestConfig, GUEST_SERIAL_PORT_NAME,
@@ -222,6 +224,21 @@ impl QemuBackend {
         ctx: &LaunchContext<'_>,
     ) -> Result<Vec<OsString>, QemuError> {
         Ok(build_argv(&self.plan(spec, ctx)?))
+    }
+
+    /// What the sandbox's relay forwards to (run it with `vm::relay::serve` on
+    /// `dirs.guest_socket()`): the virtio-serial chardev, or the guest's vsock port.
+    pub fn upstream(&self, id: &SandboxId, dirs: &SandboxDirs) -> vm::relay::Upstream {
+        if self.config.vsock {
+            vm::relay::Upstream::PerConnection(std::sync::Arc::new(VhostVsockConnector {
+                cid: argv::cid_for(id.as_str()),
+                port: GUEST_VSOCK_PORT,
+            }))
+        } else {
+            vm::relay::Upstream::Http2Mux {
+                socket: dirs.vm_serial_socket(),
+            }
+        }
     }
 
     /// Pauses every vCPU of the sandbox's VM.

@@ -422,3 +422,32 @@ fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
     backend.remove(&fx.id).unwrap();
     let _ = host.delete_link(&host_if);
 }
+
+#[test]
+fn the_relay_upstream_follows_the_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = RuntimeDirs::open(tmp.path()).unwrap();
+    let id = SandboxId::parse("up").unwrap();
+    let dirs = runtime.sandbox(&id);
+    let serial = QemuBackend::new(tcg_config(), runtime.clone());
+    assert!(matches!(
+        serial.upstream(&id, &dirs),
+        vm::relay::Upstream::Http2Mux { socket } if socket == dirs.vm_serial_socket()
+    ));
+    let vsock = QemuBackend::new(
+        QemuConfig {
+            vsock: true,
+            ..tcg_config()
+        },
+        runtime,
+    );
+    let vm::relay::Upstream::PerConnection(connector) = vsock.upstream(&id, &dirs) else {
+        panic!("vsock config must give a per-connection upstream");
+    };
+    let text = format!("{connector:?}");
+    assert!(
+        text.contains(&format!("cid: {}", argv::cid_for("up"))),
+        "{text}"
+    );
+    assert!(text.contains("port: 1024"), "{text}");
+}
