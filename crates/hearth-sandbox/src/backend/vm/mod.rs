@@ -37,6 +37,19 @@ pub struct GuestNet {
     pub dns: Ipv4Addr,
 }
 
+impl GuestNet {
+    /// The guest's side of a sandbox link made by `FirewallManager`. A guest's resolv.conf
+    /// cannot name a port, so the link's resolver must listen on 53 (the default) for a VM.
+    pub fn from_link(link: &crate::net::SandboxLink) -> Self {
+        Self {
+            address: link.sandbox_addr,
+            prefix: link.subnet.prefix_len(),
+            gateway: link.host_addr,
+            dns: link.host_addr,
+        }
+    }
+}
+
 /// How `hearth-guest` finds its host channel (`hearth.transport=`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestTransport {
