@@ -1,8 +1,9 @@
 //! Sandbox backends: the one trait every isolation technology implements.
 //!
-//! Only the OCI backend exists today; the Firecracker and QEMU backends will implement the same
-//! trait and hand back the same kind of [`GuestEndpoint`], so everything above this layer (exec,
-//! files, tasks) is backend-agnostic.
+//! The OCI and QEMU backends implement it (Firecracker too, on its branch) and hand back the same
+//! kind of [`GuestEndpoint`], so everything above this layer (exec, files, tasks) is
+//! backend-agnostic. VM backends reach the guest through [`vm::relay`], which serves the usual
+//! guest socket on the host.
 
 pub mod oci;
 pub mod qemu;

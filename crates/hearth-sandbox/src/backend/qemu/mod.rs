@@ -28,7 +28,7 @@ use base64::Engine as _;
 pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan};
 pub use process::VmmStamp;
 pub use qmp::{Qmp, QmpError, VmStatus};
-pub use support::{KvmState, QemuSupport};
+pub use support::{KvmState, QemuSupport, DEFAULT_BINARY};
 pub use vsock::VhostVsockConnector;
 
 use crate::backend::vm::{

@@ -247,6 +247,8 @@ fn lifecycle_start_pause_resume_remove_leaves_nothing() {
         Err(QemuError::SnapshotUnsupported { .. })
     ));
 
+    // A paused VM is removed just the same.
+    backend.pause(&fx.id).unwrap();
     backend.remove(&fx.id).unwrap();
     assert!(!stamp.is_alive());
     assert!(!fx.sandbox.vm_dir().exists());
