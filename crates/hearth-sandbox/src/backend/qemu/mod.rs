@@ -9,12 +9,13 @@
 //! virtio-serial, or a vsock connector when `/dev/vhost-vsock` exists.
 //!
 //! `remove` asks QEMU to quit over QMP, makes sure through a pidfd that it is gone, and removes
-//! the VM directory; everything it finds already gone is fine. Snapshots are not supported on
-//! QEMU yet ([`QemuError::SnapshotUnsupported`]).
+//! the VM directory; everything it finds already gone is fine. Pause and resume are QMP `stop`
+//! and `cont`; snapshots are QEMU migration streams into a file (see [`snapshot`]).
 
 pub mod argv;
 pub mod process;
 pub mod qmp;
+pub mod snapshot;
 pub mod support;
 pub mod vsock;
 
@@ -28,6 +29,7 @@ use base64::Engine as _;
 pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan};
 pub use process::VmmStamp;
 pub use qmp::{Qmp, QmpError, VmStatus};
+pub use snapshot::SnapshotManifest;
 pub use support::{KvmState, QemuSupport, DEFAULT_BINARY};
 pub use vsock::VhostVsockConnector;
 
@@ -104,8 +106,27 @@ pub enum QemuError {
     },
     #[error("sandbox {id} has no running VM")]
     NotRunning { id: SandboxId },
-    #[error("snapshots are not supported on the QEMU backend yet (sandbox {id}); use pause/resume, or the Firecracker backend")]
-    SnapshotUnsupported { id: SandboxId },
+    #[error("snapshot directory {path} already exists")]
+    SnapshotExists { path: PathBuf },
+    #[error("unreadable snapshot manifest {path}: {source}")]
+    SnapshotManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("snapshot {path} was taken with {field} {snapshot}, but this sandbox would have {here}; create it with the same settings (and the same QEMU)")]
+    SnapshotMismatch {
+        path: PathBuf,
+        field: &'static str,
+        snapshot: String,
+        here: String,
+    },
+    #[error("migration of sandbox {id} {direction} ended {status}{}", .error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Migration {
+        id: SandboxId,
+        direction: &'static str,
+        status: String,
+        error: Option<String>,
+    },
 }
 
 fn tail_hint(tail: &str) -> String {
@@ -258,12 +279,6 @@ impl QemuBackend {
         Ok(self.qmp(id)?.query_status()?)
     }
 
-    /// Not supported yet: QEMU's `savevm` needs a qcow2 disk and `migrate` to a file needs the
-    /// matching restore path; both are future work.
-    pub fn snapshot(&self, id: &SandboxId, _dest: &Path) -> Result<(), QemuError> {
-        Err(QemuError::SnapshotUnsupported { id: id.clone() })
-    }
-
     /// Waits until `client` (the sandbox's guest socket, served by the relay) answers health,
     /// while watching QEMU: a VM that stops or a guest not ready within `timeout` removes the
     /// sandbox's VM and returns an error carrying the end of the guest's console.
@@ -326,9 +341,31 @@ impl QemuBackend {
         ctx: &LaunchContext<'_>,
     ) -> Result<GuestEndpoint, QemuError> {
         let plan = self.plan(spec, ctx)?;
-        check_inputs(&plan)?;
+        self.start_planned(spec, ctx, &plan, None)
+    }
+
+    /// Starts QEMU for `plan`; with `incoming`, it waits for a snapshot's state, then loads it.
+    fn start_planned(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        plan: &QemuPlan,
+        incoming: Option<&Path>,
+    ) -> Result<GuestEndpoint, QemuError> {
+        check_inputs(plan)?;
         ctx.dirs.create_vm_dir()?;
-        match self.launch(spec, ctx, &plan) {
+        let launched = self
+            .launch(spec, ctx, plan, incoming.is_some())
+            .and_then(|()| {
+                snapshot::write_launch_manifest(&ctx.dirs.vm_dir(), &self.config, plan)?;
+                match incoming {
+                    Some(state) => {
+                        snapshot::load(&spec.id, &plan.qmp_socket, state, &ctx.dirs.vm_log())
+                    }
+                    None => Ok(()),
+                }
+            });
+        match launched {
             Ok(()) => Ok(GuestEndpoint::UnixSocket {
                 path: ctx.dirs.guest_socket(),
             }),
@@ -347,6 +384,7 @@ impl QemuBackend {
         spec: &SandboxSpec,
         ctx: &LaunchContext<'_>,
         plan: &QemuPlan,
+        incoming: bool,
     ) -> Result<(), QemuError> {
         let config = VmGuestConfig {
             seccomp_bpf_b64: spec
@@ -362,7 +400,11 @@ impl QemuBackend {
         }
         let ns = netns::open_ns(&ctx.netns_path)?;
         let log = ctx.dirs.vm_log();
-        let mut child = process::spawn_in_netns(&self.config.binary, &build_argv(plan), ns, &log)?;
+        let mut args = build_argv(plan);
+        if incoming {
+            args.extend(["-incoming", "defer"].map(OsString::from));
+        }
+        let mut child = process::spawn_in_netns(&self.config.binary, &args, ns, &log)?;
         let pid = child.id();
         let recorded = VmmStamp::of(pid)
             .map_err(|source| QemuError::File {

@@ -12,6 +12,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -92,15 +96,40 @@ impl Qmp {
 
     /// Runs `command` and returns its `return` value, skipping asynchronous events.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        let mut line = request.to_string();
-        line.push('\n');
+        let line = request_line(command, arguments);
         self.writer
             .write_all(line.as_bytes())
             .map_err(|source| self.io_err(source))?;
+        self.answer(command)
+    }
+
+    /// Like [`Self::execute`], passing `fd` along (SCM_RIGHTS), as `getfd` and `add-fd` need.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        let line = request_line(command, arguments);
+        let fds = [fd.as_raw_fd()];
+        let sent = socket::sendmsg::<()>(
+            self.writer.as_raw_fd(),
+            &[IoSlice::new(line.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|errno| self.io_err(errno.into()))?;
+        if sent != line.len() {
+            // The fd went with the first bytes; the rest of a short line follows plainly.
+            self.writer
+                .write_all(&line.as_bytes()[sent..])
+                .map_err(|source| self.io_err(source))?;
+        }
+        self.answer(command)
+    }
+
+    fn answer(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let mut message = self.read_message()?;
             if let Some(value) = message.get_mut("return") {
@@ -176,4 +205,14 @@ impl Qmp {
             source,
         }
     }
+}
+
+fn request_line(command: &str, arguments: Option<Value>) -> String {
+    let mut request = json!({ "execute": command });
+    if let Some(arguments) = arguments {
+        request["arguments"] = arguments;
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    line
 }

@@ -242,10 +242,6 @@ fn lifecycle_start_pause_resume_remove_leaves_nothing() {
     assert_eq!(backend.status(&fx.id).unwrap().status, "paused");
     backend.resume(&fx.id).unwrap();
     assert_eq!(backend.status(&fx.id).unwrap().status, "running");
-    assert!(matches!(
-        backend.snapshot(&fx.id, Path::new("/tmp/x")),
-        Err(QemuError::SnapshotUnsupported { .. })
-    ));
 
     // A paused VM is removed just the same.
     backend.pause(&fx.id).unwrap();
@@ -452,4 +448,92 @@ fn the_relay_upstream_follows_the_channel() {
         "{text}"
     );
     assert!(text.contains("port: 1024"), "{text}");
+}
+
+#[test]
+fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
+    let fx = Fixture::new("snap", &multiboot_kernel());
+    let backend = fx.backend();
+    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    let dest = fx._tmp.path().join("snap1");
+    let manifest = backend.snapshot(&fx.id, &dest).unwrap();
+    assert_eq!((manifest.memory_mib, manifest.vcpus), (64, 1));
+    assert_eq!(manifest.accel, Accel::Tcg);
+    // A QEMU migration stream ("QEVM"), and the VM runs on afterwards.
+    let state = std::fs::read(dest.join(snapshot::STATE_FILE)).unwrap();
+    assert_eq!(&state[..4], b"QEVM");
+    assert_eq!(backend.status(&fx.id).unwrap().status, "running");
+    assert!(matches!(
+        backend.snapshot(&fx.id, &dest),
+        Err(QemuError::SnapshotExists { .. })
+    ));
+    backend.remove(&fx.id).unwrap();
+
+    // A second sandbox with the same hardware resumes it.
+    let other = Fixture::new("snap2", &multiboot_kernel());
+    let backend2 = other.backend();
+    backend2
+        .start_from_snapshot(&other.spec(), &other.ctx(), &dest)
+        .unwrap();
+    assert_eq!(backend2.status(&other.id).unwrap().status, "running");
+    backend2.remove(&other.id).unwrap();
+    assert!(!other.sandbox.vm_dir().exists());
+
+    // Different hardware is refused before anything starts.
+    let mut spec = other.spec();
+    spec.limits.memory = MemoryBytes(128 << 20);
+    let err = backend2
+        .start_from_snapshot(&spec, &other.ctx(), &dest)
+        .unwrap_err();
+    assert!(
+        matches!(&err, QemuError::SnapshotMismatch { field, .. } if *field == "memory (MiB)"),
+        "{err}"
+    );
+    assert!(!other.sandbox.vm_dir().exists());
+    assert_eq!(other.qemu_processes(), 0);
+}
+
+#[test]
+fn a_corrupt_snapshot_is_a_clear_error_and_leaves_nothing() {
+    let fx = Fixture::new("corrupt", &multiboot_kernel());
+    let backend = fx.backend();
+    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    let dest = fx._tmp.path().join("snap");
+    backend.snapshot(&fx.id, &dest).unwrap();
+    backend.remove(&fx.id).unwrap();
+    std::fs::write(dest.join(snapshot::STATE_FILE), b"QEVM but not really").unwrap();
+    let err = backend
+        .start_from_snapshot(&fx.spec(), &fx.ctx(), &dest)
+        .unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        matches!(&err, QemuError::Migration { error: Some(why), .. } if why.contains("migration")),
+        "{err}"
+    );
+    assert!(!fx.sandbox.vm_dir().exists());
+    assert_eq!(fx.qemu_processes(), 0);
+}
+
+#[test]
+fn a_snapshot_from_another_qemu_is_refused() {
+    let fx = Fixture::new("oldver", &multiboot_kernel());
+    let dest = fx._tmp.path().join("snap");
+    std::fs::create_dir(&dest).unwrap();
+    let backend = fx.backend();
+    let plan = backend.plan(&fx.spec(), &fx.ctx()).unwrap();
+    let mut manifest = SnapshotManifest::of(backend.config(), &plan);
+    manifest.qemu_version = "QEMU emulator version 6.0.0".into();
+    std::fs::write(
+        dest.join(snapshot::MANIFEST_FILE),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let err = backend
+        .start_from_snapshot(&fx.spec(), &fx.ctx(), &dest)
+        .unwrap_err();
+    assert!(
+        matches!(&err, QemuError::SnapshotMismatch { field: "QEMU", snapshot, .. } if snapshot.contains("6.0.0")),
+        "{err}"
+    );
+    assert!(!fx.sandbox.vm_dir().exists());
 }
