@@ -6,6 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use super::*;
+use crate::backend::vm::VmGuestConfig;
+use crate::net::netns;
 use crate::spec::{MemoryBytes, ResourceLimits};
 
 const QEMU: &str = "qemu-system-x86_64";

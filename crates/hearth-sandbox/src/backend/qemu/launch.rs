@@ -1,0 +1,182 @@
+//! Starting QEMU: the VM directory and config drive, the bridged tap, the process inside the
+//! sandbox's namespace, and the wait until QEMU answers on QMP; a failed start removes them all.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use super::argv::{build_argv, Channel, QemuPlan};
+use super::process::{self, VmmStamp};
+use super::{snapshot, QemuBackend, QemuError, Qmp, MAX_SOCKET_PATH, START_TIMEOUT};
+use crate::backend::vm::{self, VmGuestConfig};
+use crate::backend::{GuestEndpoint, LaunchContext};
+use crate::id::SandboxId;
+use crate::net::netns;
+use crate::spec::SandboxSpec;
+
+impl QemuBackend {
+    pub(super) fn start_inner(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, QemuError> {
+        let plan = self.plan(spec, ctx)?;
+        self.start_planned(spec, ctx, &plan, None)
+    }
+
+    /// Starts QEMU for `plan`; with `incoming`, it waits for a snapshot's state, then loads it.
+    pub(super) fn start_planned(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        plan: &QemuPlan,
+        incoming: Option<&Path>,
+    ) -> Result<GuestEndpoint, QemuError> {
+        check_inputs(plan)?;
+        ctx.dirs.create_vm_dir()?;
+        let launched = self
+            .launch(spec, ctx, plan, incoming.is_some())
+            .and_then(|()| {
+                snapshot::write_launch_manifest(&ctx.dirs.vm_dir(), &self.config, plan)?;
+                match incoming {
+                    Some(state) => {
+                        snapshot::load(&spec.id, &plan.qmp_socket, state, &ctx.dirs.vm_log())
+                    }
+                    None => Ok(()),
+                }
+            });
+        match launched {
+            Ok(()) => Ok(GuestEndpoint::UnixSocket {
+                path: ctx.dirs.guest_socket(),
+            }),
+            Err(err) => {
+                // Leave nothing of ours behind: the process (if any) and the VM directory.
+                if let Err(cleanup) = self.remove_vm(&spec.id) {
+                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        plan: &QemuPlan,
+        incoming: bool,
+    ) -> Result<(), QemuError> {
+        let config = VmGuestConfig {
+            seccomp_bpf_b64: spec
+                .guest_seccomp
+                .as_ref()
+                .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
+            env: Default::default(),
+            hostname: spec.id.as_str().to_owned(),
+        };
+        vm::write_config_drive(&ctx.dirs.vm_config_img(), &config)?;
+        if let Some(net) = &ctx.net {
+            crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, None)?;
+        }
+        let ns = netns::open_ns(&ctx.netns_path)?;
+        let log = ctx.dirs.vm_log();
+        let mut args = build_argv(plan);
+        if incoming {
+            args.extend(["-incoming", "defer"].map(OsString::from));
+        }
+        let mut child = process::spawn_in_netns(&self.config.binary, &args, ns, &log)?;
+        let pid = child.id();
+        let recorded = VmmStamp::of(pid)
+            .map_err(|source| QemuError::File {
+                path: PathBuf::from(format!("/proc/{pid}/stat")),
+                source,
+            })
+            .and_then(|stamp| stamp.write(&ctx.dirs.vm_pid_file()));
+        let ready = recorded.and_then(|()| wait_qmp(&spec.id, &mut child, &plan.qmp_socket, &log));
+        if ready.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            // Reap QEMU whenever it exits, should this process live that long (the daemon).
+            std::thread::Builder::new()
+                .name("hearth-qemu-reap".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                })
+                .map_err(|source| QemuError::Spawn {
+                    binary: PathBuf::from("(reaper thread)"),
+                    source,
+                })?;
+        }
+        ready
+    }
+}
+
+/// Checks what QEMU would otherwise fail on less clearly.
+fn check_inputs(plan: &QemuPlan) -> Result<(), QemuError> {
+    for path in [&plan.image.kernel, &plan.image.initrd, &plan.image.rootfs] {
+        if !path.is_file() {
+            return Err(QemuError::ImageFileMissing { path: path.clone() });
+        }
+    }
+    if let Some(workspace) = &plan.workspace {
+        if !workspace.is_dir() {
+            return Err(QemuError::WorkspaceNotDir {
+                path: workspace.clone(),
+            });
+        }
+    }
+    let mut sockets = vec![&plan.qmp_socket];
+    if let Channel::VirtioSerial { socket, .. } = &plan.channel {
+        sockets.push(socket);
+    }
+    for socket in sockets {
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(QemuError::SocketPathTooLong {
+                path: socket.clone(),
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Waits until QEMU answers on QMP (its machine is built and its main loop runs), or exits.
+fn wait_qmp(
+    id: &SandboxId,
+    child: &mut std::process::Child,
+    socket: &Path,
+    log: &Path,
+) -> Result<(), QemuError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(QemuError::Exited {
+                id: id.clone(),
+                status: status.to_string(),
+                tail: process::log_tail(log),
+            });
+        }
+        if socket.exists() {
+            match Qmp::connect(socket).and_then(|mut qmp| qmp.query_status()) {
+                Ok(_) => return Ok(()),
+                // Dying right after binding the socket: the next round sees the exit.
+                Err(_) if child.try_wait().is_ok_and(|s| s.is_some()) => continue,
+                Err(err) => tracing::debug!(%id, error = %err, "QMP not ready yet"),
+            }
+        }
+        if start.elapsed() >= START_TIMEOUT {
+            return Err(QemuError::StartTimeout {
+                id: id.clone(),
+                waited: start.elapsed(),
+                tail: process::log_tail(log),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
