@@ -107,6 +107,32 @@ impl Fixture {
         QemuBackend::new(tcg_config(), self.runtime.clone())
     }
 
+    /// A veth from the host into the namespace, addressed as FirewallManager would; returns
+    /// the host's netlink socket (the link goes with the namespace).
+    fn add_link(
+        &self,
+        host_if: &str,
+        host_addr: std::net::Ipv4Addr,
+        guest_addr: std::net::Ipv4Addr,
+    ) -> crate::net::rtnl::Rtnl {
+        use std::os::fd::AsFd;
+        let mut host = crate::net::rtnl::Rtnl::open("host").unwrap();
+        let ns = netns::open_ns(&self.netns_path).unwrap();
+        host.create_veth(host_if, "eth0", ns.as_fd()).unwrap();
+        let index = host.link_index(host_if).unwrap().unwrap();
+        host.set_up(index, host_if, None).unwrap();
+        host.replace_address(index, host_if, host_addr, 30).unwrap();
+        netns::in_netns(&self.netns_path, |path| {
+            let mut inside = crate::net::rtnl::Rtnl::open(&path.display().to_string())?;
+            let eth0 = inside.link_index("eth0")?.unwrap();
+            inside.set_up(eth0, "eth0", None)?;
+            inside.replace_address(eth0, "eth0", guest_addr, 30)?;
+            Ok::<_, TapError>(())
+        })
+        .unwrap();
+        host
+    }
+
     /// Whether any process runs with this sandbox's QEMU name on its command line.
     fn qemu_processes(&self) -> usize {
         let needle = format!("hearth-{},", self.id.as_str());
@@ -350,9 +376,7 @@ async fn a_vmm_that_dies_while_booting_is_reported_and_cleaned_up() {
 
 #[test]
 fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
-    use crate::net::rtnl::Rtnl;
     use crate::net::tap::{BRIDGE_IF, TAP_IF};
-    use std::os::fd::AsFd;
 
     let fx = Fixture::new("net", &multiboot_kernel());
     let host_if = format!("hq{}", std::process::id() % 1_000_000);
@@ -360,21 +384,7 @@ fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
         std::net::Ipv4Addr::new(10, 199, 78, 1),
         std::net::Ipv4Addr::new(10, 199, 78, 2),
     );
-    let mut host = Rtnl::open("host").unwrap();
-    let ns = netns::open_ns(&fx.netns_path).unwrap();
-    host.create_veth(&host_if, "eth0", ns.as_fd()).unwrap();
-    let index = host.link_index(&host_if).unwrap().unwrap();
-    host.set_up(index, &host_if, None).unwrap();
-    host.replace_address(index, &host_if, host_addr, 30)
-        .unwrap();
-    netns::in_netns(&fx.netns_path, |path| {
-        let mut inside = Rtnl::open(&path.display().to_string())?;
-        let eth0 = inside.link_index("eth0")?.unwrap();
-        inside.set_up(eth0, "eth0", None)?;
-        inside.replace_address(eth0, "eth0", guest_addr, 30)?;
-        Ok::<_, TapError>(())
-    })
-    .unwrap();
+    let mut host = fx.add_link(&host_if, host_addr, guest_addr);
 
     let mut ctx = fx.ctx();
     ctx.net = Some(vm::GuestNet {
@@ -538,4 +548,116 @@ fn a_snapshot_from_another_qemu_is_refused() {
         "{err}"
     );
     assert!(!fx.sandbox.vm_dir().exists());
+}
+
+/// The whole path with the real guest image: QEMU TCG boots it, the relay carries
+/// `GuestClient` to hearth-guest over virtio-serial HTTP/2. Needs a built image:
+/// `HEARTH_TEST_VM_IMAGE=<dir with vmlinuz, initramfs.cpio.gz, rootfs.ext4> cargo test -p
+/// hearth-sandbox --lib boots_the_guest_image -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a guest image (HEARTH_TEST_VM_IMAGE)"]
+async fn boots_the_guest_image_and_serves_through_the_relay() {
+    let dir =
+        PathBuf::from(std::env::var_os("HEARTH_TEST_VM_IMAGE").expect("HEARTH_TEST_VM_IMAGE"));
+    let mut fx = Fixture::new("e2e", b"");
+    fx.image = vm::VmImagePaths {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initramfs.cpio.gz"),
+        rootfs: dir.join("rootfs.ext4"),
+    };
+    let mut spec = fx.spec();
+    spec.limits.memory = MemoryBytes(512 << 20);
+    spec.guest_seccomp = None;
+    let backend = fx.backend();
+    let started = Instant::now();
+    let (host_addr, guest_addr) = (
+        std::net::Ipv4Addr::new(10, 199, 79, 1),
+        std::net::Ipv4Addr::new(10, 199, 79, 2),
+    );
+    let host_if = format!("he{}", std::process::id() % 1_000_000);
+    let _host = fx.add_link(&host_if, host_addr, guest_addr);
+    let mut ctx = fx.ctx();
+    ctx.net = Some(vm::GuestNet {
+        address: guest_addr,
+        prefix: 30,
+        gateway: host_addr,
+        dns: host_addr,
+    });
+    let tcp = std::net::TcpListener::bind((host_addr, 0)).unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let mut plan = backend.plan(&spec, &ctx).unwrap();
+    // For images without the 9p modules: boot without the workspace share.
+    if std::env::var_os("HEARTH_TEST_VM_SKIP_9P").is_some() {
+        plan.workspace = None;
+        plan.cmdline.workspace_9p = false;
+    }
+    backend.start_planned(&spec, &ctx, &plan, None).unwrap();
+    let listener = vm::relay::bind(&fx.sandbox.guest_socket()).unwrap();
+    let relay = tokio::spawn(vm::relay::serve(
+        listener,
+        backend.upstream(&fx.id, &fx.sandbox),
+        std::future::pending(),
+    ));
+    let client = GuestClient::new(fx.sandbox.guest_socket());
+    let health = backend
+        .wait_guest_ready(&fx.id, &client, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    eprintln!("guest ready in {:?}: {health:?}", started.elapsed());
+
+    let req: hearth_proto::ExecRequest =
+        serde_json::from_value(serde_json::json!({"argv": ["sh", "-c", "echo hi; uname -r"]}))
+            .unwrap();
+    let mut out = Vec::new();
+    let status = client
+        .exec(&req, |chunk| {
+            if let crate::guest_client::OutputChunk::Stdout(data) = chunk {
+                out.extend(data);
+            }
+        })
+        .await
+        .unwrap();
+    eprintln!("exec: {status:?} {}", String::from_utf8_lossy(&out));
+    assert_eq!(status.code, Some(0));
+    assert!(out.starts_with(b"hi\n"));
+
+    // The guest's NIC, through tap0 and br0 in the namespace, reaches a host listener.
+    let connect = format!(
+        "import socket; s = socket.create_connection(('{host_addr}', {port}), 10); s.sendall(b'from-guest')"
+    );
+    let req: hearth_proto::ExecRequest =
+        serde_json::from_value(serde_json::json!({"argv": ["python3", "-c", connect]})).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (mut stream, peer) = tcp.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut got).unwrap();
+        (peer, got)
+    });
+    let mut err = Vec::new();
+    let status = client
+        .exec(&req, |chunk| {
+            if let crate::guest_client::OutputChunk::Stderr(data) = chunk {
+                err.extend(data);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.code, Some(0), "{}", String::from_utf8_lossy(&err));
+    let (peer, got) = accept.join().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(guest_addr));
+    assert_eq!(got, b"from-guest");
+
+    client
+        .write_file("/tmp/x", &b"payload"[..], 0o600)
+        .await
+        .unwrap();
+    assert_eq!(client.read_file("/tmp/x").await.unwrap(), b"payload");
+
+    backend.pause(&fx.id).unwrap();
+    backend.resume(&fx.id).unwrap();
+    assert_eq!(client.health().await.unwrap().status, "ok");
+
+    relay.abort();
+    backend.remove(&fx.id).unwrap();
+    assert_eq!(fx.qemu_processes(), 0);
 }
