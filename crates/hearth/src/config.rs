@@ -25,6 +25,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub oci_runtime: Option<OciRuntimeKind>,
     pub guest_binary: PathBuf,
+    /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -43,6 +45,7 @@ impl Settings {
                 .guest_binary
                 .clone()
                 .unwrap_or_else(default_guest_binary),
+            dns_upstream: args.dns_upstream,
         })
     }
 
@@ -67,6 +70,7 @@ impl Settings {
             backend: Box::new(OciBackend::new(runtime)),
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
+            dns_upstream: self.dns_upstream,
         })
     }
 }

@@ -248,6 +248,10 @@ pub async fn exec(
         }
         Err(e) => return Err(e.into()),
     };
+    state
+        .manager
+        .record_exit(&id, &request.argv[0], &status)
+        .await;
     result.exit_code = status.shell_code();
     result.signal = status.signal;
     result.timed_out = status.timed_out;

@@ -5,6 +5,7 @@
 //! crash interrupts is still named in the store (or by the id-derived names on the host) and
 //! [`reconcile`] can finish the job on the next run.
 
+mod kills;
 mod reconcile;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
 
 use crate::store::{SandboxRecord, SandboxStatus, StatusError, Store, StoreError};
+use crate::supervisor::net::NetDuty;
 
 /// How long a new sandbox's guest gets to answer its first health check.
 const GUEST_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +67,8 @@ pub struct SandboxManager {
     pub guest_binary: PathBuf,
     /// Network namespace, link, addresses and nftables rules of every sandbox.
     pub firewall: Arc<FirewallManager>,
+    /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl SandboxManager {
@@ -119,9 +123,22 @@ impl SandboxManager {
                 move |firewall| firewall.setup(&id, &policy)
             })
             .await?;
-        // The seccomp listener must be up before the runtime looks for it (see `supervisor`).
-        crate::supervisor::start_if_needed(spec, &dirs, self.dirs.root(), self.store.state_dir())
-            .await?;
+        // The seccomp listener must be up before the runtime looks for it, and the resolver
+        // before the sandbox's first lookup (see `supervisor`).
+        let net_duty = network.link.as_ref().map(|link| NetDuty {
+            link: link.clone(),
+            policy: spec.net.clone(),
+            netns: network.netns.clone(),
+            dns_upstream: self.dns_upstream,
+        });
+        crate::supervisor::start_if_needed(
+            spec,
+            &dirs,
+            self.dirs.root(),
+            self.store.state_dir(),
+            net_duty.as_ref(),
+        )
+        .await?;
         let ctx = LaunchContext {
             dirs: &dirs,
             netns_path: network.netns,
