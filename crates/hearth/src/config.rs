@@ -6,6 +6,8 @@ use std::sync::Arc;
 use hearth_sandbox::net::{FirewallConfig, FirewallManager};
 
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
+
+use crate::sandboxes::Backends;
 use hearth_sandbox::dirs::RuntimeDirs;
 
 use crate::cli::GlobalArgs;
@@ -67,7 +69,7 @@ impl Settings {
         Ok(SandboxManager {
             store,
             dirs,
-            backend: Box::new(OciBackend::new(runtime)),
+            backends: Backends::new(Box::new(OciBackend::new(runtime))),
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,

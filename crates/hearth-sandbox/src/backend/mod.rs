@@ -18,9 +18,10 @@ use crate::spec::SandboxSpec;
 pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
 
 /// Which isolation technology runs a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    #[default]
     Oci,
 }
 

@@ -110,6 +110,7 @@ pub async fn create(
         seccomp: Some(seccomp),
         net,
         guest_seccomp: None,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
     };
     let record = manager.create(&spec).await?;
     Ok((StatusCode::CREATED, Json(record)))

@@ -188,6 +188,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         seccomp: Some(seccomp),
         net,
         guest_seccomp,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
     };
     let record = manager.create(&spec).await?;
     if args.json {

@@ -181,6 +181,7 @@ impl TaskRunner<'_> {
             workspace: Some(workspace.clone()),
             seccomp: Some(seccomp),
             guest_seccomp: None,
+            backend: hearth_sandbox::backend::BackendKind::Oci,
             net,
         };
         self.manager.create(&spec).await?;
