@@ -191,6 +191,37 @@ impl SandboxDirs {
     pub fn guest_log(&self) -> PathBuf {
         self.base.join("guest.log")
     }
+    /// The microVM backends' directory (see the layout above).
+    pub fn vm_dir(&self) -> PathBuf {
+        self.base.join("vm")
+    }
+    /// Firecracker's API socket when it runs without the jailer.
+    pub fn vm_api_socket(&self) -> PathBuf {
+        self.vm_dir().join("api.sock")
+    }
+    /// Firecracker's vsock Unix socket when it runs without the jailer.
+    pub fn vm_vsock_socket(&self) -> PathBuf {
+        self.vm_dir().join("vsock.sock")
+    }
+    /// The raw config drive (`hearth.config=/dev/vdb`).
+    pub fn vm_config_image(&self) -> PathBuf {
+        self.vm_dir().join("config.img")
+    }
+    /// The VMM's stdout and stderr: its own errors and the guest's serial console.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.vm_dir().join("vmm.log")
+    }
+    /// `PID STARTTIME` of the VMM process, written once it is spawned.
+    pub fn vmm_pid_file(&self) -> PathBuf {
+        self.vm_dir().join("vmm.pid")
+    }
+
+    /// Creates the (empty, 0700) VM directory; fails if it exists.
+    pub fn create_vm_dir(&self) -> Result<PathBuf, DirsError> {
+        let path = self.vm_dir();
+        mkdir_private(&path)?;
+        Ok(path)
+    }
 
     /// Creates the default workspace directory (0700; the sandbox's root user owns it).
     pub fn create_default_workspace(&self) -> Result<PathBuf, DirsError> {

@@ -1,0 +1,557 @@
+//! [`FirecrackerBackend`]: the [`SandboxBackend`] that runs each sandbox as a Firecracker VM.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hearth_seccomp::audit::VmmFault;
+
+use super::api::{ActionType, InstanceAction, SnapshotCreate, SnapshotType, Vm, VmState};
+use super::boot::{BootPlan, GuestConfigDoc, VmImage, VmNet};
+use super::client::ApiClient;
+use super::jailer::JailerConfig;
+use super::layout::{self, VmLayout};
+use super::process::{ProcessStamp, VmmCommand};
+use super::seccomp::{write_filter_file, VmmFilter};
+use super::support::tool_version;
+use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
+use super::FirecrackerError;
+use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::dirs::{RuntimeDirs, SandboxDirs};
+use crate::id::SandboxId;
+use crate::spec::SandboxSpec;
+
+/// How long `remove` waits for a killed VMM to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of each log a [`VmmExit`] carries.
+const LOG_TAIL: u64 = 64 * 1024;
+
+/// Whether Firecracker runs under the jailer.
+#[derive(Debug, Clone)]
+pub enum LaunchMode {
+    /// hearth spawns Firecracker itself, inside the sandbox's netns, as hearth's user.
+    Direct,
+    /// The official jailer: chroot, its own uid/gid, cgroup, then Firecracker.
+    Jailed(JailerConfig),
+}
+
+/// Everything the backend needs that does not change per sandbox.
+#[derive(Debug, Clone)]
+pub struct FirecrackerConfig {
+    pub firecracker: PathBuf,
+    pub mode: LaunchMode,
+    /// The guest kernel, initrd and rootfs (from `image::GuestImage`).
+    pub image: VmImage,
+    /// The VMM's own seccomp filter (not the sandbox's policy, which the guest applies).
+    pub vmm_filter: VmmFilter,
+    pub runtime: RuntimeDirs,
+    /// From spawning the VMM to `InstanceStart` accepted.
+    pub start_timeout: Duration,
+}
+
+/// How a VMM ended, for the audit (`SeccompAuditLog::record_vmm_fault(exit_status(), &log)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The tails of Firecracker's logger file and of its stdout/stderr.
+    pub log: String,
+}
+
+impl VmmExit {
+    /// The status as a shell reports it: the code, or 128 + the signal.
+    pub fn exit_status(&self) -> i32 {
+        self.code.or(self.signal.map(|s| 128 + s)).unwrap_or(-1)
+    }
+
+    /// What the exit says about the VMM's seccomp filter (148 = a filtered syscall).
+    pub fn fault(&self) -> VmmFault {
+        VmmFault::from_exit(self.exit_status(), &self.log)
+    }
+}
+
+/// A snapshot's two files, on the host, in the VM's directory (the caller moves them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+}
+
+/// Runs sandboxes as Firecracker microVMs.
+#[derive(Debug)]
+pub struct FirecrackerBackend {
+    config: FirecrackerConfig,
+    /// VMMs this process spawned, kept so their exit status can be read (only a parent can).
+    children: Mutex<HashMap<SandboxId, Child>>,
+}
+
+impl FirecrackerBackend {
+    pub fn new(config: FirecrackerConfig) -> Result<Self, FirecrackerError> {
+        if let LaunchMode::Jailed(jailer) = &config.mode {
+            jailer.validate()?;
+        }
+        Ok(Self {
+            config,
+            children: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &FirecrackerConfig {
+        &self.config
+    }
+
+    /// Where this sandbox's VM files are.
+    pub fn layout(&self, id: &SandboxId) -> VmLayout {
+        match &self.config.mode {
+            LaunchMode::Direct => VmLayout::direct(&self.dirs(id).vm_dir()),
+            LaunchMode::Jailed(jailer) => VmLayout::jailed(&jailer.jail(id).root),
+        }
+    }
+
+    /// A client for this sandbox's API socket.
+    pub fn api_client(&self, id: &SandboxId) -> ApiClient {
+        ApiClient::new(self.layout(id).host(layout::API_SOCKET))
+    }
+
+    /// The relay's upstream: connections to `hearth-guest` through the vsock socket.
+    pub fn guest_connector(&self, id: &SandboxId) -> VsockConnector {
+        VsockConnector::new(self.layout(id).host(layout::VSOCK_SOCKET), GUEST_VSOCK_PORT)
+    }
+
+    fn dirs(&self, id: &SandboxId) -> SandboxDirs {
+        self.config.runtime.sandbox(id)
+    }
+
+    fn children(&self) -> MutexGuard<'_, HashMap<SandboxId, Child>> {
+        // A panic while holding the lock leaves the map itself consistent.
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the VM; `net` puts `tap0` on the guest's eth0 (`LaunchContext::net` once the
+    /// QEMU side's `GuestNet` lands). On failure nothing of the VM is left.
+    pub fn start_vm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        net: Option<VmNet>,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
+        // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
+        ctx.dirs.create_vm_dir()?;
+        match self.launch(spec, ctx, net.as_ref()) {
+            Ok(()) => Ok(GuestEndpoint::UnixSocket {
+                path: ctx.dirs.guest_socket(),
+            }),
+            Err(err) => {
+                if let Err(cleanup) = self.remove_vm(&spec.id, ctx.dirs) {
+                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        net: Option<&VmNet>,
+    ) -> Result<(), FirecrackerError> {
+        let id = &spec.id;
+        let layout = self.layout(id);
+        let image = match &self.config.mode {
+            LaunchMode::Direct => self.config.image.clone(),
+            LaunchMode::Jailed(jailer) => {
+                let jail = jailer.jail(id);
+                jailer.create_root(&jail)?;
+                jailer.place_image(&jail, &self.config.image)?
+            }
+        };
+        let config = GuestConfigDoc::new(id.as_str(), spec.guest_seccomp.as_deref());
+        self.write_vm_file(&layout, layout::CONFIG_IMAGE, &config.to_image()?)?;
+        self.write_vm_file(&layout, layout::FIRECRACKER_LOG, b"")?;
+        self.write_vm_file(&layout, layout::METRICS, b"")?;
+        let filter_path = layout.host(layout::SECCOMP_FILTER);
+        let filter = write_filter_file(&self.config.vmm_filter, &filter_path)?
+            .then(|| layout.vmm(layout::SECCOMP_FILTER));
+        if filter.is_some() {
+            self.give(&filter_path)?;
+        }
+
+        let command = self.command(id, ctx, &layout, filter.as_deref(), spec);
+        let child = command.spawn()?;
+        let pid = child.id();
+        self.children().insert(id.clone(), child);
+        let stamp = ProcessStamp::of(pid)?;
+        stamp.write(&ctx.dirs.vmm_pid_file())?;
+
+        let plan = BootPlan::new(&layout, &image, &spec.limits, net);
+        let timeout = self.config.start_timeout;
+        let client = ApiClient::new(layout.host(layout::API_SOCKET));
+        let log = ctx.dirs.vmm_log();
+        run_async(async {
+            match tokio::time::timeout(timeout, self.configure(id, &client, &plan, stamp, &log))
+                .await
+            {
+                Ok(done) => done,
+                Err(_) => Err(FirecrackerError::StartTimeout {
+                    id: id.clone(),
+                    waited: timeout,
+                }),
+            }
+        })?
+    }
+
+    fn command(
+        &self,
+        id: &SandboxId,
+        ctx: &LaunchContext<'_>,
+        layout: &VmLayout,
+        filter: Option<&Path>,
+        spec: &SandboxSpec,
+    ) -> VmmCommand {
+        match &self.config.mode {
+            LaunchMode::Direct => {
+                let mut args: Vec<OsString> = vec![
+                    "--api-sock".into(),
+                    layout.vmm(layout::API_SOCKET).into(),
+                    "--id".into(),
+                    id.as_str().into(),
+                ];
+                if let Some(filter) = filter {
+                    args.push("--seccomp-filter".into());
+                    args.push(filter.into());
+                }
+                VmmCommand {
+                    program: self.config.firecracker.clone(),
+                    args,
+                    netns: Some(ctx.netns_path.clone()),
+                    log: ctx.dirs.vmm_log(),
+                }
+            }
+            LaunchMode::Jailed(jailer) => VmmCommand {
+                program: jailer.jailer.clone(),
+                args: jailer.argv(&jailer.jail(id), &ctx.netns_path, spec.limits.cpus, filter),
+                netns: None,
+                log: ctx.dirs.vmm_log(),
+            },
+        }
+    }
+
+    /// Waits for the API socket, sends the plan, then `InstanceStart`. A VMM that dies on the
+    /// way is reported as such rather than as the connection error it causes.
+    async fn configure(
+        &self,
+        id: &SandboxId,
+        client: &ApiClient,
+        plan: &BootPlan,
+        stamp: ProcessStamp,
+        log: &Path,
+    ) -> Result<(), FirecrackerError> {
+        let exited = || FirecrackerError::VmmExited {
+            id: id.clone(),
+            status: self.exit_text(id),
+            log: log.to_owned(),
+        };
+        let started = Instant::now();
+        while let Err(err) = client.instance_info().await {
+            if !stamp.is_alive() {
+                return Err(exited());
+            }
+            tracing::trace!(%id, error = %err, elapsed = ?started.elapsed(), "API socket not up yet");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let start = InstanceAction {
+            action_type: ActionType::InstanceStart,
+        };
+        let mut calls = plan.calls()?;
+        calls.push(super::api::ApiRequest::call(&start)?);
+        for call in &calls {
+            if let Err(err) = client.call(call).await {
+                return Err(if stamp.is_alive() {
+                    err.into()
+                } else {
+                    exited()
+                });
+            }
+        }
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "InstanceStart accepted");
+        Ok(())
+    }
+
+    fn exit_text(&self, id: &SandboxId) -> String {
+        match self.children().get_mut(id).map(Child::try_wait) {
+            Some(Ok(Some(status))) => status.to_string(),
+            _ => "exit status unknown".to_owned(),
+        }
+    }
+
+    fn write_vm_file(
+        &self,
+        layout: &VmLayout,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), FirecrackerError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = layout.host(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(bytes))
+            .map_err(|source| FirecrackerError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        self.give(&path)
+    }
+
+    /// Jailed, the VMM runs as the jailer's uid/gid and must own its files.
+    fn give(&self, path: &Path) -> Result<(), FirecrackerError> {
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            jailer.give(path)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the VMM (our child, or the process in `vmm.pid`), removes the jail and `vm/`.
+    /// Goes through every step and reports every failure.
+    fn remove_vm(&self, id: &SandboxId, dirs: &SandboxDirs) -> Result<(), FirecrackerError> {
+        let mut errors = Vec::new();
+        let child = self.children().remove(id);
+        if let Some(mut child) = child {
+            // Our own child: kill(2) by pid is safe, it can't be reaped (and reused) before
+            // the wait below.
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            match ProcessStamp::read(&dirs.vmm_pid_file()) {
+                Ok(Some(stamp)) => {
+                    if let Err(err) = stamp.kill(KILL_TIMEOUT) {
+                        errors.push(err.into());
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => errors.push(err.into()),
+            }
+        }
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            if let Err(jail_errors) = jailer.cleanup(id) {
+                errors.extend(jail_errors.into_iter().map(FirecrackerError::from));
+            }
+        }
+        match std::fs::remove_dir_all(dirs.vm_dir()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => errors.push(FirecrackerError::Write {
+                path: dirs.vm_dir(),
+                source,
+            }),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(FirecrackerError::Cleanup(errors))
+        }
+    }
+
+    /// How the VMM ended, if this process spawned it and it has exited (non-blocking). Read
+    /// before `remove`, which deletes the logs.
+    pub fn vmm_exit(&self, id: &SandboxId) -> Option<VmmExit> {
+        let status = self.children().get_mut(id)?.try_wait().ok()??;
+        Some(self.collect_exit(id, status))
+    }
+
+    /// Blocks until the VMM this process spawned exits (run it on a blocking thread); `None`
+    /// when this process did not spawn it.
+    pub fn wait_vmm_exit(&self, id: &SandboxId) -> Option<VmmExit> {
+        let pid = self.children().get(id)?.id();
+        let stamp = ProcessStamp::of(pid).ok();
+        // Wait through a pidfd so the lock is not held while the VMM runs.
+        if let Some(pidfd) = i32::try_from(pid)
+            .ok()
+            .and_then(|pid| crate::pidfd::Pidfd::open(pid).ok().flatten())
+        {
+            while stamp.is_some_and(|s| s.is_alive()) {
+                if pidfd.wait(Duration::from_secs(60)).unwrap_or(true) {
+                    break;
+                }
+            }
+        }
+        let status = self.children().get_mut(id)?.wait().ok()?;
+        Some(self.collect_exit(id, status))
+    }
+
+    fn collect_exit(&self, id: &SandboxId, status: std::process::ExitStatus) -> VmmExit {
+        use std::os::unix::process::ExitStatusExt;
+        let logger = self.layout(id).host(layout::FIRECRACKER_LOG);
+        let stdio = self.dirs(id).vmm_log();
+        VmmExit {
+            code: status.code(),
+            signal: status.signal(),
+            log: format!("{}{}", tail(&logger), tail(&stdio)),
+        }
+    }
+
+    /// A client for a sandbox whose VMM runs.
+    fn running_client(&self, id: &SandboxId) -> Result<ApiClient, FirecrackerError> {
+        if self.vm_running(id)? {
+            Ok(self.api_client(id))
+        } else {
+            Err(FirecrackerError::NotRunning { id: id.clone() })
+        }
+    }
+
+    /// `PATCH /vm {"state": "Paused"}`: vCPUs stop; memory and devices stay.
+    pub async fn pause(&self, id: &SandboxId) -> Result<(), FirecrackerError> {
+        let client = self.running_client(id)?;
+        Ok(client
+            .send(&Vm {
+                state: VmState::Paused,
+            })
+            .await?)
+    }
+
+    /// `PATCH /vm {"state": "Resumed"}`.
+    pub async fn resume(&self, id: &SandboxId) -> Result<(), FirecrackerError> {
+        let client = self.running_client(id)?;
+        Ok(client
+            .send(&Vm {
+                state: VmState::Resumed,
+            })
+            .await?)
+    }
+
+    /// Pauses, takes a full snapshot into the VM's directory, and resumes (also when the
+    /// snapshot failed, so a failed snapshot does not leave the sandbox frozen).
+    pub async fn snapshot(&self, id: &SandboxId) -> Result<SnapshotFiles, FirecrackerError> {
+        let client = self.running_client(id)?;
+        let layout = self.layout(id);
+        client
+            .send(&Vm {
+                state: VmState::Paused,
+            })
+            .await?;
+        let created = client
+            .send(&SnapshotCreate {
+                snapshot_path: layout.vmm(layout::SNAPSHOT_STATE),
+                mem_file_path: layout.vmm(layout::SNAPSHOT_MEMORY),
+                snapshot_type: SnapshotType::Full,
+            })
+            .await;
+        let resumed = client
+            .send(&Vm {
+                state: VmState::Resumed,
+            })
+            .await;
+        created?;
+        resumed?;
+        Ok(SnapshotFiles {
+            state: layout.host(layout::SNAPSHOT_STATE),
+            memory: layout.host(layout::SNAPSHOT_MEMORY),
+        })
+    }
+
+    fn vm_running(&self, id: &SandboxId) -> Result<bool, FirecrackerError> {
+        if let Some(child) = self.children().get_mut(id) {
+            return Ok(matches!(child.try_wait(), Ok(None)));
+        }
+        Ok(ProcessStamp::read(&self.dirs(id).vmm_pid_file())?.is_some_and(|s| s.is_alive()))
+    }
+
+    fn list_vms(&self) -> Result<Vec<String>, FirecrackerError> {
+        let mut ids = BTreeSet::new();
+        for name in self.config.runtime.list_sandbox_dirs()? {
+            let Ok(id) = SandboxId::parse(&name) else {
+                continue;
+            };
+            if self.vm_running(&id)? {
+                ids.insert(name);
+            }
+        }
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            // A jail left by a crash is still something to remove.
+            ids.extend(jailer.list());
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+impl SandboxBackend for FirecrackerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    fn describe(&self) -> String {
+        let version = tool_version(&self.config.firecracker).map_or_else(
+            || "firecracker".to_owned(),
+            |v| format!("firecracker {}", v.version),
+        );
+        match &self.config.mode {
+            LaunchMode::Direct => version,
+            LaunchMode::Jailed(_) => format!("{version} (jailer)"),
+        }
+    }
+
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, BackendError> {
+        Ok(self.start_vm(spec, ctx, None)?)
+    }
+
+    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
+        Ok(self.remove_vm(id, &self.dirs(id))?)
+    }
+
+    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
+        Ok(self.vm_running(id)?)
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.list_vms()?)
+    }
+}
+
+/// Runs `future` to completion on a private current-thread runtime on a scoped thread, so the
+/// synchronous trait methods work whether or not the caller is inside a tokio runtime.
+fn run_async<F>(future: F) -> Result<F::Output, FirecrackerError>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(FirecrackerError::Runtime)?;
+            Ok(runtime.block_on(future))
+        });
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// The last [`LOG_TAIL`] bytes of a file, or nothing.
+fn tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
