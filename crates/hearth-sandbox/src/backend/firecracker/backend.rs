@@ -15,7 +15,7 @@ use super::boot::{BootPlan, GuestConfigDoc, VmImage, VmNet};
 use super::client::ApiClient;
 use super::jailer::JailerConfig;
 use super::layout::{self, VmLayout};
-use super::process::{ProcessStamp, VmmCommand};
+use super::process::{ProcessError, ProcessStamp, VmmCommand};
 use super::seccomp::{write_filter_file, VmmFilter};
 use super::support::tool_version;
 use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
@@ -23,10 +23,14 @@ use super::FirecrackerError;
 use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
 use crate::dirs::{RuntimeDirs, SandboxDirs};
 use crate::id::SandboxId;
+use crate::pidfd::Pidfd;
 use crate::spec::SandboxSpec;
 
 /// How long `remove` waits for a killed VMM to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After an API call fails, how long the VMM may take to finish exiting for the failure to be
+/// reported as its exit (a dying VMM closes its sockets before its exit can be waited for).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How much of each log a [`VmmExit`] carries.
 const LOG_TAIL: u64 = 64 * 1024;
 
@@ -187,16 +191,25 @@ impl FirecrackerBackend {
         let child = command.spawn()?;
         let pid = child.id();
         self.children().insert(id.clone(), child);
-        let stamp = ProcessStamp::of(pid)?;
-        stamp.write(&ctx.dirs.vmm_pid_file())?;
+        ProcessStamp::of(pid)?.write(&ctx.dirs.vmm_pid_file())?;
+        // Our unreaped child: its pid can't be reused, so the pidfd names the VMM. It turns
+        // readable once the whole process has exited, which is when `wait` can report it.
+        let pidfd = i32::try_from(pid)
+            .ok()
+            .and_then(|pid| Pidfd::open(pid).transpose())
+            .transpose()
+            .map_err(ProcessError::from)?;
 
         let plan = BootPlan::new(&layout, &image, &spec.limits, net);
         let timeout = self.config.start_timeout;
         let client = ApiClient::new(layout.host(layout::API_SOCKET));
         let log = ctx.dirs.vmm_log();
         run_async(async {
-            match tokio::time::timeout(timeout, self.configure(id, &client, &plan, stamp, &log))
-                .await
+            match tokio::time::timeout(
+                timeout,
+                self.configure(id, &client, &plan, pidfd.as_ref(), &log),
+            )
+            .await
             {
                 Ok(done) => done,
                 Err(_) => Err(FirecrackerError::StartTimeout {
@@ -250,18 +263,22 @@ impl FirecrackerBackend {
         id: &SandboxId,
         client: &ApiClient,
         plan: &BootPlan,
-        stamp: ProcessStamp,
+        pidfd: Option<&Pidfd>,
         log: &Path,
     ) -> Result<(), FirecrackerError> {
-        let exited = || FirecrackerError::VmmExited {
-            id: id.clone(),
-            status: self.exit_text(id),
-            log: log.to_owned(),
+        let exited = |grace: Duration| -> Option<FirecrackerError> {
+            // No pidfd (it could not be opened): the VMM's state is unknown, keep the error.
+            let gone = pidfd.is_some_and(|fd| fd.wait(grace).unwrap_or(false));
+            gone.then(|| FirecrackerError::VmmExited {
+                id: id.clone(),
+                status: self.exit_text(id),
+                log: log.to_owned(),
+            })
         };
         let started = Instant::now();
         while let Err(err) = client.instance_info().await {
-            if !stamp.is_alive() {
-                return Err(exited());
+            if let Some(exited) = exited(Duration::ZERO) {
+                return Err(exited);
             }
             tracing::trace!(%id, error = %err, elapsed = ?started.elapsed(), "API socket not up yet");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -273,20 +290,17 @@ impl FirecrackerBackend {
         calls.push(super::api::ApiRequest::call(&start)?);
         for call in &calls {
             if let Err(err) = client.call(call).await {
-                return Err(if stamp.is_alive() {
-                    err.into()
-                } else {
-                    exited()
-                });
+                return Err(exited(EXIT_GRACE).unwrap_or(err.into()));
             }
         }
         tracing::debug!(%id, elapsed = ?started.elapsed(), "InstanceStart accepted");
         Ok(())
     }
 
+    /// The exit status of a VMM known to have exited (so `wait` returns at once).
     fn exit_text(&self, id: &SandboxId) -> String {
-        match self.children().get_mut(id).map(Child::try_wait) {
-            Some(Ok(Some(status))) => status.to_string(),
+        match self.children().get_mut(id).map(Child::wait) {
+            Some(Ok(status)) => status.to_string(),
             _ => "exit status unknown".to_owned(),
         }
     }
@@ -377,7 +391,7 @@ impl FirecrackerBackend {
         // Wait through a pidfd so the lock is not held while the VMM runs.
         if let Some(pidfd) = i32::try_from(pid)
             .ok()
-            .and_then(|pid| crate::pidfd::Pidfd::open(pid).ok().flatten())
+            .and_then(|pid| Pidfd::open(pid).ok().flatten())
         {
             while stamp.is_some_and(|s| s.is_alive()) {
                 if pidfd.wait(Duration::from_secs(60)).unwrap_or(true) {
