@@ -13,7 +13,7 @@ use hearth_sandbox::backend::firecracker::api::{
     ActionType, ApiCall, ApiRequest, InstanceAction, MemoryBackend, MemoryBackendType,
     SnapshotCreate, SnapshotLoad, SnapshotType, Vm, VmState, VsockOverride,
 };
-use hearth_sandbox::backend::firecracker::boot::{BootPlan, VmImage, VmNet};
+use hearth_sandbox::backend::firecracker::boot::{restore_calls, BootPlan, VmImage, VmNet};
 use hearth_sandbox::backend::firecracker::layout::VmLayout;
 use hearth_sandbox::backend::firecracker::{ApiClient, ApiError, VsockConnector};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits};
@@ -57,6 +57,9 @@ fn every_call(vm_dir: &Path) -> Vec<ApiCall> {
             );
             calls.extend(plan.calls().unwrap());
         }
+        let state = layout.vmm("snapshot.state");
+        let memory = layout.vmm("snapshot.mem");
+        calls.extend(restore_calls(&layout, &state, &memory).unwrap());
     }
     let start = InstanceAction {
         action_type: ActionType::InstanceStart,

@@ -471,3 +471,41 @@ fn a_second_start_of_the_same_sandbox_is_refused_without_touching_the_first() {
     backend.remove(&fx.spec.id).unwrap();
     assert!(!backend.is_running(&fx.spec.id).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing() {
+    let fx = Fixture::new("fc-source");
+    let backend = fx.backend(&[], LONG);
+    let source = fx.spec.id.clone();
+    backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap();
+    let snapshot = backend.snapshot(&source).await.unwrap();
+
+    let clone_id = SandboxId::parse("fc-clone").unwrap();
+    let clone_dirs = fx.runtime.create_sandbox(&clone_id).unwrap();
+    let clone_spec = SandboxSpec {
+        id: clone_id.clone(),
+        ..fx.spec.clone()
+    };
+    let ctx = LaunchContext {
+        dirs: &clone_dirs,
+        ..fx.ctx()
+    };
+    tokio::task::block_in_place(|| backend.restore_vm(&clone_spec, &ctx, &snapshot)).unwrap();
+    // The clone's guest answers on the clone's own vsock socket.
+    let mut guest = backend.guest_connector(&clone_id).connect().await.unwrap();
+    guest.write_all(b"clone").await.unwrap();
+    let mut echoed = [0u8; 5];
+    guest.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"clone");
+    assert_eq!(backend.list().unwrap(), ["fc-clone", "fc-source"]);
+    tokio::task::block_in_place(|| backend.remove(&clone_id)).unwrap();
+
+    // Firecracker refusing the snapshot (another version, say): a clear error, nothing left.
+    let refusing = fx.backend(&[(FAIL_AT, "/snapshot/load")], LONG);
+    let err = tokio::task::block_in_place(|| refusing.restore_vm(&clone_spec, &ctx, &snapshot))
+        .unwrap_err();
+    assert!(err.to_string().contains("PUT /snapshot/load"), "{err}");
+    assert!(!clone_dirs.vm_dir().exists());
+    assert_eq!(refusing.list().unwrap(), ["fc-source"]);
+    tokio::task::block_in_place(|| backend.remove(&source)).unwrap();
+}

@@ -212,6 +212,9 @@ impl FakeApi {
                 }
                 state.started = true;
                 state.paused = body["resume_vm"] != true;
+                if let Some(uds) = body["vsock_override"]["uds_path"].as_str() {
+                    serve_vsock(Path::new(uds));
+                }
             }
             ("PUT", pre_boot) => {
                 if state.started {

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use hearth_seccomp::audit::VmmFault;
 
-use super::api::{ActionType, InstanceAction, SnapshotCreate, SnapshotType, Vm, VmState};
-use super::boot::{BootPlan, GuestConfigDoc, VmImage, VmNet};
+use super::api::{
+    ActionType, ApiCall, ApiRequest, InstanceAction, SnapshotCreate, SnapshotType, Vm, VmState,
+};
+use super::boot::{restore_calls, BootPlan, GuestConfigDoc, VmImage, VmNet};
 use super::client::ApiClient;
 use super::jailer::JailerConfig;
 use super::layout::{self, VmLayout};
@@ -85,6 +87,22 @@ pub struct SnapshotFiles {
     pub memory: PathBuf,
 }
 
+/// A fresh boot (with the guest's network, if any) or a restore from a snapshot.
+#[derive(Debug, Clone, Copy)]
+enum Boot<'a> {
+    Fresh(Option<&'a VmNet>),
+    Restore(&'a SnapshotFiles),
+}
+
+impl Boot<'_> {
+    fn snapshot(&self) -> Option<&SnapshotFiles> {
+        match self {
+            Self::Fresh(_) => None,
+            Self::Restore(files) => Some(files),
+        }
+    }
+}
+
 /// Runs sandboxes as Firecracker microVMs.
 #[derive(Debug)]
 pub struct FirecrackerBackend {
@@ -145,9 +163,33 @@ impl FirecrackerBackend {
         ctx: &LaunchContext<'_>,
         net: Option<VmNet>,
     ) -> Result<GuestEndpoint, FirecrackerError> {
+        self.bring_up(spec, ctx, Boot::Fresh(net.as_ref()))
+    }
+
+    /// Starts the sandbox from a snapshot another sandbox took ([`Self::snapshot`]), resumed,
+    /// with its vsock socket in this sandbox's place. Firecracker reopens the drives at the
+    /// paths recorded in the snapshot: jailed, those are the same inside every jail; run
+    /// directly, they are the source sandbox's files, which must still exist. A snapshot
+    /// Firecracker can't load (another version, say) fails with its fault message, and
+    /// nothing is left behind.
+    pub fn restore_vm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        snapshot: &SnapshotFiles,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
+        self.bring_up(spec, ctx, Boot::Restore(snapshot))
+    }
+
+    fn bring_up(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        boot: Boot<'_>,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
         // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
         ctx.dirs.create_vm_dir()?;
-        match self.launch(spec, ctx, net.as_ref()) {
+        match self.launch(spec, ctx, boot) {
             Ok(()) => Ok(GuestEndpoint::UnixSocket {
                 path: ctx.dirs.guest_socket(),
             }),
@@ -164,16 +206,27 @@ impl FirecrackerBackend {
         &self,
         spec: &SandboxSpec,
         ctx: &LaunchContext<'_>,
-        net: Option<&VmNet>,
+        boot: Boot<'_>,
     ) -> Result<(), FirecrackerError> {
         let id = &spec.id;
         let layout = self.layout(id);
-        let image = match &self.config.mode {
-            LaunchMode::Direct => self.config.image.clone(),
+        let (image, snapshot) = match &self.config.mode {
+            LaunchMode::Direct => (
+                self.config.image.clone(),
+                boot.snapshot().map(|s| (s.state.clone(), s.memory.clone())),
+            ),
             LaunchMode::Jailed(jailer) => {
                 let jail = jailer.jail(id);
                 jailer.create_root(&jail)?;
-                jailer.place_image(&jail, &self.config.image)?
+                let image = jailer.place_image(&jail, &self.config.image)?;
+                let snapshot = match boot.snapshot() {
+                    Some(files) => Some((
+                        jailer.place(&jail, &files.state, layout::SNAPSHOT_STATE)?,
+                        jailer.place(&jail, &files.memory, layout::SNAPSHOT_MEMORY)?,
+                    )),
+                    None => None,
+                };
+                (image, snapshot)
             }
         };
         let config = GuestConfigDoc::new(id.as_str(), spec.guest_seccomp.as_deref());
@@ -200,14 +253,26 @@ impl FirecrackerBackend {
             .transpose()
             .map_err(ProcessError::from)?;
 
-        let plan = BootPlan::new(&layout, &image, &spec.limits, net);
+        let calls = match (&boot, snapshot) {
+            (Boot::Fresh(net), _) => {
+                let plan = BootPlan::new(&layout, &image, &spec.limits, *net);
+                let start = InstanceAction {
+                    action_type: ActionType::InstanceStart,
+                };
+                let mut calls = plan.calls()?;
+                calls.push(start.call()?);
+                calls
+            }
+            (Boot::Restore(_), Some((state, memory))) => restore_calls(&layout, &state, &memory)?,
+            (Boot::Restore(_), None) => unreachable!("a restore always has snapshot files"),
+        };
         let timeout = self.config.start_timeout;
         let client = ApiClient::new(layout.host(layout::API_SOCKET));
         let log = ctx.dirs.vmm_log();
         run_async(async {
             match tokio::time::timeout(
                 timeout,
-                self.configure(id, &client, &plan, pidfd.as_ref(), &log),
+                self.configure(id, &client, &calls, pidfd.as_ref(), &log),
             )
             .await
             {
@@ -256,13 +321,13 @@ impl FirecrackerBackend {
         }
     }
 
-    /// Waits for the API socket, sends the plan, then `InstanceStart`. A VMM that dies on the
-    /// way is reported as such rather than as the connection error it causes.
+    /// Waits for the API socket, then sends the calls in order. A VMM that dies on the way is
+    /// reported as such rather than as the connection error it causes.
     async fn configure(
         &self,
         id: &SandboxId,
         client: &ApiClient,
-        plan: &BootPlan,
+        calls: &[ApiCall],
         pidfd: Option<&Pidfd>,
         log: &Path,
     ) -> Result<(), FirecrackerError> {
@@ -283,17 +348,12 @@ impl FirecrackerBackend {
             tracing::trace!(%id, error = %err, elapsed = ?started.elapsed(), "API socket not up yet");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let start = InstanceAction {
-            action_type: ActionType::InstanceStart,
-        };
-        let mut calls = plan.calls()?;
-        calls.push(super::api::ApiRequest::call(&start)?);
-        for call in &calls {
+        for call in calls {
             if let Err(err) = client.call(call).await {
                 return Err(exited(EXIT_GRACE).unwrap_or(err.into()));
             }
         }
-        tracing::debug!(%id, elapsed = ?started.elapsed(), "InstanceStart accepted");
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "VM started");
         Ok(())
     }
 

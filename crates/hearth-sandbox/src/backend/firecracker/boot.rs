@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    ApiCall, ApiRequest, BootSource, Drive, LogLevel, Logger, MachineConfig, Metrics,
-    NetworkInterface, Vsock,
+    ApiCall, ApiRequest, BootSource, Drive, LogLevel, Logger, MachineConfig, MemoryBackend,
+    MemoryBackendType, Metrics, NetworkInterface, SnapshotLoad, Vsock, VsockOverride,
 };
 use super::layout::{self, VmLayout};
 use super::vsock::GUEST_VSOCK_PORT;
@@ -184,6 +184,37 @@ impl BootPlan {
         calls.push(self.vsock.call()?);
         Ok(calls)
     }
+}
+
+/// The calls that restore a snapshot on a fresh VMM: logger and metrics (the only resources
+/// Firecracker lets be configured before a load), then the load itself, resumed at once, with
+/// the vsock socket moved to this VM's place. `state` and `memory` are in the VMM's view.
+pub fn restore_calls(
+    layout: &VmLayout,
+    state: &Path,
+    memory: &Path,
+) -> Result<Vec<ApiCall>, serde_json::Error> {
+    let logger = Logger {
+        log_path: layout.vmm(layout::FIRECRACKER_LOG),
+        level: LogLevel::Warning,
+        show_level: true,
+        show_log_origin: false,
+    };
+    let metrics = Metrics {
+        metrics_path: layout.vmm(layout::METRICS),
+    };
+    let load = SnapshotLoad {
+        snapshot_path: state.to_owned(),
+        mem_backend: MemoryBackend {
+            backend_type: MemoryBackendType::File,
+            backend_path: memory.to_owned(),
+        },
+        resume_vm: true,
+        vsock_override: Some(VsockOverride {
+            uds_path: layout.vmm(layout::VSOCK_SOCKET),
+        }),
+    };
+    Ok(vec![logger.call()?, metrics.call()?, load.call()?])
 }
 
 /// Whole vCPUs covering the CPU allowance (0.5 CPUs is one vCPU), within Firecracker's range.

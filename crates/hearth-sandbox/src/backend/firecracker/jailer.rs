@@ -259,10 +259,7 @@ impl JailerConfig {
     /// the VMM out: the copy is then chowned. A hard link is never chowned, since that would
     /// change the owner of the cached image every sandbox shares.
     pub fn place_image(&self, jail: &Jail, image: &VmImage) -> Result<VmImage, JailerError> {
-        let place = |from: &Path, name: &str| -> Result<PathBuf, JailerError> {
-            self.place_file(from, &jail.root.join(name))?;
-            Ok(Path::new("/").join(name))
-        };
+        let place = |from: &Path, name: &str| self.place(jail, from, name);
         Ok(VmImage {
             kernel: place(&image.kernel, layout::KERNEL)?,
             initrd: image
@@ -272,6 +269,12 @@ impl JailerConfig {
                 .transpose()?,
             rootfs: place(&image.rootfs, layout::ROOTFS)?,
         })
+    }
+
+    /// Puts one file into the jail's root as `name`; returns its path in the VMM's view.
+    pub fn place(&self, jail: &Jail, from: &Path, name: &str) -> Result<PathBuf, JailerError> {
+        self.place_file(from, &jail.root.join(name))?;
+        Ok(Path::new("/").join(name))
     }
 
     fn place_file(&self, from: &Path, to: &Path) -> Result<(), JailerError> {
