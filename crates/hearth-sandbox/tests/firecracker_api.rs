@@ -37,6 +37,19 @@ fn image(initrd: bool) -> VmImage {
     }
 }
 
+/// Image files that exist (Firecracker opens them when they are configured).
+fn image_in(dir: &Path) -> VmImage {
+    let image = VmImage {
+        kernel: dir.join("vmlinux"),
+        initrd: Some(dir.join("initramfs.cpio.gz")),
+        rootfs: dir.join("rootfs.ext4"),
+    };
+    for file in [&image.kernel, image.initrd.as_ref().unwrap(), &image.rootfs] {
+        std::fs::write(file, b"image").unwrap();
+    }
+    image
+}
+
 /// Every call hearth can send: boot plans in both layouts, with and without network and
 /// initrd, the start action, pause/resume, snapshot create and load.
 fn every_call(vm_dir: &Path) -> Vec<ApiCall> {
@@ -171,10 +184,16 @@ async fn fake(behaviour: Behaviour) -> (tempfile::TempDir, FakeApi, ApiClient) {
 async fn full_boot_pause_resume_snapshot_sequence_is_accepted_in_order() {
     let (tmp, api, client) = fake(Behaviour::default()).await;
     let vm = VmLayout::direct(tmp.path());
-    std::fs::write(tmp.path().join("firecracker.log"), b"").unwrap();
-    std::fs::write(tmp.path().join("metrics.json"), b"").unwrap();
+    for file in ["firecracker.log", "metrics.json", "config.img"] {
+        std::fs::write(tmp.path().join(file), b"").unwrap();
+    }
     let n = net();
-    let plan = BootPlan::new(&vm, &image(true), &ResourceLimits::default(), Some(&n));
+    let plan = BootPlan::new(
+        &vm,
+        &image_in(tmp.path()),
+        &ResourceLimits::default(),
+        Some(&n),
+    );
 
     let info = client
         .wait_ready(std::time::Duration::from_secs(10))
@@ -299,7 +318,7 @@ async fn out_of_order_calls_are_refused_like_firecracker_does() {
     };
     let err = client.send(&start).await.unwrap_err();
     assert!(err.to_string().contains("kernel"), "{err}");
-    // The logger file must exist: Firecracker opens it and never creates it.
+    // The files must exist: Firecracker opens them and never creates them.
     let plan = BootPlan::new(
         &VmLayout::direct(tmp.path()),
         &image(false),
@@ -308,6 +327,14 @@ async fn out_of_order_calls_are_refused_like_firecracker_does() {
     );
     let err = client.send(&plan.logger).await.unwrap_err();
     assert!(err.to_string().contains("firecracker.log"), "{err}");
+    let err = client.send(&plan.boot_source).await.unwrap_err();
+    assert!(err.to_string().contains("vmlinux"), "{err}");
+    let plan = BootPlan::new(
+        &VmLayout::direct(tmp.path()),
+        &image_in(tmp.path()),
+        &ResourceLimits::default(),
+        None,
+    );
 
     client.send(&plan.boot_source).await.unwrap();
     client.send(&start).await.unwrap();
@@ -327,6 +354,9 @@ async fn out_of_order_calls_are_refused_like_firecracker_does() {
 #[tokio::test]
 async fn snapshot_load_restores_on_a_fresh_vmm_only() {
     let (tmp, _api, client) = fake(Behaviour::default()).await;
+    for file in ["snapshot.state", "snapshot.mem"] {
+        std::fs::write(tmp.path().join(file), file).unwrap();
+    }
     let load = SnapshotLoad {
         snapshot_path: tmp.path().join("snapshot.state"),
         mem_backend: MemoryBackend {

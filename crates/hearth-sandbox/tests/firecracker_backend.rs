@@ -21,9 +21,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
 use hearth_sandbox::backend::firecracker::boot::{GuestConfigDoc, VmImage, VmNet};
+use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 use hearth_sandbox::backend::firecracker::process::ProcessStamp;
 use hearth_sandbox::backend::firecracker::{
-    FirecrackerBackend, FirecrackerConfig, FirecrackerError, LaunchMode, VmmFilter,
+    FirecrackerBackend, FirecrackerConfig, FirecrackerError, JailerConfig, LaunchMode, VmmFilter,
 };
 use hearth_sandbox::backend::{GuestEndpoint, LaunchContext, SandboxBackend};
 use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
@@ -37,6 +38,7 @@ const RECORD: &str = "HEARTH_FAKE_FC_RECORD";
 const DIE_AT: &str = "HEARTH_FAKE_FC_DIE_AT";
 const FAIL_AT: &str = "HEARTH_FAKE_FC_FAIL_AT";
 const FAULT_AT: &str = "HEARTH_FAKE_FC_SECCOMP_FAULT_AT";
+const ROOT: &str = "HEARTH_FAKE_FC_ROOT";
 
 /// The first line the fake VMM records.
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,7 +56,13 @@ fn fake_firecracker_vmm() {
         return;
     };
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
-    let api_sock = args[args.iter().position(|a| a == "--api-sock").unwrap() + 1].clone();
+    // Set by the fake jailer: the jail's root, which the real jailer would chroot into.
+    let root = std::env::var_os(ROOT).map(PathBuf::from);
+    let resolve = move |path: &str| match &root {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    };
+    let api_sock = resolve(&args[args.iter().position(|a| a == "--api-sock").unwrap() + 1]);
     let write_line = {
         let record = record.clone();
         move |line: String| {
@@ -87,12 +95,16 @@ fn fake_firecracker_vmm() {
     let fault_at = std::env::var(FAULT_AT).ok();
     let logger: Arc<Mutex<Option<PathBuf>>> = Arc::default();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut api = FakeApi::new(behaviour);
+    if let Some(root) = std::env::var_os(ROOT) {
+        api = api.chrooted(root.into());
+    }
     runtime.block_on(async move {
-        let api = FakeApi::new(behaviour).on_record(move |r: &Recorded| {
+        let api = api.on_record(move |r: &Recorded| {
             write_line(serde_json::to_string(r).unwrap());
             if r.path == "/logger" {
                 let path = r.body.as_ref().and_then(|b| b["log_path"].as_str());
-                *logger.lock().unwrap() = path.map(PathBuf::from);
+                *logger.lock().unwrap() = path.map(&resolve);
             }
             if die_at.as_deref() == Some(r.path.as_str()) {
                 std::process::exit(1);
@@ -110,7 +122,7 @@ fn fake_firecracker_vmm() {
                 std::process::exit(148);
             }
         });
-        api.serve(Path::new(&api_sock));
+        api.serve(&api_sock);
         std::future::pending::<()>().await;
     });
 }
@@ -230,6 +242,61 @@ impl Fixture {
             start_timeout,
         })
         .unwrap()
+    }
+
+    /// A jailed backend whose `jailer` is a stand-in: it records its argv, makes the cgroup
+    /// directory, joins the netns and runs the exec file with the jail root where the real
+    /// jailer would chroot (the fake VMM resolves its paths under it). It stays root: the
+    /// privilege drop is the real jailer's, but the ownership hearth prepares is checked.
+    fn jailed_backend(&self, uid: u32) -> FirecrackerBackend {
+        let direct = self.backend(&[], LONG);
+        let jailer = self.tmp.path().join("jailer");
+        let script = format!(
+            r#"#!/bin/sh
+printf '%s\n' "$@" > '{args}'
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2;;
+    --exec-file) exec_file=$2; shift 2;;
+    --chroot-base-dir) base=$2; shift 2;;
+    --netns) netns=$2; shift 2;;
+    --) shift; break;;
+    *) shift 2;;
+  esac
+done
+root="$base/$(basename "$exec_file")/$id/root"
+[ -d "$root" ] || {{ echo "no jail root $root" >&2; exit 1; }}
+mkdir -p '{cgroups}/firecracker/'"$id"
+export {ROOT}="$root"
+exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
+"#,
+            args = self.jailer_args().display(),
+            cgroups = self.cgroup_root().display(),
+        );
+        std::fs::write(&jailer, script).unwrap();
+        std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = direct.config();
+        FirecrackerBackend::new(FirecrackerConfig {
+            mode: LaunchMode::Jailed(JailerConfig {
+                jailer,
+                firecracker: config.firecracker.clone(),
+                uid,
+                gid: uid,
+                chroot_base: self.runtime.root().join("jail"),
+                cgroups: JailCgroups::V2,
+                cgroup_root: self.cgroup_root(),
+            }),
+            ..config.clone()
+        })
+        .unwrap()
+    }
+
+    fn jailer_args(&self) -> PathBuf {
+        self.tmp.path().join("jailer.args")
+    }
+
+    fn cgroup_root(&self) -> PathBuf {
+        self.tmp.path().join("cgroup")
     }
 
     fn ctx(&self) -> LaunchContext<'_> {
@@ -508,4 +575,102 @@ async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing()
     assert!(!clone_dirs.vm_dir().exists());
     assert_eq!(refusing.list().unwrap(), ["fc-source"]);
     tokio::task::block_in_place(|| backend.remove(&source)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_it() {
+    use std::os::unix::fs::MetadataExt;
+    const UID: u32 = 64_321;
+    let fx = Fixture::new("fc-jail");
+    let backend = fx.jailed_backend(UID);
+    let id = fx.spec.id.clone();
+    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx(), Some(net()))).unwrap();
+
+    let jail = fx.runtime.root().join("jail/firecracker/fc-jail");
+    let root = jail.join("root");
+    let jailer_args = std::fs::read_to_string(fx.jailer_args()).unwrap();
+    let jailer_args: Vec<&str> = jailer_args.lines().collect();
+    let netns = fx.netns.path();
+    let exec_file = fx.tmp.path().join("firecracker");
+    let base = fx.runtime.root().join("jail");
+    let expected = [
+        "--id",
+        "fc-jail",
+        "--exec-file",
+        exec_file.to_str().unwrap(),
+        "--uid",
+        "64321",
+        "--gid",
+        "64321",
+        "--chroot-base-dir",
+        base.to_str().unwrap(),
+        "--netns",
+        netns.to_str().unwrap(),
+        "--cgroup-version",
+        "2",
+        "--cgroup",
+        "cpu.max=100000 100000",
+        "--",
+        "--api-sock",
+        "/api.sock",
+        "--seccomp-filter",
+        "/seccomp.bpf",
+    ];
+    assert_eq!(jailer_args, expected);
+    assert_eq!(fx.header().netns, fx.netns.link());
+
+    // Firecracker was only given paths inside its jail...
+    let requests = fx.requests();
+    let body = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .and_then(|r| r.body.clone())
+            .unwrap()
+    };
+    assert_eq!(body("/boot-source")["kernel_image_path"], "/vmlinux");
+    assert_eq!(body("/boot-source")["initrd_path"], "/initrd.img");
+    assert_eq!(body("/drives/rootfs")["path_on_host"], "/rootfs.ext4");
+    assert_eq!(body("/drives/config")["path_on_host"], "/config.img");
+    assert_eq!(body("/vsock")["uds_path"], "/vsock.sock");
+    assert_eq!(body("/logger")["log_path"], "/firecracker.log");
+    assert!(requests.iter().all(|r| r.status < 300), "{requests:?}");
+
+    // ...and everything it opens or writes there belongs to its uid; the image is linked.
+    for name in [
+        "",
+        "config.img",
+        "firecracker.log",
+        "metrics.json",
+        "seccomp.bpf",
+    ] {
+        let meta = std::fs::metadata(root.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (UID, UID), "{name}");
+    }
+    let kernel = fx.tmp.path().join("images/vmlinux");
+    assert_eq!(
+        std::fs::metadata(root.join("vmlinux")).unwrap().ino(),
+        std::fs::metadata(&kernel).unwrap().ino()
+    );
+    assert!(fx.dirs.vmm_pid_file().exists(), "the pid file stays in vm/");
+
+    // The guest is reached through the jail's vsock socket.
+    let connector = backend.guest_connector(&id);
+    assert_eq!(connector.uds, root.join("vsock.sock"));
+    let mut guest = connector.connect().await.unwrap();
+    guest.write_all(b"jailed").await.unwrap();
+    let mut echoed = [0u8; 6];
+    guest.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"jailed");
+    let snapshot = backend.snapshot(&id).await.unwrap();
+    assert_eq!(snapshot.state, root.join("snapshot.state"));
+    assert!(snapshot.state.exists());
+
+    let cgroup = fx.cgroup_root().join("firecracker/fc-jail");
+    assert!(cgroup.exists());
+    assert_eq!(backend.list().unwrap(), ["fc-jail"]);
+    tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
+    assert!(!jail.exists() && !cgroup.exists() && !fx.dirs.vm_dir().exists());
+    assert!(kernel.exists(), "the cached image survives its jail");
+    assert!(backend.list().unwrap().is_empty());
 }

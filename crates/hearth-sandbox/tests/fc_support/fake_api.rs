@@ -56,6 +56,8 @@ pub struct FakeApi {
     state: Arc<Mutex<State>>,
     /// Called with each recorded request (the out-of-process fake appends them to a file).
     on_record: Arc<dyn Fn(&Recorded) + Send + Sync>,
+    /// Stands in for the jailer's chroot: absolute paths in bodies are resolved under it.
+    root: Option<PathBuf>,
 }
 
 impl FakeApi {
@@ -65,6 +67,21 @@ impl FakeApi {
             behaviour: Arc::new(behaviour),
             state: Arc::default(),
             on_record: Arc::new(|_| {}),
+            root: None,
+        }
+    }
+
+    /// Resolves the VMM's paths under `root`, as if chrooted there.
+    pub fn chrooted(mut self, root: PathBuf) -> Self {
+        self.root = Some(root);
+        self
+    }
+
+    /// A path from a request body, as the fake opens it.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
         }
     }
 
@@ -180,7 +197,7 @@ impl FakeApi {
                 }
                 state.started = true;
                 if let Some(uds) = state.vsock_uds.clone() {
-                    serve_vsock(&uds);
+                    serve_vsock(&self.resolve(&uds.to_string_lossy()));
                 }
             }
             ("PATCH", "/vm") => {
@@ -196,9 +213,9 @@ impl FakeApi {
                     return fault("Create snapshot: the microVM must be paused.");
                 }
                 for key in ["snapshot_path", "mem_file_path"] {
-                    let file = body[key].as_str().unwrap_or_default();
-                    if let Err(e) = std::fs::write(file, key) {
-                        return fault(format!("Cannot create {file}: {e}"));
+                    let file = self.resolve(body[key].as_str().unwrap_or_default());
+                    if let Err(e) = std::fs::write(&file, key) {
+                        return fault(format!("Cannot create {}: {e}", file.display()));
                     }
                 }
             }
@@ -212,8 +229,18 @@ impl FakeApi {
                 }
                 state.started = true;
                 state.paused = body["resume_vm"] != true;
+                for key in ["snapshot_path", "mem_backend"] {
+                    let file = match key {
+                        "mem_backend" => &body[key]["backend_path"],
+                        _ => &body[key],
+                    };
+                    let file = self.resolve(file.as_str().unwrap_or_default());
+                    if !file.exists() {
+                        return fault(format!("Cannot open {}", file.display()));
+                    }
+                }
                 if let Some(uds) = body["vsock_override"]["uds_path"].as_str() {
-                    serve_vsock(Path::new(uds));
+                    serve_vsock(&self.resolve(uds));
                 }
             }
             ("PUT", pre_boot) => {
@@ -222,13 +249,22 @@ impl FakeApi {
                         "The requested operation is not supported after starting the microVM.",
                     );
                 }
-                if pre_boot == "/logger" {
-                    let file = PathBuf::from(body["log_path"].as_str().unwrap_or_default());
-                    // Firecracker opens the file; it does not create it.
+                // Firecracker opens these files when they are configured, and creates none.
+                let opened = match pre_boot {
+                    "/logger" => vec![&body["log_path"]],
+                    "/metrics" => vec![&body["metrics_path"]],
+                    "/boot-source" => vec![&body["kernel_image_path"], &body["initrd_path"]],
+                    p if p.starts_with("/drives/") => vec![&body["path_on_host"]],
+                    _ => vec![],
+                };
+                for file in opened.into_iter().filter_map(Value::as_str) {
+                    let file = self.resolve(file);
                     if !file.exists() {
-                        return fault(format!("Logger: no such file {}", file.display()));
+                        return fault(format!("Cannot open {}: no such file", file.display()));
                     }
-                    state.logger = Some(file);
+                    if pre_boot == "/logger" {
+                        state.logger = Some(file);
+                    }
                 }
                 if pre_boot == "/vsock" {
                     state.vsock_uds = body["uds_path"].as_str().map(PathBuf::from);
