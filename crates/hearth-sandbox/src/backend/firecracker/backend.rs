@@ -1,6 +1,10 @@
 //! [`FirecrackerBackend`]: the [`SandboxBackend`] that runs each sandbox as a Firecracker VM.
 
-use std::collections::{BTreeSet, HashMap};
+mod control;
+
+pub use control::{SnapshotFiles, VmmExit};
+
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -8,11 +12,7 @@ use std::process::Child;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hearth_seccomp::audit::VmmFault;
-
-use super::api::{
-    ActionType, ApiCall, ApiRequest, InstanceAction, SnapshotCreate, SnapshotType, Vm, VmState,
-};
+use super::api::{ActionType, ApiCall, ApiRequest, InstanceAction};
 use super::boot::{restore_calls, BootPlan, GuestConfigDoc, VmImage, VmNet};
 use super::client::ApiClient;
 use super::jailer::JailerConfig;
@@ -33,8 +33,6 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an API call fails, how long the VMM may take to finish exiting for the failure to be
 /// reported as its exit (a dying VMM closes its sockets before its exit can be waited for).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// How much of each log a [`VmmExit`] carries.
-const LOG_TAIL: u64 = 64 * 1024;
 
 /// Whether Firecracker runs under the jailer.
 #[derive(Debug, Clone)]
@@ -57,34 +55,6 @@ pub struct FirecrackerConfig {
     pub runtime: RuntimeDirs,
     /// From spawning the VMM to `InstanceStart` accepted.
     pub start_timeout: Duration,
-}
-
-/// How a VMM ended, for the audit (`SeccompAuditLog::record_vmm_fault(exit_status(), &log)`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmmExit {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    /// The tails of Firecracker's logger file and of its stdout/stderr.
-    pub log: String,
-}
-
-impl VmmExit {
-    /// The status as a shell reports it: the code, or 128 + the signal.
-    pub fn exit_status(&self) -> i32 {
-        self.code.or(self.signal.map(|s| 128 + s)).unwrap_or(-1)
-    }
-
-    /// What the exit says about the VMM's seccomp filter (148 = a filtered syscall).
-    pub fn fault(&self) -> VmmFault {
-        VmmFault::from_exit(self.exit_status(), &self.log)
-    }
-}
-
-/// A snapshot's two files, on the host, in the VM's directory (the caller moves them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFiles {
-    pub state: PathBuf,
-    pub memory: PathBuf,
 }
 
 /// A fresh boot (with the guest's network, if any) or a restore from a snapshot.
@@ -208,8 +178,36 @@ impl FirecrackerBackend {
         ctx: &LaunchContext<'_>,
         boot: Boot<'_>,
     ) -> Result<(), FirecrackerError> {
+        let layout = self.layout(&spec.id);
+        let calls = self.stage(spec, &layout, boot)?;
+        let filter = self.write_filter(&layout)?;
+        let pidfd = self.spawn_vmm(spec, ctx, &layout, filter.as_deref())?;
+        let timeout = self.config.start_timeout;
+        let client = ApiClient::new(layout.host(layout::API_SOCKET));
+        let log = ctx.dirs.vmm_log();
+        let configure = self.configure(&spec.id, &client, &calls, pidfd.as_ref(), &log);
+        run_async(async {
+            tokio::time::timeout(timeout, configure)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(FirecrackerError::StartTimeout {
+                        id: spec.id.clone(),
+                        waited: timeout,
+                    })
+                })
+        })?
+    }
+
+    /// Puts everything the VMM opens where it will look (the jail, when jailed): image,
+    /// snapshot, config drive, empty log and metrics files. Returns the calls that configure
+    /// the VM from them: the boot plan and `InstanceStart`, or the snapshot load.
+    fn stage(
+        &self,
+        spec: &SandboxSpec,
+        layout: &VmLayout,
+        boot: Boot<'_>,
+    ) -> Result<Vec<ApiCall>, FirecrackerError> {
         let id = &spec.id;
-        let layout = self.layout(id);
         let (image, snapshot) = match &self.config.mode {
             LaunchMode::Direct => (
                 self.config.image.clone(),
@@ -230,59 +228,53 @@ impl FirecrackerBackend {
             }
         };
         let config = GuestConfigDoc::new(id.as_str(), spec.guest_seccomp.as_deref());
-        self.write_vm_file(&layout, layout::CONFIG_IMAGE, &config.to_image()?)?;
-        self.write_vm_file(&layout, layout::FIRECRACKER_LOG, b"")?;
-        self.write_vm_file(&layout, layout::METRICS, b"")?;
-        let filter_path = layout.host(layout::SECCOMP_FILTER);
-        let filter = write_filter_file(&self.config.vmm_filter, &filter_path)?
-            .then(|| layout.vmm(layout::SECCOMP_FILTER));
-        if filter.is_some() {
-            self.give(&filter_path)?;
+        self.write_vm_file(layout, layout::CONFIG_IMAGE, &config.to_image()?)?;
+        self.write_vm_file(layout, layout::FIRECRACKER_LOG, b"")?;
+        self.write_vm_file(layout, layout::METRICS, b"")?;
+        if let (Boot::Restore(_), Some((state, memory))) = (boot, snapshot) {
+            return Ok(restore_calls(layout, &state, &memory)?);
         }
+        let net = match boot {
+            Boot::Fresh(net) => net,
+            Boot::Restore(_) => None,
+        };
+        let mut calls = BootPlan::new(layout, &image, &spec.limits, net).calls()?;
+        let start = InstanceAction {
+            action_type: ActionType::InstanceStart,
+        };
+        calls.push(start.call()?);
+        Ok(calls)
+    }
 
-        let command = self.command(id, ctx, &layout, filter.as_deref(), spec);
-        let child = command.spawn()?;
+    /// Writes the VMM's seccomp filter; returns its path as the VMM sees it, if there is one.
+    fn write_filter(&self, layout: &VmLayout) -> Result<Option<PathBuf>, FirecrackerError> {
+        let path = layout.host(layout::SECCOMP_FILTER);
+        if !write_filter_file(&self.config.vmm_filter, &path)? {
+            return Ok(None);
+        }
+        self.give(&path)?;
+        Ok(Some(layout.vmm(layout::SECCOMP_FILTER)))
+    }
+
+    /// Spawns the VMM and records it; returns a pidfd for it.
+    fn spawn_vmm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        layout: &VmLayout,
+        filter: Option<&Path>,
+    ) -> Result<Option<Pidfd>, FirecrackerError> {
+        let child = self.command(&spec.id, ctx, layout, filter, spec).spawn()?;
         let pid = child.id();
-        self.children().insert(id.clone(), child);
+        self.children().insert(spec.id.clone(), child);
         ProcessStamp::of(pid)?.write(&ctx.dirs.vmm_pid_file())?;
         // Our unreaped child: its pid can't be reused, so the pidfd names the VMM. It turns
         // readable once the whole process has exited, which is when `wait` can report it.
-        let pidfd = i32::try_from(pid)
+        Ok(i32::try_from(pid)
             .ok()
             .and_then(|pid| Pidfd::open(pid).transpose())
             .transpose()
-            .map_err(ProcessError::from)?;
-
-        let calls = match (&boot, snapshot) {
-            (Boot::Fresh(net), _) => {
-                let plan = BootPlan::new(&layout, &image, &spec.limits, *net);
-                let start = InstanceAction {
-                    action_type: ActionType::InstanceStart,
-                };
-                let mut calls = plan.calls()?;
-                calls.push(start.call()?);
-                calls
-            }
-            (Boot::Restore(_), Some((state, memory))) => restore_calls(&layout, &state, &memory)?,
-            (Boot::Restore(_), None) => unreachable!("a restore always has snapshot files"),
-        };
-        let timeout = self.config.start_timeout;
-        let client = ApiClient::new(layout.host(layout::API_SOCKET));
-        let log = ctx.dirs.vmm_log();
-        run_async(async {
-            match tokio::time::timeout(
-                timeout,
-                self.configure(id, &client, &calls, pidfd.as_ref(), &log),
-            )
-            .await
-            {
-                Ok(done) => done,
-                Err(_) => Err(FirecrackerError::StartTimeout {
-                    id: id.clone(),
-                    waited: timeout,
-                }),
-            }
-        })?
+            .map_err(ProcessError::from)?)
     }
 
     fn command(
@@ -435,127 +427,6 @@ impl FirecrackerBackend {
             Err(FirecrackerError::Cleanup(errors))
         }
     }
-
-    /// How the VMM ended, if this process spawned it and it has exited (non-blocking). Read
-    /// before `remove`, which deletes the logs.
-    pub fn vmm_exit(&self, id: &SandboxId) -> Option<VmmExit> {
-        let status = self.children().get_mut(id)?.try_wait().ok()??;
-        Some(self.collect_exit(id, status))
-    }
-
-    /// Blocks until the VMM this process spawned exits (run it on a blocking thread); `None`
-    /// when this process did not spawn it.
-    pub fn wait_vmm_exit(&self, id: &SandboxId) -> Option<VmmExit> {
-        let pid = self.children().get(id)?.id();
-        let stamp = ProcessStamp::of(pid).ok();
-        // Wait through a pidfd so the lock is not held while the VMM runs.
-        if let Some(pidfd) = i32::try_from(pid)
-            .ok()
-            .and_then(|pid| Pidfd::open(pid).ok().flatten())
-        {
-            while stamp.is_some_and(|s| s.is_alive()) {
-                if pidfd.wait(Duration::from_secs(60)).unwrap_or(true) {
-                    break;
-                }
-            }
-        }
-        let status = self.children().get_mut(id)?.wait().ok()?;
-        Some(self.collect_exit(id, status))
-    }
-
-    fn collect_exit(&self, id: &SandboxId, status: std::process::ExitStatus) -> VmmExit {
-        use std::os::unix::process::ExitStatusExt;
-        let logger = self.layout(id).host(layout::FIRECRACKER_LOG);
-        let stdio = self.dirs(id).vmm_log();
-        VmmExit {
-            code: status.code(),
-            signal: status.signal(),
-            log: format!("{}{}", tail(&logger), tail(&stdio)),
-        }
-    }
-
-    /// A client for a sandbox whose VMM runs.
-    fn running_client(&self, id: &SandboxId) -> Result<ApiClient, FirecrackerError> {
-        if self.vm_running(id)? {
-            Ok(self.api_client(id))
-        } else {
-            Err(FirecrackerError::NotRunning { id: id.clone() })
-        }
-    }
-
-    /// `PATCH /vm {"state": "Paused"}`: vCPUs stop; memory and devices stay.
-    pub async fn pause(&self, id: &SandboxId) -> Result<(), FirecrackerError> {
-        let client = self.running_client(id)?;
-        Ok(client
-            .send(&Vm {
-                state: VmState::Paused,
-            })
-            .await?)
-    }
-
-    /// `PATCH /vm {"state": "Resumed"}`.
-    pub async fn resume(&self, id: &SandboxId) -> Result<(), FirecrackerError> {
-        let client = self.running_client(id)?;
-        Ok(client
-            .send(&Vm {
-                state: VmState::Resumed,
-            })
-            .await?)
-    }
-
-    /// Pauses, takes a full snapshot into the VM's directory, and resumes (also when the
-    /// snapshot failed, so a failed snapshot does not leave the sandbox frozen).
-    pub async fn snapshot(&self, id: &SandboxId) -> Result<SnapshotFiles, FirecrackerError> {
-        let client = self.running_client(id)?;
-        let layout = self.layout(id);
-        client
-            .send(&Vm {
-                state: VmState::Paused,
-            })
-            .await?;
-        let created = client
-            .send(&SnapshotCreate {
-                snapshot_path: layout.vmm(layout::SNAPSHOT_STATE),
-                mem_file_path: layout.vmm(layout::SNAPSHOT_MEMORY),
-                snapshot_type: SnapshotType::Full,
-            })
-            .await;
-        let resumed = client
-            .send(&Vm {
-                state: VmState::Resumed,
-            })
-            .await;
-        created?;
-        resumed?;
-        Ok(SnapshotFiles {
-            state: layout.host(layout::SNAPSHOT_STATE),
-            memory: layout.host(layout::SNAPSHOT_MEMORY),
-        })
-    }
-
-    fn vm_running(&self, id: &SandboxId) -> Result<bool, FirecrackerError> {
-        if let Some(child) = self.children().get_mut(id) {
-            return Ok(matches!(child.try_wait(), Ok(None)));
-        }
-        Ok(ProcessStamp::read(&self.dirs(id).vmm_pid_file())?.is_some_and(|s| s.is_alive()))
-    }
-
-    fn list_vms(&self) -> Result<Vec<String>, FirecrackerError> {
-        let mut ids = BTreeSet::new();
-        for name in self.config.runtime.list_sandbox_dirs()? {
-            let Ok(id) = SandboxId::parse(&name) else {
-                continue;
-            };
-            if self.vm_running(&id)? {
-                ids.insert(name);
-            }
-        }
-        if let LaunchMode::Jailed(jailer) = &self.config.mode {
-            // A jail left by a crash is still something to remove.
-            ids.extend(jailer.list());
-        }
-        Ok(ids.into_iter().collect())
-    }
 }
 
 impl SandboxBackend for FirecrackerBackend {
@@ -615,17 +486,4 @@ where
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
-}
-
-/// The last [`LOG_TAIL`] bytes of a file, or nothing.
-fn tail(path: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
 }
