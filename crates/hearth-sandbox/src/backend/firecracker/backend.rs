@@ -52,6 +52,8 @@ pub struct FirecrackerConfig {
     pub image: VmImage,
     /// The VMM's own seccomp filter (not the sandbox's policy, which the guest applies).
     pub vmm_filter: VmmFilter,
+    /// The same runtime root the manager makes sandbox dirs in: `remove`, `list` and the VM
+    /// operations find a sandbox's `vm/` from its id through it.
     pub runtime: RuntimeDirs,
     /// From spawning the VMM to `InstanceStart` accepted.
     pub start_timeout: Duration,
@@ -157,6 +159,11 @@ impl FirecrackerBackend {
         ctx: &LaunchContext<'_>,
         boot: Boot<'_>,
     ) -> Result<GuestEndpoint, FirecrackerError> {
+        debug_assert_eq!(
+            ctx.dirs.base(),
+            self.dirs(&spec.id).base(),
+            "the launch context's sandbox dir must be under the backend's runtime root"
+        );
         // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
         ctx.dirs.create_vm_dir()?;
         match self.launch(spec, ctx, boot) {

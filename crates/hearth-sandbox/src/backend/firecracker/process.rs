@@ -228,7 +228,10 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec![
                 "-c".into(),
-                "readlink /proc/self/ns/net; ps -o sid= -p $$; echo $$; exec sleep 60".into(),
+                // Field 6 of /proc/PID/stat is the session id (sh's comm has no spaces).
+                "readlink /proc/self/ns/net; read -r _ _ _ _ _ sid _ < /proc/$$/stat; \
+                 echo $sid; echo $$; exec sleep 60"
+                    .into(),
             ],
             netns: Some(holder_ns.clone()),
             log: log.clone(),
