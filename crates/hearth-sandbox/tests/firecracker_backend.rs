@@ -523,6 +523,13 @@ async fn a_vmm_seccomp_fault_is_exposed_with_exit_status_148() {
     assert_eq!(exit.exit_status(), 148);
     assert_eq!(exit.fault(), VmmFault::Syscall(41));
     assert!(!backend.is_running(&id).unwrap());
+    // A process that did not spawn the VMM has no status, but the log still names the call.
+    let other = fx.backend(&[], LONG);
+    assert!(other.vmm_exit(&id).is_none());
+    assert_eq!(
+        VmmFault::from_exit(-1, &other.vmm_log_tail(&id)),
+        VmmFault::Syscall(41)
+    );
     tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
     assert!(!fx.dirs.vm_dir().exists());
 }

@@ -60,17 +60,13 @@ impl FirecrackerBackend {
     /// when this process did not spawn it.
     pub fn wait_vmm_exit(&self, id: &SandboxId) -> Option<VmmExit> {
         let pid = self.children().get(id)?.id();
-        let stamp = ProcessStamp::of(pid).ok();
-        // Wait through a pidfd so the lock is not held while the VMM runs.
+        // Wait through a pidfd so the lock is not held while the VMM runs; it turns readable
+        // when the whole process has exited, so the `wait` below returns at once.
         if let Some(pidfd) = i32::try_from(pid)
             .ok()
             .and_then(|pid| Pidfd::open(pid).ok().flatten())
         {
-            while stamp.is_some_and(|s| s.is_alive()) {
-                if pidfd.wait(Duration::from_secs(60)).unwrap_or(true) {
-                    break;
-                }
-            }
+            while !pidfd.wait(Duration::from_secs(60)).unwrap_or(true) {}
         }
         let status = self.children().get_mut(id)?.wait().ok()?;
         Some(self.collect_exit(id, status))
@@ -78,13 +74,20 @@ impl FirecrackerBackend {
 
     fn collect_exit(&self, id: &SandboxId, status: ExitStatus) -> VmmExit {
         use std::os::unix::process::ExitStatusExt;
-        let logger = self.layout(id).host(layout::FIRECRACKER_LOG);
-        let stdio = self.dirs(id).vmm_log();
         VmmExit {
             code: status.code(),
             signal: status.signal(),
-            log: format!("{}{}", tail(&logger), tail(&stdio)),
+            log: self.vmm_log_tail(id),
         }
+    }
+
+    /// The tails of Firecracker's logger file and of its stdout/stderr. For a VMM this process
+    /// did not spawn (so no exit status), `VmmFault::from_exit(-1, &log)` still finds a
+    /// seccomp fault by its "bad syscall (N)" line.
+    pub fn vmm_log_tail(&self, id: &SandboxId) -> String {
+        let logger = self.layout(id).host(layout::FIRECRACKER_LOG);
+        let stdio = self.dirs(id).vmm_log();
+        format!("{}{}", tail(&logger), tail(&stdio))
     }
 
     /// A client for a sandbox whose VMM runs.
