@@ -359,9 +359,7 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     assert_eq!(arg("--id"), "fc-life");
     assert_eq!(header.netns, fx.netns.link());
     assert_eq!(header.sid, i32::try_from(header.pid).unwrap());
-    let stamp = ProcessStamp::read(&fx.dirs.vmm_pid_file())
-        .unwrap()
-        .unwrap();
+    let stamp = ProcessStamp::read(&fx.dirs.vm_pid_file()).unwrap().unwrap();
     assert_eq!(stamp.pid, header.pid);
 
     let sequence: Vec<String> = fx
@@ -400,7 +398,7 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     );
 
     // The config drive carries the hostname and the guest's seccomp program.
-    let image = std::fs::read(fx.dirs.vm_config_image()).unwrap();
+    let image = std::fs::read(fx.dirs.vm_config_img()).unwrap();
     let end = image.iter().position(|&b| b == 0).unwrap();
     let doc: GuestConfigDoc = serde_json::from_slice(&image[..end]).unwrap();
     assert_eq!(doc.hostname, "fc-life");
@@ -471,7 +469,7 @@ fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
     match &err {
         FirecrackerError::VmmExited { status, log, .. } => {
             assert!(status.contains("exit status: 1"), "{status}");
-            assert_eq!(log, &fx.dirs.vmm_log());
+            assert_eq!(log, &fx.dirs.vm_log());
         }
         other => panic!("{other}"),
     }
@@ -659,7 +657,7 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
         std::fs::metadata(root.join("vmlinux")).unwrap().ino(),
         std::fs::metadata(&kernel).unwrap().ino()
     );
-    assert!(fx.dirs.vmm_pid_file().exists(), "the pid file stays in vm/");
+    assert!(fx.dirs.vm_pid_file().exists(), "the pid file stays in vm/");
 
     // The guest is reached through the jail's vsock socket.
     let connector = backend.guest_connector(&id);

@@ -191,7 +191,7 @@ impl FirecrackerBackend {
         let pidfd = self.spawn_vmm(spec, ctx, &layout, filter.as_deref())?;
         let timeout = self.config.start_timeout;
         let client = ApiClient::new(layout.host(layout::API_SOCKET));
-        let log = ctx.dirs.vmm_log();
+        let log = ctx.dirs.vm_log();
         let configure = self.configure(&spec.id, &client, &calls, pidfd.as_ref(), &log);
         run_async(async {
             tokio::time::timeout(timeout, configure)
@@ -274,7 +274,7 @@ impl FirecrackerBackend {
         let child = self.command(&spec.id, ctx, layout, filter, spec).spawn()?;
         let pid = child.id();
         self.children().insert(spec.id.clone(), child);
-        ProcessStamp::of(pid)?.write(&ctx.dirs.vmm_pid_file())?;
+        ProcessStamp::of(pid)?.write(&ctx.dirs.vm_pid_file())?;
         // Our unreaped child: its pid can't be reused, so the pidfd names the VMM. It turns
         // readable once the whole process has exited, which is when `wait` can report it.
         Ok(i32::try_from(pid)
@@ -308,14 +308,14 @@ impl FirecrackerBackend {
                     program: self.config.firecracker.clone(),
                     args,
                     netns: Some(ctx.netns_path.clone()),
-                    log: ctx.dirs.vmm_log(),
+                    log: ctx.dirs.vm_log(),
                 }
             }
             LaunchMode::Jailed(jailer) => VmmCommand {
                 program: jailer.jailer.clone(),
                 args: jailer.argv(&jailer.jail(id), &ctx.netns_path, spec.limits.cpus, filter),
                 netns: None,
-                log: ctx.dirs.vmm_log(),
+                log: ctx.dirs.vm_log(),
             },
         }
     }
@@ -405,7 +405,7 @@ impl FirecrackerBackend {
             let _ = child.kill();
             let _ = child.wait();
         } else {
-            match ProcessStamp::read(&dirs.vmm_pid_file()) {
+            match ProcessStamp::read(&dirs.vm_pid_file()) {
                 Ok(Some(stamp)) => {
                     if let Err(err) = stamp.kill(KILL_TIMEOUT) {
                         errors.push(err.into());

@@ -278,6 +278,25 @@ mod tests {
     }
 
     #[test]
+    fn config_drive_holds_the_strictest_profiles_guest_bpf() {
+        // What `--guest-seccomp default|strict` puts in the spec: about 12 and 10 KB of BPF,
+        // 16 KB of drive once in base64, far past a single 4096-byte block.
+        for name in ["default", "strict"] {
+            let policy = hearth_seccomp::profile(name).unwrap();
+            let filters = hearth_seccomp::render_bpf(&policy).unwrap();
+            let bpf = hearth_proto::bpf::encode(&filters.to_raw()).unwrap();
+            let image = GuestConfigDoc::new("sb-1", Some(&bpf)).to_image().unwrap();
+            assert!(image.len() > CONFIG_BLOCK && image.len().is_multiple_of(CONFIG_BLOCK));
+            let end = image.iter().position(|&b| b == 0).unwrap();
+            let doc: GuestConfigDoc = serde_json::from_slice(&image[..end]).unwrap();
+            let back = base64::engine::general_purpose::STANDARD
+                .decode(doc.seccomp_bpf_b64.unwrap())
+                .unwrap();
+            assert_eq!(back, bpf);
+        }
+    }
+
+    #[test]
     fn plan_orders_calls_and_sizes_the_machine() {
         let layout = VmLayout::jailed(Path::new("/jail/root"));
         let image = VmImage {

@@ -86,7 +86,7 @@ impl FirecrackerBackend {
     /// seccomp fault by its "bad syscall (N)" line.
     pub fn vmm_log_tail(&self, id: &SandboxId) -> String {
         let logger = self.layout(id).host(layout::FIRECRACKER_LOG);
-        let stdio = self.dirs(id).vmm_log();
+        let stdio = self.dirs(id).vm_log();
         format!("{}{}", tail(&logger), tail(&stdio))
     }
 
@@ -153,7 +153,7 @@ impl FirecrackerBackend {
         if let Some(child) = self.children().get_mut(id) {
             return Ok(matches!(child.try_wait(), Ok(None)));
         }
-        Ok(ProcessStamp::read(&self.dirs(id).vmm_pid_file())?.is_some_and(|s| s.is_alive()))
+        Ok(ProcessStamp::read(&self.dirs(id).vm_pid_file())?.is_some_and(|s| s.is_alive()))
     }
 
     pub(super) fn list_vms(&self) -> Result<Vec<String>, FirecrackerError> {
