@@ -16,6 +16,11 @@
 //! guest is then reached through Firecracker's vsock socket ([`vsock::VsockConnector`]); the
 //! relay serves the sandbox's usual guest socket on top of it.
 //!
+//! A running VM can be paused, resumed and snapshotted (`PATCH /vm`, `PUT /snapshot/create`),
+//! and a new sandbox restored from a snapshot (`PUT /snapshot/load` on a fresh VMM). The
+//! process that spawned a VMM can read how it ended ([`VmmExit`]: exit status 148 and the
+//! "bad syscall (N)" log line are a seccomp fault of the VMM's own filter, for the audit).
+//!
 //! # Measuring `InstanceStart` to guest-ready (goal: at most 150 ms on KVM hardware)
 //! Firecracker cannot run on hosts without usable KVM, so this is how `hearth bench boot
 //! --backend firecracker` measures it where it can. The clock is `Instant` (monotonic) in the
