@@ -16,6 +16,8 @@
 //!     seccomp.sock          the seccomp supervisor's listener (`listenerPath`)
 //!     supervisor.pid/.log   the seccomp supervisor's pid and start time, and its stderr
 //!     guest-seccomp.bpf     raw BPF for `hearth-guest --seccomp-bpf`, when asked for
+//!     vm/                   0700, VM backends only: qmp.sock, guest-serial.sock, vsock.sock,
+//!                           api.sock, config.img, vmm.log, vmm.pid, console.log
 //! ```
 //!
 //! Every directory is created exclusively (`mkdir` fails if the name exists) with mode 0700, and
@@ -190,6 +192,50 @@ impl SandboxDirs {
     }
     pub fn guest_log(&self) -> PathBuf {
         self.base.join("guest.log")
+    }
+
+    /// The VM backends' per-sandbox directory.
+    pub fn vm_dir(&self) -> PathBuf {
+        self.base.join("vm")
+    }
+    /// QEMU's QMP control socket.
+    pub fn vm_qmp_socket(&self) -> PathBuf {
+        self.vm_dir().join("qmp.sock")
+    }
+    /// QEMU's chardev socket behind the guest's virtio-serial port.
+    pub fn vm_serial_socket(&self) -> PathBuf {
+        self.vm_dir().join("guest-serial.sock")
+    }
+    /// Firecracker's vsock Unix socket.
+    pub fn vm_vsock_socket(&self) -> PathBuf {
+        self.vm_dir().join("vsock.sock")
+    }
+    /// Firecracker's API socket.
+    pub fn vm_api_socket(&self) -> PathBuf {
+        self.vm_dir().join("api.sock")
+    }
+    /// The config drive (`hearth.config=/dev/vdb`).
+    pub fn vm_config_img(&self) -> PathBuf {
+        self.vm_dir().join("config.img")
+    }
+    /// The VMM's own stdout and stderr.
+    pub fn vm_log(&self) -> PathBuf {
+        self.vm_dir().join("vmm.log")
+    }
+    /// `PID STARTTIME` of the VMM, written once when it is started.
+    pub fn vm_pid_file(&self) -> PathBuf {
+        self.vm_dir().join("vmm.pid")
+    }
+    /// The guest's serial console (kernel and early init messages).
+    pub fn vm_console_log(&self) -> PathBuf {
+        self.vm_dir().join("console.log")
+    }
+
+    /// Creates the VM directory (0700). Fails if it exists.
+    pub fn create_vm_dir(&self) -> Result<PathBuf, DirsError> {
+        let path = self.vm_dir();
+        mkdir_private(&path)?;
+        Ok(path)
     }
 
     /// Creates the default workspace directory (0700; the sandbox's root user owns it).

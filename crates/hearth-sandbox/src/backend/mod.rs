@@ -4,6 +4,7 @@
 //! trait and hand back the same kind of [`GuestEndpoint`], so everything above this layer (exec,
 //! files, tasks) is backend-agnostic.
 
+pub mod firecracker;
 pub mod oci;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use crate::dirs::SandboxDirs;
 use crate::id::SandboxId;
 use crate::spec::SandboxSpec;
 
+pub use firecracker::{FirecrackerBackend, FirecrackerError};
 pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
 
 /// Which isolation technology runs a sandbox.
@@ -23,12 +25,14 @@ pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
 pub enum BackendKind {
     #[default]
     Oci,
+    Firecracker,
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Oci => "oci",
+            Self::Firecracker => "firecracker",
         })
     }
 }
@@ -58,6 +62,8 @@ pub struct LaunchContext<'a> {
 pub enum BackendError {
     #[error(transparent)]
     Oci(#[from] OciError),
+    #[error(transparent)]
+    Firecracker(#[from] FirecrackerError),
 }
 
 /// A technology that can start and remove isolated sandboxes.
