@@ -140,6 +140,9 @@ pub struct SandboxSpec {
     /// process it starts, on top of the runtime's filter; `None` leaves filtering to the runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_seccomp: Option<Vec<u8>>,
+    /// Which isolation technology runs it (records from before this field are OCI).
+    #[serde(default)]
+    pub backend: crate::backend::BackendKind,
 }
 
 #[cfg(test)]

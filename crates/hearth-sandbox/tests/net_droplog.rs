@@ -33,12 +33,17 @@ fn drops_are_logged_with_sandbox_reason_and_destination() {
         ..test_config()
     };
     let mgr = FirewallManager::new(config, Arc::new(MemorySlotStore::new())).unwrap();
-    let mut reader = NflogReader::bind(group).expect("bind nflog group");
-
     let id = unique_id("nflog");
     let net = mgr
         .setup(&id, &NetPolicy::allowlist(&["203.0.113.10/32"]).unwrap())
         .unwrap();
+    // Each sandbox logs to the group of its slot.
+    let link_group = net.link.as_ref().unwrap().log_group;
+    assert_eq!(
+        link_group,
+        group + u16::try_from(net.link.as_ref().unwrap().slot).unwrap()
+    );
+    let mut reader = NflogReader::bind(link_group).expect("bind nflog group");
     struct Down<'a>(&'a FirewallManager, hearth_sandbox::SandboxId);
     impl Drop for Down<'_> {
         fn drop(&mut self) {

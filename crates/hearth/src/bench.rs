@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use hearth_proto::ExecRequest;
+use hearth_sandbox::backend::BackendKind;
 use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
@@ -107,7 +108,7 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
     };
     let manager = settings.manager().await?;
     manager.reconcile().await?;
-    let runtime = manager.backend.describe();
+    let runtime = manager.backends.get(BackendKind::Oci)?.describe();
     let scratch = tempfile::Builder::new()
         .prefix("hearth-bench-")
         .tempdir_in(manager.dirs.root())?;
@@ -237,6 +238,7 @@ fn bench_spec() -> SandboxSpec {
         seccomp: None,
         net: Default::default(),
         guest_seccomp: None,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
     }
 }
 

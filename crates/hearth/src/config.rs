@@ -6,6 +6,8 @@ use std::sync::Arc;
 use hearth_sandbox::net::{FirewallConfig, FirewallManager};
 
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
+
+use crate::sandboxes::Backends;
 use hearth_sandbox::dirs::RuntimeDirs;
 
 use crate::cli::GlobalArgs;
@@ -25,6 +27,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub oci_runtime: Option<OciRuntimeKind>,
     pub guest_binary: PathBuf,
+    /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -43,6 +47,7 @@ impl Settings {
                 .guest_binary
                 .clone()
                 .unwrap_or_else(default_guest_binary),
+            dns_upstream: args.dns_upstream,
         })
     }
 
@@ -64,9 +69,10 @@ impl Settings {
         Ok(SandboxManager {
             store,
             dirs,
-            backend: Box::new(OciBackend::new(runtime)),
+            backends: Backends::new(Box::new(OciBackend::new(runtime))),
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
+            dns_upstream: self.dns_upstream,
         })
     }
 }

@@ -94,6 +94,7 @@ fn sandbox_code(err: &SandboxError) -> u8 {
             }
         }
         SandboxError::Backend(_) => SANDBOX_FAILED,
+        SandboxError::BackendUnavailable(_) => HOST,
         SandboxError::Guest(guest) => guest_code(guest),
         SandboxError::Supervisor(_) => SANDBOX_FAILED,
         SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,

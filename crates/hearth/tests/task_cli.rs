@@ -217,3 +217,46 @@ fn the_api_key_never_enters_the_sandbox() {
     assert!(!text.contains(KEY), "the key leaked into the task record");
     assert!(!stdout(&out).contains(KEY) && !stderr(&out).contains(KEY));
 }
+
+#[test]
+fn denials_and_drops_reach_the_task_timeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One shell turn that makes a denied call (ptrace: EPERM under the default profile) and
+    // tries a host port the firewall drops (the host side of the sandbox's link, port 9).
+    let command = "python3 -c 'import ctypes; print(\"ptrace\", ctypes.CDLL(None).ptrace(16, 1, 0, 0))'; \
+        host=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf); \
+        python3 -c 'import socket, sys; s = socket.socket(); s.settimeout(1); print(\"connect\", s.connect_ex((sys.argv[1], 9)))' \"$host\"";
+    let turns = serde_json::json!([
+        {"tool_calls": [{"name": "shell", "arguments": {"command": command, "timeout_s": 30}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}},
+        {"content": "done", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+    ]);
+    let out = hearth_run()
+        .env("HEARTH_SCRIPTED_FIXTURE", fixture(tmp.path(), turns))
+        .args(["Probe the sandbox.", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let task = result_of(&printed);
+    let events = export(task["id"].as_str().unwrap());
+    let denial = events
+        .iter()
+        .find(|e| e["kind"] == "syscall_denied" && e["data"]["syscall"] == "ptrace")
+        .unwrap_or_else(|| panic!("ptrace denial in the timeline: {events:?}"));
+    assert_eq!(denial["data"]["action"], "denied_eperm");
+    let drop = events
+        .iter()
+        .find(|e| e["kind"] == "network_drop" && e["data"]["port"] == 9)
+        .unwrap_or_else(|| panic!("the drop in the timeline: {events:?}"));
+    assert_eq!(drop["data"]["reason"], "host");
+    // The tool call came before the denial it caused, in one ordered timeline.
+    let tool_seq = events
+        .iter()
+        .find(|e| e["kind"] == "agent" && e["data"]["type"] == "tool_call")
+        .and_then(|e| e["seq"].as_i64())
+        .unwrap();
+    assert!(denial["seq"].as_i64().unwrap() > tool_seq);
+    // `--json` progress carried them live too.
+    assert!(printed.contains("\"type\":\"syscall_denied\""), "{printed}");
+    assert!(printed.contains("\"type\":\"network_drop\""), "{printed}");
+}

@@ -1,10 +1,11 @@
 //! Sandbox backends: the one trait every isolation technology implements.
 //!
-//! The OCI and QEMU backends implement it (Firecracker too, on its branch) and hand back the same
-//! kind of [`GuestEndpoint`], so everything above this layer (exec, files, tasks) is
+//! The OCI, Firecracker and QEMU backends implement it and hand back the same kind of
+//! [`GuestEndpoint`], so everything above this layer (exec, files, tasks) is
 //! backend-agnostic. VM backends reach the guest through [`vm::relay`], which serves the usual
 //! guest socket on the host.
 
+pub mod firecracker;
 pub mod oci;
 pub mod qemu;
 pub mod vm;
@@ -18,15 +19,18 @@ use crate::dirs::SandboxDirs;
 use crate::id::SandboxId;
 use crate::spec::SandboxSpec;
 
+pub use firecracker::{FirecrackerBackend, FirecrackerError};
 pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
 pub use qemu::{QemuBackend, QemuError};
 pub use vm::{GuestNet, VmImagePaths};
 
 /// Which isolation technology runs a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    #[default]
     Oci,
+    Firecracker,
     Qemu,
 }
 
@@ -34,6 +38,7 @@ impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Oci => "oci",
+            Self::Firecracker => "firecracker",
             Self::Qemu => "qemu",
         })
     }
@@ -68,6 +73,8 @@ pub struct LaunchContext<'a> {
 pub enum BackendError {
     #[error(transparent)]
     Oci(#[from] OciError),
+    #[error(transparent)]
+    Firecracker(#[from] FirecrackerError),
     #[error(transparent)]
     Qemu(#[from] QemuError),
 }

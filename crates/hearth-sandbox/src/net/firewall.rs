@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::netns::{self, NetError};
 use super::nft::{Nft, NftBackend, NftError};
@@ -28,8 +28,10 @@ use crate::{SandboxId, SandboxNames};
 /// The name of the sandbox's side of its veth pair, inside its namespace.
 pub const SANDBOX_IF: &str = "eth0";
 
-/// The nflog group drop rules log to (the drop-log reader subscribes to it).
-pub const DEFAULT_LOG_GROUP: u16 = 4711;
+/// The first nflog group: the sandbox in pool slot N logs its drops to group `base + N`, so each
+/// sandbox's supervisor reads its own group (the kernel lets one socket bind a group, and hearth
+/// has no daemon to share one reader). 20000 leaves room for the 16384 slots of the default pool.
+pub const DEFAULT_LOG_GROUP: u16 = 20000;
 
 /// The port hearth's LLM gateway listens on at each sandbox's host-side address (the daemon
 /// should set [`FirewallConfig::gateway_ports`] to what it really uses).
@@ -46,8 +48,16 @@ pub struct FirewallConfig {
     pub gateway_ports: Vec<u16>,
     /// Port of hearth's DNS resolver on the host-side address (TCP and UDP); always allowed.
     pub dns_port: u16,
+    /// The nflog group of slot 0; see [`DEFAULT_LOG_GROUP`].
     pub log_group: u16,
     pub nft: NftBackend,
+}
+
+impl FirewallConfig {
+    /// The nflog group of the sandbox in `slot` ([`FirewallManager::new`] checked they all fit).
+    pub fn log_group_of(&self, slot: u32) -> u16 {
+        u16::try_from(u32::from(self.log_group) + slot).unwrap_or(u16::MAX)
+    }
 }
 
 impl Default for FirewallConfig {
@@ -85,6 +95,11 @@ pub enum FirewallError {
         slot: u32,
         pool: Ipv4Net,
     },
+    #[error(
+        "nflog groups {base}..{base}+{capacity} do not fit in 16 bits: lower the log group or \
+         use a smaller address pool"
+    )]
+    LogGroupRange { base: u16, capacity: u32 },
     #[error("{SANDBOX_IF} of sandbox {id} vanished from {} during setup", path.display())]
     PeerMissing { id: SandboxId, path: PathBuf },
     #[error("cannot write {}: {source}", path.display())]
@@ -116,9 +131,11 @@ pub struct SandboxNetwork {
 }
 
 /// The veth link of a sandbox and the addresses on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxLink {
     pub slot: u32,
+    /// The nflog group this sandbox's drop rules log to.
+    pub log_group: u16,
     pub host_if: String,
     pub sandbox_if: String,
     pub subnet: Ipv4Net,
@@ -156,6 +173,14 @@ pub struct FirewallManager {
 
 impl FirewallManager {
     pub fn new(config: FirewallConfig, store: Arc<dyn SlotStore>) -> Result<Self, FirewallError> {
+        // Checked once here so no slot can ever get a group that wraps into another's.
+        let capacity = config.pool.capacity();
+        if u32::from(config.log_group) + capacity > u32::from(u16::MAX) + 1 {
+            return Err(FirewallError::LogGroupRange {
+                base: config.log_group,
+                capacity,
+            });
+        }
         let nft = Nft::new(&config.nft)?;
         Ok(Self { config, store, nft })
     }
@@ -241,7 +266,7 @@ impl FirewallManager {
             pool: self.config.pool.net(),
             gateway_ports: &self.config.gateway_ports,
             dns_port: self.config.dns_port,
-            log_group: self.config.log_group,
+            log_group: self.config.log_group_of(addrs.index),
             policy,
         };
         self.nft.apply(
@@ -250,6 +275,7 @@ impl FirewallManager {
         )?;
         let link = SandboxLink {
             slot: addrs.index,
+            log_group: self.config.log_group_of(addrs.index),
             host_if: names.veth_host.clone(),
             sandbox_if: SANDBOX_IF.to_owned(),
             subnet: addrs.subnet,

@@ -6,7 +6,8 @@
 //! table whose base chains pick out its veth by name and jump to regular chains:
 //!
 //! ```text
-//! forward:  iifname V -> egress      oifname V -> ingress
+//! forward_egress (priority -1):  iifname V -> egress
+//! forward (priority 0):          oifname V -> ingress
 //! input:    iifname V -> to_host     (gateway + DNS on the host side; else drop)
 //! output:   oifname V -> ingress     (established/related and published ports only)
 //! egress:   established | spoof drop | always-denied drop | private drop | IPv6 drop
@@ -17,6 +18,10 @@
 //! With `domain[:port]` rules the table also holds two timed sets that hearth's DNS resolver
 //! fills ([`DNS_ANY_SET`], [`DNS_PORT_SET`]); the egress chain accepts them where it accepts
 //! allowlisted networks, so an answer pointing at a denied range stays denied.
+//!
+//! Egress hooks in one priority ahead of ingress so a packet from one sandbox to another meets its
+//! sender's egress chain first, whatever order the two tables were made in: the drop is logged,
+//! and audited, as the sender's.
 //!
 //! Base chains accept by default so other sandboxes' traffic passes through untouched; a sandbox's
 //! own traffic always ends in an explicit verdict. Every drop rule counts and logs to nflog group
@@ -128,6 +133,10 @@ pub fn has_domain_rules(policy: &NetPolicy) -> bool {
         .any(|rule| matches!(rule, AllowRule::Domain { .. }))
 }
 
+/// The base chain that sends the sandbox's forwarded packets to [`EGRESS`], ahead of every
+/// sandbox's ingress (see the module docs).
+const FORWARD_EGRESS: &str = "forward_egress";
+
 /// The batch that installs (or atomically replaces) the sandbox's table.
 pub fn install(spec: &RulesetSpec<'_>) -> Nftables<'static> {
     let mut batch = Batch::new();
@@ -137,6 +146,13 @@ pub fn install(spec: &RulesetSpec<'_>) -> Nftables<'static> {
     batch.delete(table(spec.table));
     batch.add(table(spec.table));
     let t = spec.table;
+    batch.add(base_chain(
+        t,
+        FORWARD_EGRESS,
+        NfChainType::Filter,
+        NfHook::Forward,
+        -1,
+    ));
     batch.add(base_chain(
         t,
         "forward",
@@ -246,7 +262,7 @@ impl RuleWriter<'_, '_> {
     fn hooks(&mut self) {
         let veth = self.spec.veth_host.to_owned();
         self.rule(
-            "forward",
+            FORWARD_EGRESS,
             "from sandbox".into(),
             vec![is(meta(MetaKey::Iifname), s(&veth)), jump(EGRESS)],
         );

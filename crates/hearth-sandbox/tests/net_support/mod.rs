@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod test_dns;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -113,6 +113,8 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
             BundleError::WorkspaceNotDir { .. },
         ))) => (StatusCode::BAD_REQUEST, "bad_request"),
         SandboxError::Guest(guest) => guest_status(guest),
+        // The host lacks it: the request can't succeed here as it stands.
+        SandboxError::BackendUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unavailable"),
         SandboxError::Store(_) | SandboxError::Join(_) | SandboxError::Dirs(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }

@@ -110,6 +110,7 @@ pub async fn create(
         seccomp: Some(seccomp),
         net,
         guest_seccomp: None,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
     };
     let record = manager.create(&spec).await?;
     Ok((StatusCode::CREATED, Json(record)))
@@ -248,6 +249,10 @@ pub async fn exec(
         }
         Err(e) => return Err(e.into()),
     };
+    state
+        .manager
+        .record_exit(&id, &request.argv[0], &status)
+        .await;
     result.exit_code = status.shell_code();
     result.signal = status.signal;
     result.timed_out = status.timed_out;

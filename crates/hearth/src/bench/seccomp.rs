@@ -73,6 +73,7 @@ fn spec(manager: &SandboxManager) -> anyhow::Result<SandboxSpec> {
         seccomp: Some(seccomp),
         net: Default::default(),
         guest_seccomp: None,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
         id,
     })
 }

@@ -1,5 +1,4 @@
-//! `hearth sandbox audit ID [--json] [--follow]`, the hidden `hearth sandbox supervise ID`, and
-//! recording the kills the notify path never sees.
+//! `hearth sandbox audit ID [--json] [--follow]` and the hidden `hearth sandbox supervise ID`.
 //!
 //! Counts come from the store, where the sandbox's supervisor flushes every second; before
 //! reading, `audit` sends the supervisor SIGUSR1 and waits for that flush, so the counts include
@@ -9,21 +8,20 @@
 use std::time::Duration;
 
 use clap::Args;
-use hearth_proto::ExitStatus;
 use hearth_sandbox::SandboxId;
-use hearth_seccomp::audit::{native_arch, AuditAction, AuditEntry, AuditSource, DEFAULT_WINDOW};
+use hearth_seccomp::audit::AuditEntry;
 use serde::Serialize;
 
 use crate::sandboxes::{SandboxError, SandboxManager};
-use crate::store::{AuditCount, AuditState, StoredEntry};
+use crate::store::{AuditCount, AuditState, NetworkDrops, StoredDrop, StoredEntry};
 use crate::supervisor;
+use crate::supervisor::net::NetDuty;
+use crate::supervisor::run::Duties;
 
 /// How long `audit` waits for the supervisor's flush before showing what is stored.
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
 /// How often `--follow` looks for new entries.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// SIGSYS: what a seccomp `kill_process` (or an unhandled `trap`) delivers.
-const SIGSYS: i32 = 31;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -41,6 +39,12 @@ pub struct AuditArgs {
 pub struct SuperviseArgs {
     /// Sandbox id.
     id: String,
+    /// Answer and record the calls the sandbox's seccomp policy audits.
+    #[arg(long)]
+    seccomp: bool,
+    /// The sandbox's network (JSON): resolve its allowed names and record its drops.
+    #[arg(long, value_name = "JSON")]
+    net: Option<String>,
 }
 
 /// What `audit --json` prints.
@@ -52,8 +56,8 @@ struct Report {
     supervisor: Option<SupervisorInfo>,
     counts: Vec<AuditCount>,
     recent: Vec<StoredEntry>,
-    /// Firewall drops will be listed here once the drop log feeds the audit.
-    network_drops: Vec<serde_json::Value>,
+    /// The firewall's drop log, or null for a sandbox without a network link.
+    network_drops: Option<NetworkDrops>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +73,16 @@ pub async fn supervise(
     settings: &crate::config::Settings,
 ) -> anyhow::Result<u8> {
     let id = SandboxId::parse(&args.id)?;
-    supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir).await
+    let net = args
+        .net
+        .as_deref()
+        .map(serde_json::from_str::<NetDuty>)
+        .transpose()?;
+    let duties = Duties {
+        seccomp: args.seccomp,
+        net,
+    };
+    supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir, duties).await
 }
 
 pub async fn audit(manager: &SandboxManager, args: AuditArgs) -> anyhow::Result<u8> {
@@ -81,7 +94,14 @@ pub async fn audit(manager: &SandboxManager, args: AuditArgs) -> anyhow::Result<
         print_report(&report);
     }
     if args.follow {
-        let last = report.recent.last().map_or(0, |e| e.id);
+        let last = Last {
+            entry: report.recent.last().map_or(0, |e| e.id),
+            drop: report
+                .network_drops
+                .as_ref()
+                .and_then(|d| d.recent.last())
+                .map_or(0, |d| d.id),
+        };
         follow(manager, &id, last, args.json).await?;
     }
     Ok(0)
@@ -101,14 +121,21 @@ async fn report(manager: &SandboxManager, id: &SandboxId) -> anyhow::Result<Repo
         supervisor: state.map(|state| SupervisorInfo { running, state }),
         counts: manager.store.seccomp_audit_counts(id).await?,
         recent: manager.store.seccomp_audit_recent(id, 0).await?,
-        network_drops: Vec::new(),
+        network_drops: manager.store.network_drops(id).await?,
     })
+}
+
+/// The newest stored rows already shown.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    entry: i64,
+    drop: i64,
 }
 
 async fn follow(
     manager: &SandboxManager,
     id: &SandboxId,
-    mut last: i64,
+    mut last: Last,
     json: bool,
 ) -> anyhow::Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -118,12 +145,20 @@ async fn follow(
             _ = &mut ctrl_c => return Ok(()),
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
-        for stored in manager.store.seccomp_audit_recent(id, last).await? {
-            last = stored.id;
+        for stored in manager.store.seccomp_audit_recent(id, last.entry).await? {
+            last.entry = stored.id;
             if json {
                 println!("{}", serde_json::to_string(&stored)?);
             } else {
                 println!("{}", entry_line(&stored.entry));
+            }
+        }
+        for stored in manager.store.network_drops_recent(id, last.drop).await? {
+            last.drop = stored.id;
+            if json {
+                println!("{}", serde_json::json!({ "network_drop": stored }));
+            } else {
+                println!("{}", drop_line(&stored));
             }
         }
         let supervised = supervisor::launch::running(&manager.dirs.sandbox(id))?.is_some();
@@ -176,7 +211,82 @@ fn print_report(r: &Report) {
     for stored in &r.recent {
         println!("{}", entry_line(&stored.entry));
     }
-    println!("network drops: none recorded");
+    print_drops(r.network_drops.as_ref());
+}
+
+fn print_drops(drops: Option<&NetworkDrops>) {
+    let Some(d) = drops else {
+        println!("network drops: none recorded (no network link)");
+        return;
+    };
+    let reasons: Vec<String> = d
+        .by_reason
+        .iter()
+        .map(|r| format!("{} {}", r.reason, r.count))
+        .collect();
+    println!(
+        "network drops: {} logged ({}); exact per-rule counters: hearth sandbox net ID",
+        d.total,
+        if reasons.is_empty() {
+            "none".to_owned()
+        } else {
+            reasons.join(", ")
+        }
+    );
+    if d.by_destination.is_empty() {
+        return;
+    }
+    println!("{:<6} {:<40} {:>10}", "PROTO", "DESTINATION", "COUNT");
+    for dest in &d.by_destination {
+        let to = destination(&dest.address, dest.port);
+        println!("{:<6} {to:<40} {:>10}", protocol(dest.protocol), dest.count);
+    }
+    if d.other_destinations > 0 {
+        println!(
+            "{:<6} {:<40} {:>10}",
+            "", "(other destinations)", d.other_destinations
+        );
+    }
+    println!(
+        "recent drops (oldest first, {} older ones evicted):",
+        d.evicted
+    );
+    println!(
+        "{:<12} {:<8} {:<6} {:<22} DESTINATION",
+        "TIME (UTC)", "REASON", "PROTO", "SOURCE"
+    );
+    for stored in &d.recent {
+        println!("{}", drop_line(stored));
+    }
+}
+
+fn drop_line(d: &StoredDrop) -> String {
+    format!(
+        "{:<12} {:<8} {:<6} {:<22} {}",
+        clock(u64::try_from(d.time_ms).unwrap_or(0)),
+        d.reason,
+        protocol(d.protocol),
+        destination(&d.source, d.source_port),
+        destination(&d.destination, d.port)
+    )
+}
+
+fn destination(addr: &str, port: Option<u16>) -> String {
+    match port {
+        Some(port) if addr.contains(':') => format!("[{addr}]:{port}"),
+        Some(port) => format!("{addr}:{port}"),
+        None => addr.to_owned(),
+    }
+}
+
+fn protocol(nr: u8) -> String {
+    match nr {
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        n => n.to_string(),
+    }
 }
 
 fn entry_line(e: &AuditEntry) -> String {
@@ -202,38 +312,6 @@ fn clock(ms: u64) -> String {
         secs % 60,
         ms % 1000
     )
-}
-
-/// Records a command that died of SIGSYS: the kernel kills for `kill_process` without telling
-/// any listener, so the exit status is the only trace hearth gets (the syscall number is only in
-/// the kernel's audit log, `dmesg | grep type=1326`). A failure to record is logged, not fatal:
-/// the command's own result matters more.
-pub async fn record_exit(
-    manager: &SandboxManager,
-    id: &SandboxId,
-    argv0: &str,
-    status: &ExitStatus,
-) {
-    if status.signal != Some(SIGSYS) {
-        return;
-    }
-    let mut entry = AuditEntry::new(
-        native_arch(),
-        -1,
-        [0; 6],
-        AuditAction::KilledProcess,
-        AuditSource::Guest,
-    );
-    entry.comm = Some(argv0.rsplit('/').next().unwrap_or(argv0).to_owned());
-    let window_ms = u64::try_from(DEFAULT_WINDOW.as_millis()).unwrap_or(60_000);
-    let capacity = hearth_seccomp::audit::DEFAULT_CAPACITY as u64;
-    if let Err(err) = manager
-        .store
-        .record_seccomp_entry(id, &entry, window_ms, capacity)
-        .await
-    {
-        tracing::warn!(%id, %err, "cannot record the SIGSYS kill in the audit");
-    }
 }
 
 #[cfg(test)]

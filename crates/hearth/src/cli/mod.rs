@@ -6,6 +6,7 @@ mod run;
 mod sandbox;
 pub(crate) mod seccomp;
 mod serve;
+mod spinner;
 mod task;
 
 use std::path::PathBuf;
@@ -43,9 +44,22 @@ pub struct GlobalArgs {
     /// The hearth-guest binary run as PID 1 (default: next to the hearth binary).
     #[arg(long, global = true, env = "HEARTH_GUEST_BINARY", value_name = "PATH")]
     pub guest_binary: Option<PathBuf>,
+    /// Nameserver that sandboxes' allowed names are resolved with, IP[:PORT] (default: the
+    /// first nameserver of the host's /etc/resolv.conf).
+    #[arg(long, global = true, env = "HEARTH_DNS_UPSTREAM", value_name = "ADDR", value_parser = parse_dns_upstream)]
+    pub dns_upstream: Option<std::net::SocketAddr>,
     /// More logging on stderr (-v info, -vv debug; RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `IP` or `IP:PORT` (port 53 when omitted); `[v6]:PORT` for IPv6 with a port.
+fn parse_dns_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,17 +3,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
-use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy};
-use hearth_sandbox::spec::ResourceLimits;
 use serde_json::{json, Value};
 
+use super::spinner::Spinner;
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT};
 use crate::store::{TaskId, TaskRecord, TaskStatus};
 use crate::tasks::model::ModelBackend;
+use crate::tasks::params;
 use crate::tasks::recorder::StoreRecorder;
 use crate::tasks::runner::{Progress, TaskRequest, TaskRunner};
 
@@ -31,16 +30,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
     /// Model name sent to the upstream.
-    #[arg(long, default_value = "gpt-4o-mini")]
+    #[arg(long, default_value = params::DEFAULT_MODEL)]
     model: String,
     /// Model calls the agent may make.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = params::DEFAULT_MAX_STEPS)]
     max_steps: u32,
     /// Token budget for the whole task, enforced by the gateway.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = params::DEFAULT_MAX_TOKENS)]
     max_tokens: u64,
-    /// Wall-clock limit in seconds.
-    #[arg(long, default_value_t = 600.0)]
+    /// Wall-clock limit in seconds (at most a day).
+    #[arg(long, default_value_t = params::DEFAULT_TIMEOUT_S)]
     timeout: f64,
     /// A destination the sandbox may reach besides the gateway: CIDR[:port] or domain[:port].
     #[arg(long = "allow", value_name = "DEST")]
@@ -58,7 +57,7 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
     let recorder = Arc::new(recorder);
     let model = ModelBackend::from_env(Arc::clone(&recorder)).await?;
     let id = TaskId::generate();
-    let spec = json!({"workspace": request.workspace, "max_steps": request.max_steps, "max_tokens": request.max_tokens, "timeout_s": request.timeout.as_secs_f64(), "net": request.net});
+    let spec = params::stored_spec(&request);
     manager
         .store
         .insert_task(&id, &request.prompt, &request.model, &spec)
@@ -99,73 +98,64 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
     })
 }
 
+/// The same validation as `POST /v1/tasks` (see [`params::TaskParams`]), with the flag named in
+/// the error. A relative `--workspace` is taken from the current directory.
 fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
-    let bad = |message: String| CliError::new(BAD_INPUT, message);
-    if args.prompt.trim().is_empty() {
-        return Err(bad("the prompt is empty".into()));
-    }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(bad(format!(
-            "--timeout {} must be a positive number of seconds",
-            args.timeout
-        )));
-    }
-    if args.max_steps == 0 || args.max_tokens == 0 {
-        return Err(bad("--max-steps and --max-tokens must be at least 1".into()));
-    }
     let workspace = match &args.workspace {
-        Some(dir) => Some(
-            dir.canonicalize()
-                .map_err(|err| bad(format!("workspace {}: {err}", dir.display())))?,
+        Some(dir) if dir.is_relative() => Some(
+            std::env::current_dir()
+                .map_err(|err| CliError::new(BAD_INPUT, format!("current directory: {err}")))?
+                .join(dir),
         ),
-        None => None,
+        other => other.clone(),
     };
-    let mut net = NetPolicy::new(if args.allow.is_empty() {
-        NetMode::Gateway
-    } else {
-        NetMode::Allowlist
-    });
-    net.allow = args
-        .allow
-        .iter()
-        .map(|raw| AllowRule::parse(raw))
-        .collect::<Result<_, _>>()
-        .map_err(|err| bad(err.to_string()))?;
-    let policy = hearth_seccomp::load_policy("default").map_err(|err| bad(err.to_string()))?;
-    let seccomp = hearth_seccomp::render_oci(&policy, None).map_err(|err| bad(err.to_string()))?;
-    Ok(TaskRequest {
+    let params = params::TaskParams {
         prompt: args.prompt.clone(),
         model: args.model.clone(),
-        workspace,
         max_steps: args.max_steps,
         max_tokens: args.max_tokens,
-        timeout: Duration::from_secs_f64(args.timeout),
-        net,
-        limits: ResourceLimits::default(),
-        seccomp,
+        timeout_s: args.timeout,
+        workspace,
+        allow: args.allow.clone(),
+    };
+    params.validate().map_err(|err| {
+        let flag = match err.field {
+            "prompt" => "PROMPT".to_owned(),
+            "timeout_s" => "--timeout".to_owned(),
+            field => format!("--{}", field.replace('_', "-")),
+        };
+        CliError::new(BAD_INPUT, format!("{flag}: {}", err.problem))
     })
 }
 
-/// Progress on stderr for people (a line per step), or JSON lines on stdout for scripts.
+/// Progress on stderr for people (a line per step, under a spinner on a terminal), or JSON
+/// lines on stdout for scripts.
 #[derive(Debug)]
 struct Printer {
     json: bool,
-    terminal: bool,
+    spinner: Option<Spinner>,
 }
 
 impl Printer {
     fn new(json: bool) -> Self {
-        Self {
-            json,
-            terminal: std::io::stderr().is_terminal(),
-        }
+        let spinner = (!json && std::io::stderr().is_terminal())
+            .then(|| Spinner::start("starting the sandbox"));
+        Self { json, spinner }
     }
 
     fn line(&mut self, value: &Value, text: &str) {
         if self.json {
             println!("{value}");
+        } else if let Some(spinner) = &self.spinner {
+            spinner.println(&format!("\u{25b8} {text}"));
         } else {
-            eprintln!("{}{text}", if self.terminal { "\u{25b8} " } else { "" });
+            eprintln!("{text}");
+        }
+    }
+
+    fn status(&self, text: String) {
+        if let Some(spinner) = &self.spinner {
+            spinner.set_status(text);
         }
     }
 
@@ -176,50 +166,61 @@ impl Printer {
                     &json!({"type": "started", "sandbox": sandbox, "workspace": workspace}),
                     &format!("sandbox {sandbox} up; workspace {}", workspace.display()),
                 );
+                self.status("agent starting".into());
             }
-            Progress::Agent(event) => {
+            Progress::Agent(event) => self.agent(event),
+            Progress::Security { kind, data } => {
                 if self.json {
-                    println!("{}", json!({"type": "agent", "event": event}));
-                    return;
-                }
-                let step = event["step"].as_i64().unwrap_or(0);
-                match event["type"].as_str() {
-                    Some("model_call") => {
-                        let tokens = event["tokens_total"].as_i64().unwrap_or(0);
-                        self.line(
-                            event,
-                            &format!("step {step}: model answered ({tokens} tokens so far)"),
-                        );
-                    }
-                    Some("tool_call") => {
-                        let args: String = event["arguments"]
-                            .as_str()
-                            .unwrap_or("")
-                            .chars()
-                            .take(80)
-                            .collect();
-                        self.line(
-                            event,
-                            &format!(
-                                "step {step}: {} {args}",
-                                event["name"].as_str().unwrap_or("?")
-                            ),
-                        );
-                    }
-                    Some("error") => self.line(
-                        event,
-                        &format!(
-                            "step {step}: error: {}",
-                            event["reason"].as_str().unwrap_or("?")
-                        ),
-                    ),
-                    _ => {}
+                    println!("{}", json!({"type": kind, "event": data}));
+                } else {
+                    self.line(data, &security_line(kind, data));
                 }
             }
         }
     }
 
+    fn agent(&mut self, event: &Value) {
+        if self.json {
+            println!("{}", json!({"type": "agent", "event": event}));
+            return;
+        }
+        let step = event["step"].as_i64().unwrap_or(0);
+        match event["type"].as_str() {
+            Some("model_call") => {
+                let tokens = event["tokens_total"].as_i64().unwrap_or(0);
+                self.line(
+                    event,
+                    &format!("step {step}: model answered ({tokens} tokens so far)"),
+                );
+                self.status(format!("step {step} · {tokens} tokens · waiting for tools"));
+            }
+            Some("tool_call") => {
+                let name = event["name"].as_str().unwrap_or("?");
+                let args: String = event["arguments"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(80)
+                    .collect();
+                self.line(event, &format!("step {step}: {name} {args}"));
+                self.status(format!("step {step} · running {name}"));
+            }
+            Some("tool_result") => self.status(format!("step {step} · asking the model")),
+            Some("error") => self.line(
+                event,
+                &format!(
+                    "step {step}: error: {}",
+                    event["reason"].as_str().unwrap_or("?")
+                ),
+            ),
+            _ => {}
+        }
+    }
+
     fn finish(&mut self, record: &TaskRecord) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.stop();
+        }
         if self.json {
             println!("{}", json!({"type": "result", "task": record}));
             return;
@@ -237,5 +238,41 @@ impl Printer {
         if let Some(answer) = &record.answer {
             println!("{answer}");
         }
+    }
+}
+
+/// One line for a denial or a drop.
+fn security_line(kind: &str, data: &Value) -> String {
+    match kind {
+        "syscall_denied" => format!(
+            "! syscall {} {} (pid {}, {})",
+            data["syscall"].as_str().unwrap_or("(unknown)"),
+            match data["action"].as_str() {
+                Some("denied_eperm") => "denied with EPERM",
+                Some("killed_process") => "killed the process",
+                Some(other) => other,
+                None => "denied",
+            },
+            data["pid"]
+                .as_i64()
+                .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            data["comm"].as_str().unwrap_or("?"),
+        ),
+        _ => format!(
+            "! firewall dropped {} to {}{} ({})",
+            match data["protocol"].as_u64() {
+                Some(6) => "tcp".to_owned(),
+                Some(17) => "udp".to_owned(),
+                Some(1) => "icmp".to_owned(),
+                Some(n) => format!("protocol {n}"),
+                None => "a packet".to_owned(),
+            },
+            data["destination"].as_str().unwrap_or("?"),
+            data["port"]
+                .as_u64()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default(),
+            data["reason"].as_str().unwrap_or("?"),
+        ),
     }
 }

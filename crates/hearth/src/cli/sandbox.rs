@@ -188,6 +188,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         seccomp: Some(seccomp),
         net,
         guest_seccomp,
+        backend: hearth_sandbox::backend::BackendKind::Oci,
     };
     let record = manager.create(&spec).await?;
     if args.json {
@@ -252,7 +253,7 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         }
         Err(err) => return Err(err.into()),
     };
-    super::audit::record_exit(manager, &id, &request.argv[0], &status).await;
+    manager.record_exit(&id, &request.argv[0], &status).await;
     if status.oom_killed {
         eprintln!(
             "hearth: command killed: out of memory (sandbox limit {})",

@@ -107,9 +107,16 @@ fn audits(policy: &hearth_seccomp::SeccompPolicy) -> bool {
 pub fn render_for_sandbox(raw: &str, listener: &Path) -> Result<serde_json::Value, CliError> {
     let policy = hearth_seccomp::load_policy(raw)
         .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
-    let listener = audits(&policy).then_some(listener);
-    hearth_seccomp::render_oci(&policy, listener)
+    render_policy_for_sandbox(&policy, listener)
         .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
+}
+
+/// [`render_for_sandbox`] of a loaded policy.
+pub fn render_policy_for_sandbox(
+    policy: &hearth_seccomp::SeccompPolicy,
+    listener: &Path,
+) -> Result<serde_json::Value, hearth_seccomp::OciError> {
+    hearth_seccomp::render_oci(policy, audits(policy).then_some(listener))
 }
 
 /// The `hearth-guest --seccomp-bpf` file for a policy.

@@ -5,13 +5,15 @@
 //! crash interrupts is still named in the store (or by the id-derived names on the host) and
 //! [`reconcile`] can finish the job on the next run.
 
+mod backends;
+mod kills;
 mod reconcile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_sandbox::backend::{BackendError, GuestEndpoint, LaunchContext, SandboxBackend};
+use hearth_sandbox::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
 use hearth_sandbox::net::{FirewallError, FirewallManager};
@@ -19,6 +21,9 @@ use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
 
 use crate::store::{SandboxRecord, SandboxStatus, StatusError, Store, StoreError};
+pub use backends::Backends;
+
+use crate::supervisor::net::NetDuty;
 
 /// How long a new sandbox's guest gets to answer its first health check.
 const GUEST_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +57,8 @@ pub enum SandboxError {
     Guest(#[from] GuestClientError),
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error("the {0} backend is not available on this host (see hearth doctor)")]
+    BackendUnavailable(BackendKind),
     #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
     Cleanup { id: SandboxId, errors: Vec<String> },
 }
@@ -61,10 +68,12 @@ pub enum SandboxError {
 pub struct SandboxManager {
     pub store: Store,
     pub dirs: RuntimeDirs,
-    pub backend: Box<dyn SandboxBackend>,
+    pub backends: Backends,
     pub guest_binary: PathBuf,
     /// Network namespace, link, addresses and nftables rules of every sandbox.
     pub firewall: Arc<FirewallManager>,
+    /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 impl SandboxManager {
@@ -76,10 +85,10 @@ impl SandboxManager {
         let _creating = self
             .lock_sandboxes(nix::fcntl::FlockArg::LockShared)
             .await?;
-        let backend = self.backend.kind().to_string();
+        let backend = self.backends.get(spec.backend)?;
         let record = match self
             .store
-            .insert_sandbox(spec, &backend, &self.backend.describe())
+            .insert_sandbox(spec, &spec.backend.to_string(), &backend.describe())
             .await
         {
             Err(StoreError::SandboxExists(_)) => {
@@ -119,9 +128,22 @@ impl SandboxManager {
                 move |firewall| firewall.setup(&id, &policy)
             })
             .await?;
-        // The seccomp listener must be up before the runtime looks for it (see `supervisor`).
-        crate::supervisor::start_if_needed(spec, &dirs, self.dirs.root(), self.store.state_dir())
-            .await?;
+        // The seccomp listener must be up before the runtime looks for it, and the resolver
+        // before the sandbox's first lookup (see `supervisor`).
+        let net_duty = network.link.as_ref().map(|link| NetDuty {
+            link: link.clone(),
+            policy: spec.net.clone(),
+            netns: network.netns.clone(),
+            dns_upstream: self.dns_upstream,
+        });
+        crate::supervisor::start_if_needed(
+            spec,
+            &dirs,
+            self.dirs.root(),
+            self.store.state_dir(),
+            net_duty.as_ref(),
+        )
+        .await?;
         let ctx = LaunchContext {
             dirs: &dirs,
             netns_path: network.netns,
@@ -129,7 +151,7 @@ impl SandboxManager {
             resolver: network.link.as_ref().map(|link| link.resolver()),
         };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
-        let endpoint = self.backend.start(spec, &ctx)?;
+        let endpoint = self.backends.get(spec.backend)?.start(spec, &ctx)?;
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
         let client = client_for(&endpoint);
         if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
@@ -168,8 +190,15 @@ impl SandboxManager {
 
     async fn teardown(&self, id: &SandboxId) -> Result<(), SandboxError> {
         let mut errors = Vec::new();
-        if let Err(err) = self.backend.remove(id) {
-            errors.push(err.to_string());
+        // The backend that made it; without a record, every backend (each tolerates a sandbox
+        // it does not have).
+        let kind = self.store.get_sandbox(id).await?.map(|r| r.spec.backend);
+        for backend in self.backends.iter() {
+            if kind.is_none_or(|kind| kind == backend.kind()) {
+                if let Err(err) = backend.remove(id) {
+                    errors.push(err.to_string());
+                }
+            }
         }
         // After the container: with its filter gone the supervisor flushes and exits by itself.
         if let Err(err) = crate::supervisor::stop(&self.dirs.sandbox(id)) {
@@ -220,7 +249,7 @@ impl SandboxManager {
                 id: id.clone(),
                 source,
             })?;
-        if !self.backend.is_running(id)? {
+        if !self.backends.get(record.spec.backend)?.is_running(id)? {
             self.store
                 .set_sandbox_status(
                     id,
@@ -243,7 +272,12 @@ impl SandboxManager {
     pub async fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
         let mut records = self.store.list_sandboxes().await?;
         for record in &mut records {
-            if record.status == SandboxStatus::Running && !self.backend.is_running(&record.id)? {
+            if record.status == SandboxStatus::Running
+                && !self
+                    .backends
+                    .get(record.spec.backend)?
+                    .is_running(&record.id)?
+            {
                 self.store
                     .set_sandbox_status(
                         &record.id,

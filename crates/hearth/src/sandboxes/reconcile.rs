@@ -80,14 +80,16 @@ impl SandboxManager {
         // The id an object is named after, if it is valid and has no live record.
         let orphan = |raw: &str| SandboxId::parse(raw).ok().filter(|id| !known.contains(id));
 
-        for container in self.backend.list()? {
-            let Some(raw) = container.strip_prefix(OBJECT_PREFIX) else {
-                continue;
-            };
-            if let Some(id) = orphan(raw) {
-                match self.backend.remove(&id) {
-                    Ok(()) => report.orphan_containers.push(container),
-                    Err(err) => report.errors.push(err.to_string()),
+        for backend in self.backends.iter() {
+            for container in backend.list()? {
+                let Some(raw) = container.strip_prefix(OBJECT_PREFIX) else {
+                    continue;
+                };
+                if let Some(id) = orphan(raw) {
+                    match backend.remove(&id) {
+                        Ok(()) => report.orphan_containers.push(container),
+                        Err(err) => report.errors.push(err.to_string()),
+                    }
                 }
             }
         }

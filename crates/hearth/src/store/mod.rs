@@ -3,11 +3,13 @@
 //! The schema is managed by sqlx migrations embedded in the binary (`crates/hearth/migrations`).
 
 mod audit;
+mod netdrops;
 mod sandboxes;
 mod slots;
 mod tasks;
 
 pub use audit::{AuditCount, AuditState, FlushTotals, StoredEntry};
+pub use netdrops::{NetworkDrops, StoredDrop};
 pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
 pub use slots::SqliteSlotStore;
 pub use tasks::{TaskId, TaskOutcome, TaskRecord, TaskStatus};

@@ -251,6 +251,7 @@ mod tests {
             seccomp: None,
             net: Default::default(),
             guest_seccomp: None,
+            backend: hearth_sandbox::backend::BackendKind::Oci,
         }
     }
 

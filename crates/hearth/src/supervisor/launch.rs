@@ -16,6 +16,7 @@ use hearth_sandbox::SandboxId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use super::net::NetDuty;
 use super::proc::{self, ProcessStamp};
 use super::{SupervisorError, EXE_ENV, READY_TIMEOUT, STOP_GRACE};
 use crate::store::Store;
@@ -32,26 +33,34 @@ fn listener_path(spec: &SandboxSpec) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Starts the sandbox's supervisor when its seccomp section names a listener, and waits until
-/// it listens. Returns its pid, or `None` when the policy audits nothing.
+/// Starts the sandbox's supervisor when it has a duty (its seccomp section names a listener, or
+/// it has a network link to resolve names for and log drops of), and waits until it is ready.
+/// Returns its pid, or `None` when there is nothing to supervise.
 pub async fn start_if_needed(
     spec: &SandboxSpec,
     dirs: &SandboxDirs,
     runtime_dir: &Path,
     state_dir: &Path,
+    net: Option<&NetDuty>,
 ) -> Result<Option<u32>, SupervisorError> {
-    let Some(given) = listener_path(spec) else {
-        return Ok(None);
+    let seccomp = match listener_path(spec) {
+        Some(given) => {
+            let expected = dirs.seccomp_socket();
+            if given != expected {
+                return Err(SupervisorError::ListenerPath {
+                    id: spec.id.clone(),
+                    given,
+                    expected,
+                });
+            }
+            true
+        }
+        None => false,
     };
-    let expected = dirs.seccomp_socket();
-    if given != expected {
-        return Err(SupervisorError::ListenerPath {
-            id: spec.id.clone(),
-            given,
-            expected,
-        });
+    if !seccomp && net.is_none() {
+        return Ok(None);
     }
-    let mut child = spawn(&spec.id, dirs, runtime_dir, state_dir)?;
+    let mut child = spawn(&spec.id, dirs, runtime_dir, state_dir, seccomp, net)?;
     let pid = child.id().unwrap_or_default();
     let ready = match record_pid(dirs, pid) {
         Ok(()) => wait_ready(&mut child).await,
@@ -71,7 +80,7 @@ pub async fn start_if_needed(
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    tracing::debug!(id = %spec.id, pid, "seccomp supervisor ready");
+    tracing::debug!(id = %spec.id, pid, seccomp, net = net.is_some(), "supervisor ready");
     Ok(Some(pid))
 }
 
@@ -80,7 +89,13 @@ fn spawn(
     dirs: &SandboxDirs,
     runtime_dir: &Path,
     state_dir: &Path,
+    seccomp: bool,
+    net: Option<&NetDuty>,
 ) -> Result<Child, SupervisorError> {
+    let net = net
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(SupervisorError::Encode)?;
     let exe = match std::env::var_os(EXE_ENV) {
         Some(exe) => PathBuf::from(exe),
         None => std::env::current_exe().map_err(SupervisorError::Exe)?,
@@ -101,6 +116,8 @@ fn spawn(
         .arg("--state-dir")
         .arg(state_dir)
         .args(["-v", "sandbox", "supervise", id.as_str()])
+        .args(seccomp.then_some("--seccomp"))
+        .args(net.iter().flat_map(|json| ["--net", json.as_str()]))
         // It needs nothing from the caller's environment but its log filter.
         .env_clear()
         .envs(std::env::var_os("RUST_LOG").map(|v| (OsString::from("RUST_LOG"), v)))

@@ -1,9 +1,12 @@
-//! The per-sandbox seccomp supervisor: the process that answers the sandbox's audited system
-//! calls and keeps the audit.
+//! The per-sandbox supervisor: the process that answers the sandbox's audited system calls and
+//! keeps the audit, and that resolves its allowed names and records its firewall drops
+//! ([`net`]).
 //!
-//! hearth has no daemon, and a seccomp notification fd must be held by a live process for as
-//! long as the sandbox runs, so every sandbox whose policy audits denials gets its own small
-//! process, `hearth sandbox supervise ID` (hidden), with this lifecycle:
+//! hearth has no daemon, and a seccomp notification fd, a DNS resolver and an nflog socket must
+//! be held by a live process for as long as the sandbox runs, so every sandbox whose policy
+//! audits denials or that has a network link gets its own small process, `hearth sandbox
+//! supervise ID [--seccomp] [--net JSON]` (hidden), with this lifecycle (a supervisor without
+//! the seccomp duty ends when the sandbox's network namespace is gone, or when stopped):
 //!
 //! 1. **Start** ([`launch::start`]): `SandboxManager::create` spawns it before `runc run`, stdin
 //!    null, stdout a pipe, stderr `<sandbox dir>/supervisor.log`; it calls `setsid` first so a
@@ -29,6 +32,7 @@
 //!    Reconciliation kills supervisors whose sandbox is abandoned or unknown.
 
 pub mod launch;
+pub mod net;
 mod proc;
 pub mod run;
 
@@ -90,6 +94,8 @@ pub enum SupervisorError {
         name: &'static str,
         source: io::Error,
     },
+    #[error("cannot encode the supervisor's network duty: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error(transparent)]
     Notify(#[from] hearth_seccomp::notify::NotifyError),
     #[error(transparent)]

@@ -14,6 +14,7 @@ use hearth_seccomp::notify::{spawn_server, NotifyError, NotifyListener, ServeSum
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::launch::READY_LINE;
+use super::net::{NetDuty, NetWatch};
 use super::{SupervisorError, FIRST_CONNECT_TIMEOUT, FLUSH_INTERVAL};
 use crate::store::{FlushTotals, Store};
 
@@ -33,8 +34,22 @@ struct Servers {
     abandoned: bool,
 }
 
+/// What one supervisor looks after; `create` decides (see [`super::launch::start_if_needed`]).
+#[derive(Debug, Clone, Default)]
+pub struct Duties {
+    /// Answer and record the calls the sandbox's seccomp policy audits.
+    pub seccomp: bool,
+    /// Resolve the sandbox's allowed names and record its firewall drops.
+    pub net: Option<NetDuty>,
+}
+
 /// Runs the supervisor of `id` until its sandbox is gone or it is told to stop.
-pub async fn run(id: SandboxId, runtime_dir: &Path, state_dir: &Path) -> anyhow::Result<u8> {
+pub async fn run(
+    id: SandboxId,
+    runtime_dir: &Path,
+    state_dir: &Path,
+    duties: Duties,
+) -> anyhow::Result<u8> {
     // Its own session: a Ctrl-C meant for the `hearth` that started it must not reach it.
     if let Err(err) = nix::unistd::setsid() {
         tracing::debug!(%err, "setsid failed (already a group leader)");
@@ -44,44 +59,65 @@ pub async fn run(id: SandboxId, runtime_dir: &Path, state_dir: &Path) -> anyhow:
     let config = AuditConfig::default();
     let audit = SharedAuditLog::new(config)?;
     let mut signals = Signals::install()?;
-    let listener = NotifyListener::bind(&dirs.seccomp_socket())?;
+    let listener = if duties.seccomp {
+        Some(NotifyListener::bind(&dirs.seccomp_socket())?)
+    } else {
+        None
+    };
+    let net = duties.net.as_ref().map(NetWatch::start).transpose()?;
     let capacity = u64::try_from(config.capacity).unwrap_or(u64::MAX);
+    // The state row is the supervisor's bookkeeping (`audit` waits on its flush_seq) even when
+    // there is no seccomp duty: its counts then stay zero.
     store
         .begin_seccomp_audit(&id, std::process::id(), capacity)
         .await?;
+    if let Some(net) = &net {
+        let capacity = u64::try_from(net.snapshot().capacity).unwrap_or(u64::MAX);
+        store.begin_network_drops(&id, capacity).await?;
+    }
     announce_ready()?;
-    tracing::info!(%id, socket = %listener.path().display(), "seccomp supervisor listening");
+    tracing::info!(%id, seccomp = duties.seccomp, net = net.is_some(), "supervisor ready");
 
     let stop = Arc::new(AtomicBool::new(false));
     let servers = Arc::new(Mutex::new(Servers::default()));
-    let acceptor = {
-        let (audit, stop, servers) = (audit.clone(), Arc::clone(&stop), Arc::clone(&servers));
-        std::thread::Builder::new()
-            .name("seccomp-accept".into())
-            .spawn(move || accept_loop(&listener, &audit, &stop, &servers))
-            .map_err(SupervisorError::Thread)?
+    let acceptor = match listener {
+        Some(listener) => {
+            let (audit, stop, servers) = (audit.clone(), Arc::clone(&stop), Arc::clone(&servers));
+            Some(
+                std::thread::Builder::new()
+                    .name("seccomp-accept".into())
+                    .spawn(move || accept_loop(&listener, &audit, &stop, &servers))
+                    .map_err(SupervisorError::Thread)?,
+            )
+        }
+        None => None,
     };
     let mut flusher = Flusher::new(store, id.clone(), audit, capacity);
     let ended = loop {
         tokio::select! {
             _ = signals.term.recv() => break "terminated",
             _ = signals.int.recv() => break "interrupted",
-            _ = signals.usr1.recv() => flusher.flush(None).await,
+            _ = signals.usr1.recv() => flusher.flush(net.as_ref(), None).await,
             () = tokio::time::sleep(FLUSH_INTERVAL) => {
-                flusher.flush(None).await;
-                if let Some(reason) = finished(&servers) {
+                flusher.flush(net.as_ref(), None).await;
+                if let Some(reason) = finished(&servers, acceptor.is_some(), net.as_ref()) {
                     break reason;
                 }
             }
         }
     };
     stop.store(true, Ordering::Relaxed);
-    let threads = tokio::task::spawn_blocking(move || join_all(acceptor, &servers)).await;
-    if let Err(err) = threads {
-        tracing::warn!(%err, "joining the notify threads failed");
+    if let Some(acceptor) = acceptor {
+        let threads = tokio::task::spawn_blocking(move || join_all(acceptor, &servers)).await;
+        if let Err(err) = threads {
+            tracing::warn!(%err, "joining the notify threads failed");
+        }
     }
-    flusher.flush(Some(ended)).await;
-    tracing::info!(%id, ended, "seccomp supervisor exiting");
+    flusher.flush(net.as_ref(), Some(ended)).await;
+    if let Some(net) = net {
+        tokio::task::spawn_blocking(move || net.stop()).await?;
+    }
+    tracing::info!(%id, ended, "supervisor exiting");
     Ok(0)
 }
 
@@ -116,8 +152,18 @@ fn announce_ready() -> Result<(), SupervisorError> {
         })
 }
 
-/// Why the supervisor should end now, if it should: the init's filter is gone, or nobody came.
-fn finished(servers: &Mutex<Servers>) -> Option<&'static str> {
+/// Why the supervisor should end now, if it should: the init's filter is gone, nobody came, or
+/// (for a supervisor without seccomp duty) the sandbox's network namespace is gone.
+fn finished(
+    servers: &Mutex<Servers>,
+    seccomp: bool,
+    net: Option<&NetWatch>,
+) -> Option<&'static str> {
+    if !seccomp {
+        return net
+            .is_some_and(NetWatch::network_gone)
+            .then_some("network gone");
+    }
     let servers = servers.lock().unwrap_or_else(|p| p.into_inner());
     if servers.abandoned {
         return Some("no runtime connected");
@@ -195,6 +241,8 @@ struct Flusher {
     next_seq: u64,
     /// Windows a failed flush could not store, retried next time.
     unsaved: Vec<AuditWindow>,
+    /// The next drop log `seq` not yet stored.
+    next_drop_seq: u64,
 }
 
 impl Flusher {
@@ -206,10 +254,30 @@ impl Flusher {
             capacity,
             next_seq: 0,
             unsaved: Vec::new(),
+            next_drop_seq: 0,
         }
     }
 
-    async fn flush(&mut self, ended: Option<&str>) {
+    /// Stores the drops, then the seccomp audit: `audit` waits for the latter's `flush_seq`,
+    /// so once it moves both are in the store.
+    async fn flush(&mut self, net: Option<&NetWatch>, ended: Option<&str>) {
+        if let Some(net) = net {
+            let snapshot = net.snapshot();
+            if snapshot.total > self.next_drop_seq {
+                match self
+                    .store
+                    .flush_network_drops(&self.id, &snapshot, self.next_drop_seq)
+                    .await
+                {
+                    Ok(()) => self.next_drop_seq = snapshot.total,
+                    Err(err) => tracing::error!(%err, "cannot store the drop log; retrying"),
+                }
+            }
+        }
+        self.flush_seccomp(ended).await;
+    }
+
+    async fn flush_seccomp(&mut self, ended: Option<&str>) {
         let (windows, recent, totals) = {
             let mut log = self.audit.lock();
             let totals = FlushTotals {

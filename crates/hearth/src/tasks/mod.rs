@@ -9,6 +9,7 @@ pub mod queue;
 pub mod recorder;
 pub mod restart;
 pub mod runner;
+pub mod security;
 mod slots;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub enum TaskError {
     },
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error("rendering the task's seccomp policy: {0}")]
+    Seccomp(#[from] hearth_seccomp::OciError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]

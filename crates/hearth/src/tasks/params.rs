@@ -47,17 +47,23 @@ pub struct TaskParams {
     pub allow: Vec<String>,
 }
 
+/// Defaults shared by the API body and `hearth run`'s flags.
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
+pub const DEFAULT_MAX_STEPS: u32 = 30;
+pub const DEFAULT_MAX_TOKENS: u64 = 200_000;
+pub const DEFAULT_TIMEOUT_S: f64 = 600.0;
+
 fn default_model() -> String {
-    "gpt-4o-mini".into()
+    DEFAULT_MODEL.into()
 }
 fn default_max_steps() -> u32 {
-    30
+    DEFAULT_MAX_STEPS
 }
 fn default_max_tokens() -> u64 {
-    200_000
+    DEFAULT_MAX_TOKENS
 }
 fn default_timeout_s() -> f64 {
-    600.0
+    DEFAULT_TIMEOUT_S
 }
 
 impl TaskParams {
@@ -96,9 +102,7 @@ impl TaskParams {
             .map(|raw| AllowRule::parse(raw))
             .collect::<Result<_, _>>()
             .map_err(|err| invalid("allow", err.to_string()))?;
-        let policy = hearth_seccomp::load_policy("default")
-            .map_err(|err| invalid("seccomp", err.to_string()))?;
-        let seccomp = hearth_seccomp::render_oci(&policy, None)
+        let seccomp = hearth_seccomp::load_policy("default")
             .map_err(|err| invalid("seccomp", err.to_string()))?;
         Ok(TaskRequest {
             prompt: self.prompt.clone(),

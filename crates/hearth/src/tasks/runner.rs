@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::agent_files::AGENT_FILES;
 use super::diff::{snapshot, unified_diff};
 use super::model::ModelBackend;
+use super::security::SecurityFeed;
 use super::TaskError;
 use crate::sandboxes::SandboxManager;
 use crate::store::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
@@ -24,6 +25,10 @@ const RESULT_FILE: &str = "/.hearth/result.json";
 const TRAJECTORY_FILE: &str = "/.hearth/trajectory.jsonl";
 /// Extra time the host gives the agent past its own wall-clock limit to write its result.
 const AGENT_GRACE: Duration = Duration::from_secs(30);
+/// How often the runner copies the sandbox's new denials and drops into the timeline.
+const SECURITY_POLL: Duration = Duration::from_secs(1);
+/// How long the runner waits for the supervisor's last flush when the agent has ended.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -36,7 +41,9 @@ pub struct TaskRequest {
     pub timeout: Duration,
     pub net: NetPolicy,
     pub limits: ResourceLimits,
-    pub seccomp: Value,
+    /// Rendered for the task's sandbox with its supervisor as listener, so audited denials
+    /// reach the audit and the timeline.
+    pub seccomp: hearth_seccomp::SeccompPolicy,
 }
 
 /// What the runner reports while a task runs.
@@ -46,6 +53,8 @@ pub enum Progress {
     Started { sandbox: String, workspace: PathBuf },
     /// One event the agent printed (model_call, tool_call, tool_result, error, final).
     Agent(Value),
+    /// A syscall denial (`syscall_denied`) or firewall drop (`network_drop`) in the sandbox.
+    Security { kind: &'static str, data: Value },
 }
 
 /// Why a task was stopped from outside, as it is recorded.
@@ -164,12 +173,15 @@ impl TaskRunner<'_> {
             // The agent must reach the gateway; `none` would leave it no way to the model.
             net.mode = NetMode::Gateway;
         }
+        let listener = self.manager.dirs.sandbox(&id.sandbox_id()).seccomp_socket();
+        let seccomp = crate::cli::seccomp::render_policy_for_sandbox(&request.seccomp, &listener)?;
         let spec = SandboxSpec {
             id: id.sandbox_id(),
             limits: request.limits,
             workspace: Some(workspace.clone()),
-            seccomp: Some(request.seccomp.clone()),
+            seccomp: Some(seccomp),
             guest_seccomp: None,
+            backend: hearth_sandbox::backend::BackendKind::Oci,
             net,
         };
         self.manager.create(&spec).await?;
@@ -290,39 +302,75 @@ impl TaskRunner<'_> {
             timeout_ms: Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
             ..ExecRequest::default()
         };
-        // Events go to the store as they arrive, so the timeline interleaves them with the
-        // gateway's llm_call records in real order.
+        // Agent events go to the store as they arrive, so the timeline interleaves them with the
+        // gateway's llm_call records and the sandbox's denials and drops in real order.
         let (events, mut queued) = tokio::sync::mpsc::unbounded_channel::<Value>();
-        let store = self.manager.store.clone();
-        let task = id.clone();
-        let writer = tokio::spawn(async move {
-            while let Some(event) = queued.recv().await {
-                if let Err(err) = store.append_event(&task, "agent", &event).await {
-                    tracing::warn!(%task, error = %err, "cannot record an agent event");
+        let mut line = Vec::new();
+        let exec = client.exec(&request, move |chunk| {
+            if let OutputChunk::Stdout(data) = chunk {
+                for byte in data {
+                    if byte == b'\n' {
+                        if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                            let _ = events.send(event);
+                        }
+                        line.clear();
+                    } else if line.len() < 1 << 20 {
+                        line.push(byte);
+                    }
                 }
             }
         });
-        let mut line = Vec::new();
-        let status = client
-            .exec(&request, |chunk| {
-                if let OutputChunk::Stdout(data) = chunk {
-                    for byte in data {
-                        if byte == b'\n' {
-                            if let Ok(event) = serde_json::from_slice::<Value>(&line) {
-                                on_progress(Progress::Agent(event.clone()));
-                                let _ = events.send(event);
-                            }
-                            line.clear();
-                        } else if line.len() < 1 << 20 {
-                            line.push(byte);
-                        }
-                    }
-                }
-            })
-            .await;
-        drop(events);
-        let _ = writer.await;
-        Ok(status?)
+        tokio::pin!(exec);
+        let store = &self.manager.store;
+        let sandbox = id.sandbox_id();
+        let mut feed = SecurityFeed::new(store.clone(), id.clone(), sandbox.clone());
+        let mut tick = tokio::time::interval(SECURITY_POLL);
+        let status = loop {
+            tokio::select! {
+                status = &mut exec => break status,
+                Some(event) = queued.recv() => record_agent_event(store, id, event, on_progress).await,
+                _ = tick.tick() => copy_security(&mut feed, on_progress).await,
+            }
+        };
+        while let Ok(event) = queued.try_recv() {
+            record_agent_event(store, id, event, on_progress).await;
+        }
+        let status = status?;
+        self.manager.record_exit(&sandbox, "python3", &status).await;
+        // What the supervisor has not flushed yet belongs to this task too.
+        let dirs = self.manager.dirs.sandbox(&sandbox);
+        if let Err(err) =
+            crate::supervisor::launch::request_flush(store, &dirs, &sandbox, FINAL_FLUSH_WAIT).await
+        {
+            tracing::warn!(task = %id, error = %err, "no final audit flush");
+        }
+        copy_security(&mut feed, on_progress).await;
+        Ok(status)
+    }
+}
+
+/// Stores one agent event and reports it.
+async fn record_agent_event(
+    store: &crate::store::Store,
+    id: &TaskId,
+    event: Value,
+    on_progress: &mut impl FnMut(Progress),
+) {
+    if let Err(err) = store.append_event(id, "agent", &event).await {
+        tracing::warn!(task = %id, error = %err, "cannot record an agent event");
+    }
+    on_progress(Progress::Agent(event));
+}
+
+/// Copies new denials and drops into the timeline and reports them.
+async fn copy_security(feed: &mut SecurityFeed, on_progress: &mut impl FnMut(Progress)) {
+    match feed.poll().await {
+        Ok(events) => {
+            for (kind, data) in events {
+                on_progress(Progress::Security { kind, data });
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot copy the sandbox's audit to the timeline"),
     }
 }
 

@@ -89,6 +89,7 @@ impl Fixture {
             seccomp: None,
             net: Default::default(),
             guest_seccomp: Some(vec![1, 2, 3]),
+            backend: crate::backend::BackendKind::Qemu,
         }
     }
 

@@ -1,0 +1,496 @@
+//! [`FirecrackerBackend`]: the [`SandboxBackend`] that runs each sandbox as a Firecracker VM.
+
+mod control;
+
+pub use control::{SnapshotFiles, VmmExit};
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::api::{ActionType, ApiCall, ApiRequest, InstanceAction};
+use super::boot::{restore_calls, BootPlan, GuestConfigDoc, VmImage, VmNet};
+use super::client::ApiClient;
+use super::jailer::JailerConfig;
+use super::layout::{self, VmLayout};
+use super::process::{ProcessError, ProcessStamp, VmmCommand};
+use super::seccomp::{write_filter_file, VmmFilter};
+use super::support::tool_version;
+use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
+use super::FirecrackerError;
+use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::dirs::{RuntimeDirs, SandboxDirs};
+use crate::id::SandboxId;
+use crate::pidfd::Pidfd;
+use crate::spec::SandboxSpec;
+
+/// How long `remove` waits for a killed VMM to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After an API call fails, how long the VMM may take to finish exiting for the failure to be
+/// reported as its exit (a dying VMM closes its sockets before its exit can be waited for).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether Firecracker runs under the jailer.
+#[derive(Debug, Clone)]
+pub enum LaunchMode {
+    /// hearth spawns Firecracker itself, inside the sandbox's netns, as hearth's user.
+    Direct,
+    /// The official jailer: chroot, its own uid/gid, cgroup, then Firecracker.
+    Jailed(JailerConfig),
+}
+
+/// Everything the backend needs that does not change per sandbox.
+#[derive(Debug, Clone)]
+pub struct FirecrackerConfig {
+    pub firecracker: PathBuf,
+    pub mode: LaunchMode,
+    /// The guest kernel, initrd and rootfs (from `image::GuestImage`).
+    pub image: VmImage,
+    /// The VMM's own seccomp filter (not the sandbox's policy, which the guest applies).
+    pub vmm_filter: VmmFilter,
+    /// The same runtime root the manager makes sandbox dirs in: `remove`, `list` and the VM
+    /// operations find a sandbox's `vm/` from its id through it.
+    pub runtime: RuntimeDirs,
+    /// From spawning the VMM to `InstanceStart` accepted.
+    pub start_timeout: Duration,
+}
+
+/// A fresh boot (with the guest's network, if any) or a restore from a snapshot.
+#[derive(Debug, Clone, Copy)]
+enum Boot<'a> {
+    Fresh(Option<&'a VmNet>),
+    Restore(&'a SnapshotFiles),
+}
+
+impl Boot<'_> {
+    fn snapshot(&self) -> Option<&SnapshotFiles> {
+        match self {
+            Self::Fresh(_) => None,
+            Self::Restore(files) => Some(files),
+        }
+    }
+}
+
+/// Runs sandboxes as Firecracker microVMs.
+#[derive(Debug)]
+pub struct FirecrackerBackend {
+    config: FirecrackerConfig,
+    /// VMMs this process spawned, kept so their exit status can be read (only a parent can).
+    children: Mutex<HashMap<SandboxId, Child>>,
+}
+
+impl FirecrackerBackend {
+    pub fn new(config: FirecrackerConfig) -> Result<Self, FirecrackerError> {
+        if let LaunchMode::Jailed(jailer) = &config.mode {
+            jailer.validate()?;
+        }
+        Ok(Self {
+            config,
+            children: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &FirecrackerConfig {
+        &self.config
+    }
+
+    /// Where this sandbox's VM files are.
+    pub fn layout(&self, id: &SandboxId) -> VmLayout {
+        match &self.config.mode {
+            LaunchMode::Direct => VmLayout::direct(&self.dirs(id).vm_dir()),
+            LaunchMode::Jailed(jailer) => VmLayout::jailed(&jailer.jail(id).root),
+        }
+    }
+
+    /// A client for this sandbox's API socket.
+    pub fn api_client(&self, id: &SandboxId) -> ApiClient {
+        ApiClient::new(self.layout(id).host(layout::API_SOCKET))
+    }
+
+    /// The relay's upstream: connections to `hearth-guest` through the vsock socket.
+    pub fn guest_connector(&self, id: &SandboxId) -> VsockConnector {
+        VsockConnector::new(self.layout(id).host(layout::VSOCK_SOCKET), GUEST_VSOCK_PORT)
+    }
+
+    fn dirs(&self, id: &SandboxId) -> SandboxDirs {
+        self.config.runtime.sandbox(id)
+    }
+
+    fn children(&self) -> MutexGuard<'_, HashMap<SandboxId, Child>> {
+        // A panic while holding the lock leaves the map itself consistent.
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the VM; `net` puts `tap0` on the guest's eth0 (`LaunchContext::net` once the
+    /// QEMU side's `GuestNet` lands). On failure nothing of the VM is left.
+    pub fn start_vm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        net: Option<VmNet>,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
+        self.bring_up(spec, ctx, Boot::Fresh(net.as_ref()))
+    }
+
+    /// Starts the sandbox from a snapshot another sandbox took ([`Self::snapshot`]), resumed,
+    /// with its vsock socket in this sandbox's place. Firecracker reopens the drives at the
+    /// paths recorded in the snapshot: jailed, those are the same inside every jail; run
+    /// directly, they are the source sandbox's files, which must still exist. A snapshot
+    /// Firecracker can't load (another version, say) fails with its fault message, and
+    /// nothing is left behind.
+    pub fn restore_vm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        snapshot: &SnapshotFiles,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
+        self.bring_up(spec, ctx, Boot::Restore(snapshot))
+    }
+
+    fn bring_up(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        boot: Boot<'_>,
+    ) -> Result<GuestEndpoint, FirecrackerError> {
+        debug_assert_eq!(
+            ctx.dirs.base(),
+            self.dirs(&spec.id).base(),
+            "the launch context's sandbox dir must be under the backend's runtime root"
+        );
+        // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
+        ctx.dirs.create_vm_dir()?;
+        match self.launch(spec, ctx, boot) {
+            Ok(()) => Ok(GuestEndpoint::UnixSocket {
+                path: ctx.dirs.guest_socket(),
+            }),
+            Err(err) => {
+                if let Err(cleanup) = self.remove_vm(&spec.id, ctx.dirs) {
+                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        boot: Boot<'_>,
+    ) -> Result<(), FirecrackerError> {
+        let layout = self.layout(&spec.id);
+        let calls = self.stage(spec, &layout, boot)?;
+        let filter = self.write_filter(&layout)?;
+        let pidfd = self.spawn_vmm(spec, ctx, &layout, filter.as_deref())?;
+        let timeout = self.config.start_timeout;
+        let client = ApiClient::new(layout.host(layout::API_SOCKET));
+        let log = ctx.dirs.vm_log();
+        let configure = self.configure(&spec.id, &client, &calls, pidfd.as_ref(), &log);
+        run_async(async {
+            tokio::time::timeout(timeout, configure)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(FirecrackerError::StartTimeout {
+                        id: spec.id.clone(),
+                        waited: timeout,
+                    })
+                })
+        })?
+    }
+
+    /// Puts everything the VMM opens where it will look (the jail, when jailed): image,
+    /// snapshot, config drive, empty log and metrics files. Returns the calls that configure
+    /// the VM from them: the boot plan and `InstanceStart`, or the snapshot load.
+    fn stage(
+        &self,
+        spec: &SandboxSpec,
+        layout: &VmLayout,
+        boot: Boot<'_>,
+    ) -> Result<Vec<ApiCall>, FirecrackerError> {
+        let id = &spec.id;
+        let (image, snapshot) = match &self.config.mode {
+            LaunchMode::Direct => (
+                self.config.image.clone(),
+                boot.snapshot().map(|s| (s.state.clone(), s.memory.clone())),
+            ),
+            LaunchMode::Jailed(jailer) => {
+                let jail = jailer.jail(id);
+                jailer.create_root(&jail)?;
+                let image = jailer.place_image(&jail, &self.config.image)?;
+                let snapshot = match boot.snapshot() {
+                    Some(files) => Some((
+                        jailer.place(&jail, &files.state, layout::SNAPSHOT_STATE)?,
+                        jailer.place(&jail, &files.memory, layout::SNAPSHOT_MEMORY)?,
+                    )),
+                    None => None,
+                };
+                (image, snapshot)
+            }
+        };
+        let config = GuestConfigDoc::new(id.as_str(), spec.guest_seccomp.as_deref());
+        self.write_vm_file(layout, layout::CONFIG_IMAGE, &config.to_image()?)?;
+        self.write_vm_file(layout, layout::FIRECRACKER_LOG, b"")?;
+        self.write_vm_file(layout, layout::METRICS, b"")?;
+        if let (Boot::Restore(_), Some((state, memory))) = (boot, snapshot) {
+            return Ok(restore_calls(layout, &state, &memory)?);
+        }
+        let net = match boot {
+            Boot::Fresh(net) => net,
+            Boot::Restore(_) => None,
+        };
+        let mut calls = BootPlan::new(layout, &image, &spec.limits, net).calls()?;
+        let start = InstanceAction {
+            action_type: ActionType::InstanceStart,
+        };
+        calls.push(start.call()?);
+        Ok(calls)
+    }
+
+    /// Writes the VMM's seccomp filter; returns its path as the VMM sees it, if there is one.
+    fn write_filter(&self, layout: &VmLayout) -> Result<Option<PathBuf>, FirecrackerError> {
+        let path = layout.host(layout::SECCOMP_FILTER);
+        if !write_filter_file(&self.config.vmm_filter, &path)? {
+            return Ok(None);
+        }
+        self.give(&path)?;
+        Ok(Some(layout.vmm(layout::SECCOMP_FILTER)))
+    }
+
+    /// Spawns the VMM and records it; returns a pidfd for it.
+    fn spawn_vmm(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+        layout: &VmLayout,
+        filter: Option<&Path>,
+    ) -> Result<Option<Pidfd>, FirecrackerError> {
+        let child = self.command(&spec.id, ctx, layout, filter, spec).spawn()?;
+        let pid = child.id();
+        self.children().insert(spec.id.clone(), child);
+        ProcessStamp::of(pid)?.write(&ctx.dirs.vm_pid_file())?;
+        // Our unreaped child: its pid can't be reused, so the pidfd names the VMM. It turns
+        // readable once the whole process has exited, which is when `wait` can report it.
+        Ok(i32::try_from(pid)
+            .ok()
+            .and_then(|pid| Pidfd::open(pid).transpose())
+            .transpose()
+            .map_err(ProcessError::from)?)
+    }
+
+    fn command(
+        &self,
+        id: &SandboxId,
+        ctx: &LaunchContext<'_>,
+        layout: &VmLayout,
+        filter: Option<&Path>,
+        spec: &SandboxSpec,
+    ) -> VmmCommand {
+        match &self.config.mode {
+            LaunchMode::Direct => {
+                let mut args: Vec<OsString> = vec![
+                    "--api-sock".into(),
+                    layout.vmm(layout::API_SOCKET).into(),
+                    "--id".into(),
+                    id.as_str().into(),
+                ];
+                if let Some(filter) = filter {
+                    args.push("--seccomp-filter".into());
+                    args.push(filter.into());
+                }
+                VmmCommand {
+                    program: self.config.firecracker.clone(),
+                    args,
+                    netns: Some(ctx.netns_path.clone()),
+                    log: ctx.dirs.vm_log(),
+                }
+            }
+            LaunchMode::Jailed(jailer) => VmmCommand {
+                program: jailer.jailer.clone(),
+                args: jailer.argv(&jailer.jail(id), &ctx.netns_path, spec.limits.cpus, filter),
+                netns: None,
+                log: ctx.dirs.vm_log(),
+            },
+        }
+    }
+
+    /// Waits for the API socket, then sends the calls in order. A VMM that dies on the way is
+    /// reported as such rather than as the connection error it causes.
+    async fn configure(
+        &self,
+        id: &SandboxId,
+        client: &ApiClient,
+        calls: &[ApiCall],
+        pidfd: Option<&Pidfd>,
+        log: &Path,
+    ) -> Result<(), FirecrackerError> {
+        let exited = |grace: Duration| -> Option<FirecrackerError> {
+            // No pidfd (it could not be opened): the VMM's state is unknown, keep the error.
+            let gone = pidfd.is_some_and(|fd| fd.wait(grace).unwrap_or(false));
+            gone.then(|| FirecrackerError::VmmExited {
+                id: id.clone(),
+                status: self.exit_text(id),
+                log: log.to_owned(),
+            })
+        };
+        let started = Instant::now();
+        while let Err(err) = client.instance_info().await {
+            if let Some(exited) = exited(Duration::ZERO) {
+                return Err(exited);
+            }
+            tracing::trace!(%id, error = %err, elapsed = ?started.elapsed(), "API socket not up yet");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for call in calls {
+            if let Err(err) = client.call(call).await {
+                return Err(exited(EXIT_GRACE).unwrap_or(err.into()));
+            }
+        }
+        tracing::debug!(%id, elapsed = ?started.elapsed(), "VM started");
+        Ok(())
+    }
+
+    /// The exit status of a VMM known to have exited (so `wait` returns at once).
+    fn exit_text(&self, id: &SandboxId) -> String {
+        match self.children().get_mut(id).map(Child::wait) {
+            Some(Ok(status)) => status.to_string(),
+            _ => "exit status unknown".to_owned(),
+        }
+    }
+
+    fn write_vm_file(
+        &self,
+        layout: &VmLayout,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), FirecrackerError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = layout.host(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(bytes))
+            .map_err(|source| FirecrackerError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        self.give(&path)
+    }
+
+    /// Jailed, the VMM runs as the jailer's uid/gid and must own its files.
+    fn give(&self, path: &Path) -> Result<(), FirecrackerError> {
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            jailer.give(path)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the VMM (our child, or the process in `vmm.pid`), removes the jail and `vm/`.
+    /// Goes through every step and reports every failure.
+    fn remove_vm(&self, id: &SandboxId, dirs: &SandboxDirs) -> Result<(), FirecrackerError> {
+        let mut errors = Vec::new();
+        let child = self.children().remove(id);
+        if let Some(mut child) = child {
+            // Our own child: kill(2) by pid is safe, it can't be reaped (and reused) before
+            // the wait below.
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            match ProcessStamp::read(&dirs.vm_pid_file()) {
+                Ok(Some(stamp)) => {
+                    if let Err(err) = stamp.kill(KILL_TIMEOUT) {
+                        errors.push(err.into());
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => errors.push(err.into()),
+            }
+        }
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            if let Err(jail_errors) = jailer.cleanup(id) {
+                errors.extend(jail_errors.into_iter().map(FirecrackerError::from));
+            }
+        }
+        match std::fs::remove_dir_all(dirs.vm_dir()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => errors.push(FirecrackerError::Write {
+                path: dirs.vm_dir(),
+                source,
+            }),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(FirecrackerError::Cleanup(errors))
+        }
+    }
+}
+
+impl SandboxBackend for FirecrackerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    fn describe(&self) -> String {
+        let version = tool_version(&self.config.firecracker).map_or_else(
+            || "firecracker".to_owned(),
+            |v| format!("firecracker {}", v.version),
+        );
+        match &self.config.mode {
+            LaunchMode::Direct => version,
+            LaunchMode::Jailed(_) => format!("{version} (jailer)"),
+        }
+    }
+
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
+    ) -> Result<GuestEndpoint, BackendError> {
+        Ok(self.start_vm(spec, ctx, None)?)
+    }
+
+    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
+        Ok(self.remove_vm(id, &self.dirs(id))?)
+    }
+
+    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
+        Ok(self.vm_running(id)?)
+    }
+
+    fn list(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.list_vms()?)
+    }
+}
+
+/// Runs `future` to completion on a private current-thread runtime on a scoped thread, so the
+/// synchronous trait methods work whether or not the caller is inside a tokio runtime.
+fn run_async<F>(future: F) -> Result<F::Output, FirecrackerError>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(FirecrackerError::Runtime)?;
+            Ok(runtime.block_on(future))
+        });
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
