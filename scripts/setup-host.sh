@@ -8,7 +8,9 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl qemu-system-x86)
+# e2fsprogs (mke2fs, debugfs) and cpio: the guest image build and its tests; qemu-system-x86:
+# booting it; binutils (strip) shrinks the static hearth-guest the image carries.
+packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

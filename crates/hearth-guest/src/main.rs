@@ -12,6 +12,8 @@ mod reaper;
 mod seccomp;
 mod server;
 mod spawn;
+mod transport;
+mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,6 +34,9 @@ enum Command {
     Serve(ServeArgs),
     /// Serve the agent's tools (shell, files) as an MCP server on stdin/stdout until stdin closes.
     Mcp(mcp::McpArgs),
+    /// PID 1 of a microVM: set the system up from the kernel command line (`hearth.*` keys),
+    /// then serve on the transport it names. Also chosen when run as PID 1 under the name `/init`.
+    Init,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,11 +84,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = match Cli::parse().command {
-        Command::Serve(args) => args,
-        Command::Mcp(args) => return mcp::run(args),
-    };
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -92,6 +93,25 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    // The kernel starts /init with no subcommand.
+    let as_init = std::process::id() == 1
+        && std::env::args_os()
+            .next()
+            .is_some_and(|arg0| arg0 == "/init");
+    let command = if as_init {
+        Command::Init
+    } else {
+        Cli::parse().command
+    };
+    let args = match command {
+        Command::Serve(args) => args,
+        Command::Mcp(args) => return mcp::run(args),
+        Command::Init => vm_init(),
+    };
+    init_logging();
     let seccomp = match &args.seccomp_bpf {
         Some(path) => {
             let filters = seccomp::GuestFilters::load(path)?;
@@ -100,15 +120,55 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let config = server::Config {
-        listen: args.listen,
+    let listen = transport::Listen::Unix(args.listen.clone());
+    run_server(config(args, listen, seccomp))
+}
+
+/// Boots the VM, serves until SIGTERM, powers off. Never returns.
+fn vm_init() -> ! {
+    init_logging();
+    let booted = match vm::boot() {
+        Ok(Some(booted)) => booted,
+        Ok(None) => {
+            // Kernel messages are quiet; this line is what the boot benchmark waits for.
+            eprintln!("hearth-guest: baseline ready");
+            vm::power_off();
+        }
+        Err(err) => {
+            eprintln!("hearth-guest: boot failed: {err}");
+            vm::power_off();
+        }
+    };
+    let Cli {
+        command: Command::Serve(defaults),
+    } = Cli::parse_from(["hearth-guest", "serve"])
+    else {
+        unreachable!("parsed the serve subcommand");
+    };
+    let seccomp = booted.seccomp.map(std::sync::Arc::new);
+    if let Err(err) = run_server(config(defaults, booted.listen, seccomp)) {
+        eprintln!("hearth-guest: {err:#}");
+    }
+    vm::power_off();
+}
+
+fn config(
+    args: ServeArgs,
+    listen: transport::Listen,
+    seccomp: Option<std::sync::Arc<seccomp::GuestFilters>>,
+) -> server::Config {
+    server::Config {
+        listen,
         max_output: args.max_output,
         max_file: args.max_file,
         max_stdin: args.max_stdin,
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         cgroup_root: args.cgroup_root,
         seccomp,
-    };
+    }
+}
+
+fn run_server(config: server::Config) -> anyhow::Result<()> {
     // Two workers are plenty for a per-sandbox daemon and keep its footprint small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -35,8 +35,13 @@ impl GuestFilters {
             path: path.to_owned(),
             source,
         })?;
-        let programs = bpf::decode(&bytes).map_err(|source| SeccompFileError::Format {
-            path: path.to_owned(),
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Decodes a file already in memory; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self, SeccompFileError> {
+        let programs = bpf::decode(bytes).map_err(|source| SeccompFileError::Format {
+            path: origin.to_owned(),
             source,
         })?;
         let programs = programs

@@ -1,4 +1,6 @@
-//! The HTTP/1.1 + JSON server on a Unix socket, its routes, and the daemon's lifecycle.
+//! The HTTP + JSON server, its routes, and the daemon's lifecycle. The router is the same on
+//! every transport (`transport::Listen`): HTTP/1.1 on a Unix or vsock socket, HTTP/2 on a
+//! virtio-serial port.
 //!
 //! Endpoints (every error is `{"error":{"kind":..,"message":..}}` with a fitting status; kinds
 //! are `hearth_proto::ErrorKind` in snake_case):
@@ -26,20 +28,22 @@ use hearth_proto::{ErrorKind, Health, VersionInfo, PROTOCOL_VERSION};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::http::{json, ApiError, RespBody};
 use crate::reaper::{Children, ReaperError};
+use crate::transport::{self, Listen, TransportError};
 use crate::{exec, files};
 
 /// Daemon settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: PathBuf,
+    pub listen: Listen,
     /// Bytes kept per output stream per exec.
     pub max_output: u64,
     /// Largest file read or written.
@@ -84,6 +88,8 @@ pub enum ServeError {
         name: &'static str,
         source: io::Error,
     },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
     #[error("{op} {path}: {source}")]
@@ -130,8 +136,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         name: "SIGTERM",
         source,
     })?;
-    let listener = bind(&config.listen)?;
-    tracing::info!(socket = %config.listen.display(), pid = std::process::id(), "listening");
+    let listen = config.listen.clone();
     let state = Arc::new(State {
         config,
         children,
@@ -139,23 +144,67 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         closing: watch::Sender::new(false),
         connections: Arc::new(()),
     });
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(Arc::clone(&state), stream),
-                // EMFILE and friends are transient; back off instead of spinning.
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+    let server = match &listen {
+        Listen::Unix(path) => tokio::spawn(accept_unix(bind(path)?, Arc::clone(&state))),
+        Listen::Vsock(port) => {
+            let listener = transport::VsockListener::bind(*port)?;
+            tokio::spawn(accept_vsock(listener, Arc::clone(&state)))
         }
+        Listen::VirtioSerial(name) => {
+            let node = transport::find_serial_port(name)?;
+            tokio::spawn(serve_serial(node, Arc::clone(&state)))
+        }
+    };
+    tracing::info!(%listen, pid = std::process::id(), "listening");
+    let _ = sigterm.recv().await;
+    server.abort();
+    if let Listen::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
     }
-    drop(listener);
-    let _ = std::fs::remove_file(&state.config.listen);
     shutdown(&state).await;
     Ok(())
+}
+
+async fn accept_unix(listener: UnixListener, state: Arc<State>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_connection(Arc::clone(&state), stream, false),
+            // EMFILE and friends are transient; back off instead of spinning.
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_vsock(listener: transport::VsockListener, state: Arc<State>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => spawn_connection(Arc::clone(&state), stream, false),
+            Err(err) => {
+                tracing::warn!(%err, port = listener.port(), "vsock accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One HTTP/2 connection at a time over the port, a fresh one whenever the host reconnects.
+async fn serve_serial(node: PathBuf, state: Arc<State>) {
+    loop {
+        match transport::open_serial_port(&node).await {
+            Ok(stream) => {
+                tracing::debug!(port = %node.display(), "host connected");
+                serve_connection(Arc::clone(&state), stream, true).await;
+                tracing::debug!(port = %node.display(), "host disconnected");
+            }
+            Err(err) => {
+                tracing::warn!(%err, "virtio-serial port");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// SIGTERM every exec group, SIGKILL what is left after the grace period.
@@ -177,30 +226,53 @@ async fn shutdown(state: &State) {
     }
 }
 
-fn serve_connection(state: Arc<State>, stream: tokio::net::UnixStream) {
+fn spawn_connection<S>(state: Arc<State>, stream: S, http2: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    tokio::spawn(serve_connection(state, stream, http2));
+}
+
+/// Serves one connection until it ends, or until shutdown lets its current responses finish.
+async fn serve_connection<S>(state: Arc<State>, stream: S, http2: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let token = Arc::clone(&state.connections);
     let mut closing = state.closing.subscribe();
-    tokio::spawn(async move {
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(route(state, req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(state, req).await) }
+    });
+    let io = TokioIo::new(stream);
+    // The guard `wait_for` returns is not Send; drop it before awaiting the connection.
+    let closed = async move { drop(closing.wait_for(|closing| *closing).await) };
+    let result = if http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service);
         tokio::pin!(conn);
-        let result = tokio::select! {
+        tokio::select! {
             result = conn.as_mut() => result,
-            // The guard `wait_for` returns is not Send; drop it before awaiting the connection.
-            () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+            () = closed => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
-        };
-        if let Err(err) = result {
-            tracing::debug!(%err, "connection ended with an error");
         }
-        drop(token);
-    });
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result,
+            () = closed => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%err, "connection ended with an error");
+    }
+    drop(token);
 }
 
 async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {

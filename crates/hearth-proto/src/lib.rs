@@ -10,6 +10,7 @@
 
 pub mod bpf;
 pub mod query;
+pub mod vm;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; bumped on any incompatible change to these types or endpoints.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+pub use vm::{VmGuestConfig, GUEST_SERIAL_PORT_NAME, GUEST_VSOCK_PORT, VM_CONFIG_SIZE};
 
 /// Media type of the streamed exec response: one JSON [`ExecEvent`] per line.
 pub const NDJSON: &str = "application/x-ndjson";

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod dirs;
 pub mod guest_client;
 pub mod id;
+pub mod image;
 pub mod net;
 pub mod pidfd;
 pub mod spec;

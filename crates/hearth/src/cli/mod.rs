@@ -1,6 +1,7 @@
 //! The command line: `hearth sandbox ...`, `hearth doctor`, `hearth bench ...`.
 
 mod audit;
+mod image;
 mod net;
 mod run;
 mod sandbox;
@@ -81,6 +82,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build and manage the microVM guest image.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Serve the HTTP API (tasks, their events, sandboxes) on loopback and a Unix socket.
     Serve(serve::ServeArgs),
     /// Measure hearth against its reference tools on this host.
@@ -107,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Seccomp(command) => seccomp::run(command),
         Command::Doctor { json } => crate::doctor::run(&settings, json),
         Command::Serve(args) => serve::run(args, &settings).await,
+        Command::Image(command) => image::run(command, &settings),
         Command::Bench(BenchCommand::Tasks(args)) => {
             crate::api::bench_tasks::run(args, &settings).await
         }

@@ -1,0 +1,297 @@
+//! Where the guest protocol is served: a Unix socket (OCI sandboxes), a virtio-serial port
+//! (QEMU without vhost-vsock) or an AF_VSOCK port (Firecracker, QEMU with vhost-vsock).
+//!
+//! A virtio-serial port is one byte stream for the VM's whole life, so it carries a single
+//! HTTP/2 connection that multiplexes the host relay's requests; when the host side goes away
+//! (EOF, an error, POLLHUP) the guest waits for it to return and serves a fresh connection.
+//! Unix and vsock sockets take one HTTP/1.1 connection per request.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    /// A virtio-serial port by its name (`/sys/class/virtio-ports/*/name`).
+    VirtioSerial(String),
+    Vsock(u32),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+            Listen::VirtioSerial(name) => write!(f, "virtio-serial:{name}"),
+            Listen::Vsock(port) => write!(f, "vsock:{port}"),
+        }
+    }
+}
+
+/// A transport that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no virtio-serial port named {0} under /sys/class/virtio-ports")]
+    NoPort(String),
+    #[error("vsock port {port}: {op}: {source}")]
+    Vsock {
+        port: u32,
+        op: &'static str,
+        source: nix::Error,
+    },
+}
+
+/// A nonblocking stream fd (a virtio port or an accepted vsock socket) driven by the reactor.
+#[derive(Debug)]
+pub struct FdStream {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl FdStream {
+    /// `fd` must already be in nonblocking mode.
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self { fd: register(fd)? })
+    }
+}
+
+/// Hands `fd` to the reactor.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor that it alone closes, on drop, and its
+    // `as_raw_fd` always returns that same descriptor; the AsyncFd owns it from here on.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+impl AsyncRead for FdStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(err)) => return Poll::Ready(Err(err)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FdStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
+            {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The `/dev` node of the virtio-serial port called `name`, made from its sysfs `dev` numbers
+/// when devtmpfs has not created it.
+pub fn find_serial_port(name: &str) -> Result<PathBuf, TransportError> {
+    let class = Path::new("/sys/class/virtio-ports");
+    let read = std::fs::read_dir(class).map_err(|source| TransportError::Io {
+        op: "read",
+        path: class.to_path_buf(),
+        source,
+    })?;
+    for entry in read.filter_map(Result::ok) {
+        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if port_name.trim() != name {
+            continue;
+        }
+        let node = Path::new("/dev").join(entry.file_name());
+        if !node.exists() {
+            let dev_file = entry.path().join("dev");
+            let numbers =
+                std::fs::read_to_string(&dev_file).map_err(|source| TransportError::Io {
+                    op: "read",
+                    path: dev_file.clone(),
+                    source,
+                })?;
+            let (major, minor) = numbers.trim().split_once(':').unwrap_or(("", ""));
+            let bad = || TransportError::Io {
+                op: "parse",
+                path: dev_file.clone(),
+                source: io::Error::from(io::ErrorKind::InvalidData),
+            };
+            let dev = nix::sys::stat::makedev(
+                major.parse().map_err(|_| bad())?,
+                minor.parse().map_err(|_| bad())?,
+            );
+            nix::sys::stat::mknod(
+                &node,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                dev,
+            )
+            .map_err(|e| TransportError::Io {
+                op: "mknod",
+                path: node.clone(),
+                source: e.into(),
+            })?;
+        }
+        return Ok(node);
+    }
+    Err(TransportError::NoPort(name.to_string()))
+}
+
+/// Opens the port and waits until the host side is connected (no POLLHUP).
+pub async fn open_serial_port(node: &Path) -> Result<FdStream, TransportError> {
+    let io_err = |op| {
+        move |source| TransportError::Io {
+            op,
+            path: node.to_path_buf(),
+            source,
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(node)
+        .map_err(io_err("open"))?;
+    let fd = OwnedFd::from(file);
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)
+            .map_err(|e| io_err("poll")(e.into()))?;
+        let hung_up = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
+        if !hung_up {
+            break;
+        }
+        // The virtio console signals a host (dis)connect with no event the reactor sees.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    FdStream::new(fd).map_err(io_err("register"))
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+/// An AF_VSOCK listener on `port` for any CID.
+#[derive(Debug)]
+pub struct VsockListener {
+    port: u32,
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl VsockListener {
+    pub fn bind(port: u32) -> Result<Self, TransportError> {
+        let err = |op| move |source| TransportError::Vsock { port, op, source };
+        let fd = socket::socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(err("socket"))?;
+        let addr = VsockAddr::new(libc::VMADDR_CID_ANY, port);
+        socket::bind(fd.as_raw_fd(), &addr).map_err(err("bind"))?;
+        socket::listen(&fd, socket::Backlog::new(64).map_err(err("listen"))?)
+            .map_err(err("listen"))?;
+        let fd = register(fd).map_err(|e| TransportError::Vsock {
+            port,
+            op: "register",
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        Ok(Self { port, fd })
+    }
+
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    pub async fn accept(&self) -> io::Result<FdStream> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let accepted = guard.try_io(|fd| {
+                socket::accept4(
+                    fd.get_ref().as_raw_fd(),
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(io::Error::from)
+            });
+            match accepted {
+                Ok(Ok(raw)) => {
+                    // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                    return FdStream::new(fd);
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// FdStream moves bytes both ways over a nonblocking socketpair and reports EOF.
+    #[tokio::test]
+    async fn fd_stream_reads_writes_and_sees_eof() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut a = FdStream::new(a).unwrap();
+        let mut b = FdStream::new(b).unwrap();
+        let big = vec![7u8; 1 << 20];
+        let writer = tokio::spawn(async move {
+            a.write_all(&big).await.unwrap();
+            drop(a);
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got.len(), 1 << 20);
+        assert!(got.iter().all(|&x| x == 7));
+    }
+}
