@@ -16,6 +16,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The CLI tests run the hearth-guest binary, so build every binary first.
 cargo build --workspace --bins --quiet
+# The microVM guest image carries a static hearth-guest (its own target dir under the same root).
+RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --quiet -p hearth-guest --target x86_64-unknown-linux-gnu
 
 echo "== rust: tests" >&2
 cargo test --workspace --no-fail-fast

@@ -18,8 +18,9 @@ pub const GUEST_VSOCK_PORT: u32 = 1024;
 /// (`hearth.transport=virtio-serial:org.hearth.guest.0`).
 pub const GUEST_SERIAL_PORT_NAME: &str = "org.hearth.guest.0";
 
-/// Size of the config drive: the JSON document plus NUL padding.
-pub const VM_CONFIG_SIZE: usize = 4096;
+/// Size of the config drive: the JSON document plus NUL padding. 64 KiB: the `default`
+/// profile's BPF alone is about 16 KB in base64.
+pub const VM_CONFIG_SIZE: usize = 64 * 1024;
 
 /// Settings of one VM guest that do not fit on the kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -66,13 +66,19 @@ impl Settings {
         let slots = SqliteSlotStore::new(store.clone(), tokio::runtime::Handle::current());
         let firewall = FirewallManager::new(FirewallConfig::default(), Arc::new(slots))
             .map_err(|err| CliError::new(HOST, err.to_string()))?;
+        let mut backends = Backends::new(Arc::new(OciBackend::new(runtime)));
+        let qemu = crate::vm::qemu_backend(&self.state_dir, &dirs);
+        if let Some(qemu) = &qemu {
+            backends.add(qemu.clone());
+        }
         Ok(SandboxManager {
             store,
             dirs,
-            backends: Backends::new(Box::new(OciBackend::new(runtime))),
+            backends,
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,
+            qemu,
         })
     }
 }

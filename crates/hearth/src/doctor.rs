@@ -88,12 +88,8 @@ fn collect(settings: &Settings) -> Vec<Check> {
     ));
     checks.push(check_netns());
     checks.push(check_kvm());
-    checks.push(check_tool(
-        "qemu",
-        &["--version"],
-        "apt-get install qemu-system-x86",
-        false,
-    ));
+    checks.push(check_qemu(&settings.state_dir));
+    checks.push(check_image(&settings.state_dir));
     checks.push(check_tool(
         "firecracker",
         &["--version"],
@@ -184,10 +180,7 @@ fn check_guest_binary(path: &Path) -> Check {
 }
 
 fn check_tool(name: &'static str, args: &[&str], fix: &str, required: bool) -> Check {
-    let binary = match name {
-        "qemu" => "qemu-system-x86_64",
-        other => other,
-    };
+    let binary = name;
     match find_in_path(binary).and_then(|path| first_line(&path, args)) {
         Some(version) => Check::pass(name, version, required),
         None => Check::fail(name, format!("{binary} not found"), fix, required),
@@ -247,6 +240,60 @@ fn check_kvm() -> Check {
         );
     }
     Check::pass("kvm", "/dev/kvm opens (hardware virtualization)", false)
+}
+
+/// Probes QEMU afresh (the KVM probe really boots firmware) and says what `--backend qemu`
+/// would use here; the result is cached for later commands.
+fn check_qemu(state_dir: &Path) -> Check {
+    if std::fs::create_dir_all(state_dir).is_err() {
+        return Check::fail("qemu", "state dir unusable", "check --state-dir", false);
+    }
+    let Some(support) = crate::vm::qemu_support(state_dir, true) else {
+        return Check::fail(
+            "qemu",
+            "qemu-system-x86_64 not found or cannot run",
+            "apt-get install qemu-system-x86",
+            false,
+        );
+    };
+    let accel = match &support.kvm {
+        hearth_sandbox::backend::qemu::KvmState::Usable => "KVM, -M microvm".to_owned(),
+        hearth_sandbox::backend::qemu::KvmState::Unusable { reason } => {
+            format!("TCG, -M pc (KVM unusable: {reason})")
+        }
+    };
+    let channel = if support.vhost_vsock {
+        "vhost-vsock"
+    } else {
+        "virtio-serial (no /dev/vhost-vsock)"
+    };
+    let sandbox = if support.seccomp { "on" } else { "unavailable" };
+    Check::pass(
+        "qemu",
+        format!(
+            "{}: {accel}; guest channel {channel}; -sandbox {sandbox}",
+            support.version
+        ),
+        false,
+    )
+}
+
+/// The microVM guest image `--backend qemu|firecracker` boots.
+fn check_image(state_dir: &Path) -> Check {
+    let images = crate::vm::images_dir(state_dir);
+    match hearth_sandbox::image::GuestImage::current(&images) {
+        Ok(image) => Check::pass(
+            "guest-image",
+            format!("{} (kernel {})", image.dir.display(), image.kernel_release),
+            false,
+        ),
+        Err(err) => Check::fail(
+            "guest-image",
+            err.to_string(),
+            "hearth image build (needs a static hearth-guest, see README)",
+            false,
+        ),
+    }
 }
 
 fn first_line(binary: &Path, args: &[&str]) -> Option<String> {

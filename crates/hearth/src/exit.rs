@@ -94,7 +94,8 @@ fn sandbox_code(err: &SandboxError) -> u8 {
             }
         }
         SandboxError::Backend(_) => SANDBOX_FAILED,
-        SandboxError::BackendUnavailable(_) => HOST,
+        SandboxError::BackendUnavailable(_) | SandboxError::Image(_) => HOST,
+        SandboxError::NotAVm { .. } => BAD_INPUT,
         SandboxError::Guest(guest) => guest_code(guest),
         SandboxError::Supervisor(_) => SANDBOX_FAILED,
         SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,

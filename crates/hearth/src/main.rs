@@ -10,6 +10,7 @@ mod sandboxes;
 mod store;
 mod supervisor;
 mod tasks;
+mod vm;
 
 use std::process::ExitCode;
 

@@ -102,7 +102,9 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::AlreadyExists(_) | SandboxError::Dirs(DirsError::SandboxExists { .. }) => {
             (StatusCode::CONFLICT, "conflict")
         }
-        SandboxError::Status { .. } => (StatusCode::CONFLICT, "conflict"),
+        SandboxError::Status { .. } | SandboxError::NotAVm { .. } => {
+            (StatusCode::CONFLICT, "conflict")
+        }
         SandboxError::Dirs(
             DirsError::SocketPathTooLong { .. }
             | DirsError::TooOpen { .. }

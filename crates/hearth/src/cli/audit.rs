@@ -16,6 +16,7 @@ use crate::sandboxes::{SandboxError, SandboxManager};
 use crate::store::{AuditCount, AuditState, NetworkDrops, StoredDrop, StoredEntry};
 use crate::supervisor;
 use crate::supervisor::net::NetDuty;
+use crate::supervisor::relay::RelayDuty;
 use crate::supervisor::run::Duties;
 
 /// How long `audit` waits for the supervisor's flush before showing what is stored.
@@ -45,6 +46,9 @@ pub struct SuperviseArgs {
     /// The sandbox's network (JSON): resolve its allowed names and record its drops.
     #[arg(long, value_name = "JSON")]
     net: Option<String>,
+    /// The VM's guest channel (JSON): serve the guest socket and forward it into the VM.
+    #[arg(long, value_name = "JSON")]
+    relay: Option<String>,
 }
 
 /// What `audit --json` prints.
@@ -78,9 +82,15 @@ pub async fn supervise(
         .as_deref()
         .map(serde_json::from_str::<NetDuty>)
         .transpose()?;
+    let relay = args
+        .relay
+        .as_deref()
+        .map(serde_json::from_str::<RelayDuty>)
+        .transpose()?;
     let duties = Duties {
         seccomp: args.seccomp,
         net,
+        relay,
     };
     supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir, duties).await
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use hearth_proto::{ExecRequest, StreamName};
+use hearth_sandbox::backend::BackendKind;
 use hearth_sandbox::guest_client::OutputChunk;
 use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
@@ -61,6 +62,16 @@ pub enum SandboxCommand {
     /// Show the system calls a sandbox's seccomp policy refused: exact counts per syscall, then
     /// the recent entries.
     Audit(super::audit::AuditArgs),
+    /// Pause every vCPU of a microVM sandbox (its processes stop; memory stays).
+    Pause {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Resume a paused microVM sandbox.
+    Resume {
+        /// Sandbox id.
+        id: String,
+    },
     /// Run a sandbox's seccomp supervisor (started by `create`, not by hand).
     #[command(hide = true)]
     Supervise(super::audit::SuperviseArgs),
@@ -109,9 +120,24 @@ pub struct CreateArgs {
     /// would answer audited calls before they reach the audit.
     #[arg(long, value_name = "PROFILE|FILE")]
     guest_seccomp: Option<String>,
+    /// Isolation: oci (a container), qemu (a microVM with its own kernel; needs `hearth image
+    /// build`) or firecracker. `hearth doctor` shows what this host can run.
+    #[arg(long, value_name = "BACKEND", default_value = "oci", value_parser = parse_backend)]
+    backend: BackendKind,
     /// Print the new sandbox as JSON instead of just its id.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_backend(text: &str) -> Result<BackendKind, String> {
+    match text {
+        "oci" => Ok(BackendKind::Oci),
+        "qemu" => Ok(BackendKind::Qemu),
+        "firecracker" => Ok(BackendKind::Firecracker),
+        other => Err(format!(
+            "{other:?} is not a backend: oci, qemu or firecracker"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -149,8 +175,17 @@ pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result
         SandboxCommand::Ls { json } => list(&manager, json).await,
         SandboxCommand::Rm { ids, force } => remove(&manager, &ids, force).await,
         SandboxCommand::Audit(args) => super::audit::audit(&manager, args).await,
+        SandboxCommand::Pause { id } => pause_or_resume(&manager, &id, true).await,
+        SandboxCommand::Resume { id } => pause_or_resume(&manager, &id, false).await,
         SandboxCommand::Supervise(args) => super::audit::supervise(args, settings).await,
     }
+}
+
+async fn pause_or_resume(manager: &SandboxManager, raw: &str, pause: bool) -> anyhow::Result<u8> {
+    let id = SandboxId::parse(raw)?;
+    let status = manager.set_paused(&id, pause).await?;
+    println!("{id} {status}");
+    Ok(0)
 }
 
 async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8> {
@@ -173,22 +208,30 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         })?),
         None => None,
     };
-    let listener = manager.dirs.sandbox(&id).seccomp_socket();
-    let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
-    let guest_seccomp = args
-        .guest_seccomp
-        .as_deref()
-        .map(super::seccomp::guest_bpf)
-        .transpose()?;
+    // A container is filtered by its runtime (audited through the supervisor); a VM's
+    // processes by its hearth-guest, which installs the policy's BPF in each one.
+    let (seccomp, guest_seccomp) = if args.backend == BackendKind::Oci {
+        let listener = manager.dirs.sandbox(&id).seccomp_socket();
+        let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
+        let guest = args
+            .guest_seccomp
+            .as_deref()
+            .map(super::seccomp::guest_bpf)
+            .transpose()?;
+        (Some(seccomp), guest)
+    } else {
+        let policy = args.guest_seccomp.as_deref().unwrap_or(&args.seccomp);
+        (None, Some(super::seccomp::guest_bpf(policy)?))
+    };
     manager.reconcile().await?;
     let spec = SandboxSpec {
         id,
         limits,
         workspace,
-        seccomp: Some(seccomp),
+        seccomp,
         net,
         guest_seccomp,
-        backend: hearth_sandbox::backend::BackendKind::Oci,
+        backend: args.backend,
     };
     let record = manager.create(&spec).await?;
     if args.json {

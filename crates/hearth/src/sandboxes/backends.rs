@@ -2,6 +2,8 @@
 //! so OCI containers and microVMs live side by side and each is removed by the backend that made
 //! it.
 
+use std::sync::Arc;
+
 use hearth_sandbox::backend::{BackendKind, SandboxBackend};
 
 use super::SandboxError;
@@ -9,12 +11,18 @@ use super::SandboxError;
 /// The usable backends of this host.
 #[derive(Debug)]
 pub struct Backends {
-    all: Vec<Box<dyn SandboxBackend>>,
+    all: Vec<Arc<dyn SandboxBackend>>,
 }
 
 impl Backends {
-    pub fn new(first: Box<dyn SandboxBackend>) -> Self {
+    pub fn new(first: Arc<dyn SandboxBackend>) -> Self {
         Self { all: vec![first] }
+    }
+
+    /// Adds a backend; a later one of the same kind replaces the earlier.
+    pub fn add(&mut self, backend: Arc<dyn SandboxBackend>) {
+        self.all.retain(|b| b.kind() != backend.kind());
+        self.all.push(backend);
     }
 
     /// The backend of `kind`, or why this host has none.

@@ -8,11 +8,14 @@
 mod backends;
 mod kills;
 mod reconcile;
+mod vm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_sandbox::backend::qemu::QemuBackend;
+use hearth_sandbox::backend::vm::GuestNet;
 use hearth_sandbox::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
@@ -27,6 +30,8 @@ use crate::supervisor::net::NetDuty;
 
 /// How long a new sandbox's guest gets to answer its first health check.
 const GUEST_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a microVM: a kernel boots first (7 to 8 s under TCG on these machines).
+const VM_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of sandbox management.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,14 @@ pub enum SandboxError {
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("the {0} backend is not available on this host (see hearth doctor)")]
     BackendUnavailable(BackendKind),
+    #[error("sandbox {id} runs on {backend}; only microVM sandboxes can {action}")]
+    NotAVm {
+        id: SandboxId,
+        backend: BackendKind,
+        action: &'static str,
+    },
+    #[error("{0} (build one with: hearth image build)")]
+    Image(#[from] hearth_sandbox::image::ImageError),
     #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
     Cleanup { id: SandboxId, errors: Vec<String> },
 }
@@ -74,6 +87,8 @@ pub struct SandboxManager {
     pub firewall: Arc<FirewallManager>,
     /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// The QEMU backend (also in `backends`), for what only VMs do: pause, resume, boot waits.
+    pub qemu: Option<Arc<QemuBackend>>,
 }
 
 impl SandboxManager {
@@ -128,20 +143,29 @@ impl SandboxManager {
                 move |firewall| firewall.setup(&id, &policy)
             })
             .await?;
-        // The seccomp listener must be up before the runtime looks for it, and the resolver
-        // before the sandbox's first lookup (see `supervisor`).
+        let is_vm = spec.backend != BackendKind::Oci;
+        let vm_image = if is_vm {
+            Some(crate::vm::guest_image(self.store.state_dir())?)
+        } else {
+            None
+        };
+        // The seccomp listener must be up before the runtime looks for it, the resolver
+        // before the sandbox's first lookup, and a VM's relay before the health wait (see
+        // `supervisor`).
         let net_duty = network.link.as_ref().map(|link| NetDuty {
             link: link.clone(),
             policy: spec.net.clone(),
             netns: network.netns.clone(),
             dns_upstream: self.dns_upstream,
         });
+        let relay = crate::vm::relay_duty(spec.backend, self.qemu.as_deref(), &spec.id, &dirs);
         crate::supervisor::start_if_needed(
             spec,
             &dirs,
             self.dirs.root(),
             self.store.state_dir(),
             net_duty.as_ref(),
+            relay.as_ref(),
         )
         .await?;
         let ctx = LaunchContext {
@@ -149,17 +173,34 @@ impl SandboxManager {
             netns_path: network.netns,
             guest_binary: self.guest_binary.clone(),
             resolver: network.link.as_ref().map(|link| link.resolver()),
+            net: network
+                .link
+                .as_ref()
+                .filter(|_| is_vm)
+                .map(GuestNet::from_link),
+            vm_image,
         };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
-        let endpoint = self.backends.get(spec.backend)?.start(spec, &ctx)?;
+        let backend = self.backends.get(spec.backend)?;
+        // QEMU's start waits on QMP and the tap ioctls: off the async threads.
+        let endpoint = tokio::task::block_in_place(|| backend.start(spec, &ctx))?;
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
         let client = client_for(&endpoint);
-        if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
-            return Err(SandboxError::GuestNotReady {
-                id: spec.id.clone(),
-                source,
-                log: guest_log_tail(&dirs),
-            });
+        match (spec.backend, &self.qemu) {
+            (BackendKind::Qemu, Some(qemu)) => {
+                qemu.wait_guest_ready(&spec.id, &client, VM_READY_TIMEOUT)
+                    .await
+                    .map_err(BackendError::from)?;
+            }
+            _ => {
+                if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
+                    return Err(SandboxError::GuestNotReady {
+                        id: spec.id.clone(),
+                        source,
+                        log: guest_log_tail(&dirs),
+                    });
+                }
+            }
         }
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "guest ready");
         Ok(())

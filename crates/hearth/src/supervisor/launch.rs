@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 
 use super::net::NetDuty;
 use super::proc::{self, ProcessStamp};
+use super::relay::RelayDuty;
 use super::{SupervisorError, EXE_ENV, READY_TIMEOUT, STOP_GRACE};
 use crate::store::Store;
 
@@ -42,6 +43,7 @@ pub async fn start_if_needed(
     runtime_dir: &Path,
     state_dir: &Path,
     net: Option<&NetDuty>,
+    relay: Option<&RelayDuty>,
 ) -> Result<Option<u32>, SupervisorError> {
     let seccomp = match listener_path(spec) {
         Some(given) => {
@@ -57,10 +59,10 @@ pub async fn start_if_needed(
         }
         None => false,
     };
-    if !seccomp && net.is_none() {
+    if !seccomp && net.is_none() && relay.is_none() {
         return Ok(None);
     }
-    let mut child = spawn(&spec.id, dirs, runtime_dir, state_dir, seccomp, net)?;
+    let mut child = spawn(&spec.id, dirs, runtime_dir, state_dir, seccomp, net, relay)?;
     let pid = child.id().unwrap_or_default();
     let ready = match record_pid(dirs, pid) {
         Ok(()) => wait_ready(&mut child).await,
@@ -91,8 +93,13 @@ fn spawn(
     state_dir: &Path,
     seccomp: bool,
     net: Option<&NetDuty>,
+    relay: Option<&RelayDuty>,
 ) -> Result<Child, SupervisorError> {
     let net = net
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(SupervisorError::Encode)?;
+    let relay = relay
         .map(serde_json::to_string)
         .transpose()
         .map_err(SupervisorError::Encode)?;
@@ -118,6 +125,7 @@ fn spawn(
         .args(["-v", "sandbox", "supervise", id.as_str()])
         .args(seccomp.then_some("--seccomp"))
         .args(net.iter().flat_map(|json| ["--net", json.as_str()]))
+        .args(relay.iter().flat_map(|json| ["--relay", json.as_str()]))
         // It needs nothing from the caller's environment but its log filter.
         .env_clear()
         .envs(std::env::var_os("RUST_LOG").map(|v| (OsString::from("RUST_LOG"), v)))

@@ -34,6 +34,7 @@
 pub mod launch;
 pub mod net;
 mod proc;
+pub mod relay;
 pub mod run;
 
 use std::io;
@@ -96,6 +97,8 @@ pub enum SupervisorError {
     },
     #[error("cannot encode the supervisor's network duty: {0}")]
     Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Relay(#[from] hearth_sandbox::backend::vm::relay::RelayError),
     #[error(transparent)]
     Notify(#[from] hearth_seccomp::notify::NotifyError),
     #[error(transparent)]

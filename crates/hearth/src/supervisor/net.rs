@@ -94,13 +94,16 @@ impl NetWatch {
         !self.netns.exists()
     }
 
-    /// Stops the reader and the resolver and waits for both.
+    /// Stops the resolver (waiting for it) and tells the reader to stop; the reader is not
+    /// waited for, since it notices only within NFLOG_POLL and the supervisor is exiting.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(reader) = self.reader.take() {
-            if reader.join().is_err() {
-                tracing::error!("the nflog reader thread panicked");
-            }
+        if self
+            .reader
+            .take()
+            .is_some_and(|reader| reader.is_finished())
+        {
+            tracing::debug!("the nflog reader had already ended");
         }
         if let Some(resolver) = self.resolver.take() {
             if let Err(err) = resolver.stop() {

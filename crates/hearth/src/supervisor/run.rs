@@ -15,9 +15,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::launch::READY_LINE;
 use super::net::{NetDuty, NetWatch};
+use super::relay::{RelayDuty, RelayTask};
 use super::{SupervisorError, FIRST_CONNECT_TIMEOUT, FLUSH_INTERVAL};
 use crate::store::{FlushTotals, Store};
 
+/// How long the exit path waits for the notify threads before leaving them to the process's end.
+const JOIN_WAIT: Duration = Duration::from_millis(20);
 /// How long one accept waits before the accept thread looks at `stop` again.
 const ACCEPT_POLL: Duration = Duration::from_millis(250);
 /// Window rows kept for retry while the store refuses writes; past it the oldest are dropped
@@ -41,6 +44,8 @@ pub struct Duties {
     pub seccomp: bool,
     /// Resolve the sandbox's allowed names and record its firewall drops.
     pub net: Option<NetDuty>,
+    /// Serve the guest socket and forward it into the sandbox's VM.
+    pub relay: Option<RelayDuty>,
 }
 
 /// Runs the supervisor of `id` until its sandbox is gone or it is told to stop.
@@ -65,6 +70,12 @@ pub async fn run(
         None
     };
     let net = duties.net.as_ref().map(NetWatch::start).transpose()?;
+    // Bound before `ready`: the creator's health wait connects to the guest socket next.
+    let relay = duties
+        .relay
+        .as_ref()
+        .map(|duty| RelayTask::start(duty, &dirs.guest_socket()))
+        .transpose()?;
     let capacity = u64::try_from(config.capacity).unwrap_or(u64::MAX);
     // The state row is the supervisor's bookkeeping (`audit` waits on its flush_seq) even when
     // there is no seccomp duty: its counts then stay zero.
@@ -76,7 +87,7 @@ pub async fn run(
         store.begin_network_drops(&id, capacity).await?;
     }
     announce_ready()?;
-    tracing::info!(%id, seccomp = duties.seccomp, net = net.is_some(), "supervisor ready");
+    tracing::info!(%id, seccomp = duties.seccomp, net = net.is_some(), relay = relay.is_some(), "supervisor ready");
 
     let stop = Arc::new(AtomicBool::new(false));
     let servers = Arc::new(Mutex::new(Servers::default()));
@@ -100,7 +111,7 @@ pub async fn run(
             _ = signals.usr1.recv() => flusher.flush(net.as_ref(), None).await,
             () = tokio::time::sleep(FLUSH_INTERVAL) => {
                 flusher.flush(net.as_ref(), None).await;
-                if let Some(reason) = finished(&servers, acceptor.is_some(), net.as_ref()) {
+                if let Some(reason) = finished(&servers, acceptor.is_some(), net.as_ref(), relay.is_some().then(|| dirs.base().to_path_buf()).as_deref()) {
                     break reason;
                 }
             }
@@ -108,14 +119,21 @@ pub async fn run(
     };
     stop.store(true, Ordering::Relaxed);
     if let Some(acceptor) = acceptor {
-        let threads = tokio::task::spawn_blocking(move || join_all(acceptor, &servers)).await;
-        if let Err(err) = threads {
-            tracing::warn!(%err, "joining the notify threads failed");
+        // The accept thread notices `stop` within ACCEPT_POLL; teardown should not wait that
+        // long for a summary in the log. Whatever has not joined by then ends with the process.
+        let threads = tokio::task::spawn_blocking(move || join_all(acceptor, &servers));
+        match tokio::time::timeout(JOIN_WAIT, threads).await {
+            Ok(Err(err)) => tracing::warn!(%err, "joining the notify threads failed"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::debug!("notify threads still polling at exit"),
         }
     }
     flusher.flush(net.as_ref(), Some(ended)).await;
     if let Some(net) = net {
         tokio::task::spawn_blocking(move || net.stop()).await?;
+    }
+    if let Some(relay) = relay {
+        relay.stop().await;
     }
     tracing::info!(%id, ended, "supervisor exiting");
     Ok(0)
@@ -153,16 +171,20 @@ fn announce_ready() -> Result<(), SupervisorError> {
 }
 
 /// Why the supervisor should end now, if it should: the init's filter is gone, nobody came, or
-/// (for a supervisor without seccomp duty) the sandbox's network namespace is gone.
+/// (for a supervisor without seccomp duty) the sandbox's network namespace or directory is gone.
 fn finished(
     servers: &Mutex<Servers>,
     seccomp: bool,
     net: Option<&NetWatch>,
+    sandbox_dir: Option<&Path>,
 ) -> Option<&'static str> {
     if !seccomp {
-        return net
-            .is_some_and(NetWatch::network_gone)
-            .then_some("network gone");
+        if net.is_some_and(NetWatch::network_gone) {
+            return Some("network gone");
+        }
+        return sandbox_dir
+            .is_some_and(|dir| !dir.exists())
+            .then_some("sandbox gone");
     }
     let servers = servers.lock().unwrap_or_else(|p| p.into_inner());
     if servers.abandoned {

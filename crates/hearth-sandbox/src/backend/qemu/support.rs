@@ -27,15 +27,15 @@ pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_BINARY: &str = "qemu-system-x86_64";
 
 /// Whether KVM can run a guest here, and why not.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum KvmState {
     Usable,
     Unusable { reason: String },
 }
 
-/// QEMU on this host.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// QEMU on this host (deserializable so a probe can be cached).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QemuSupport {
     pub binary: PathBuf,
     /// First line of `qemu-system-x86_64 --version`.

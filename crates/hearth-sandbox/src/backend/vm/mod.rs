@@ -4,7 +4,6 @@
 
 pub mod relay;
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -13,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Size of the config drive: one JSON document, NUL-padded.
-pub const CONFIG_DRIVE_SIZE: usize = 4096;
+/// Size of the config drive: one JSON document, NUL-padded (the guest reads this much).
+pub const CONFIG_DRIVE_SIZE: usize = hearth_proto::VM_CONFIG_SIZE;
 
 /// The guest image files a VM boots (the lead maps `image::GuestImage` onto this).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +67,7 @@ impl GuestTransport {
     }
 }
 
-/// The guest port name and vsock port of the contract. `hearth_proto` gets
-/// `GUEST_SERIAL_PORT_NAME` and `GUEST_VSOCK_PORT` from the guest branch; these must match them.
-pub const GUEST_SERIAL_PORT_NAME: &str = "org.hearth.guest.0";
-pub const GUEST_VSOCK_PORT: u32 = 1024;
+pub use hearth_proto::{VmGuestConfig, GUEST_SERIAL_PORT_NAME, GUEST_VSOCK_PORT};
 
 /// What the kernel command line tells `hearth-guest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,18 +111,6 @@ impl KernelCmdline {
     }
 }
 
-/// The config drive's document. Mirrors `hearth_proto::VmGuestConfig` of the contract, which
-/// the guest branch adds; the lead replaces this with that type at the merge (same fields, same
-/// JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct VmGuestConfig {
-    /// Seccomp BPF (the `hearth_proto::bpf` file format), base64, applied by the guest to every
-    /// process it starts.
-    pub seccomp_bpf_b64: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub hostname: String,
-}
-
 /// Why the config drive could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigDriveError {
@@ -168,6 +152,7 @@ pub fn write_config_drive(path: &Path, config: &VmGuestConfig) -> Result<(), Con
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn cmdline_has_the_contract_keys_in_order() {

@@ -1,0 +1,191 @@
+//! microVM sandboxes end to end through QEMU under TCG (these machines' KVM cannot run a guest):
+//! the guest image, boot, exec, files both ways, the seccomp policy inside the guest, the
+//! firewall seen from inside the VM, pause and resume, and removal leaving nothing. One VM for
+//! all of it: each boot costs seconds. Traffic goes only to listeners this test opens on the
+//! sandbox's own host-side address.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{leftovers, ok, run, stderr, stdout, Sandbox};
+
+/// The static hearth-guest the image carries (`scripts/test.sh` builds it).
+fn static_guest() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    let path = target.join("x86_64-unknown-linux-gnu/release/hearth-guest");
+    assert!(
+        path.is_file(),
+        "{} missing: build it with RUSTFLAGS='-C target-feature=+crt-static' cargo build \
+         --release -p hearth-guest --target x86_64-unknown-linux-gnu (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Builds the guest image into this run's state dir, reusing a cache kept beside the build
+/// (the image is rebuilt only when an input changed).
+fn build_image() {
+    let state = &common::env().state_dir;
+    std::fs::create_dir_all(state).unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-images");
+    std::fs::create_dir_all(&cache).unwrap();
+    let images = state.join("images");
+    if !images.exists() {
+        std::os::unix::fs::symlink(&cache, &images).unwrap();
+    }
+    let out = common::hearth()
+        .args(["image", "build", "--json", "--guest-binary"])
+        .arg(static_guest())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "image build: {}", stderr(&out));
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("JSON output")
+}
+
+/// Accepts one connection and answers it, in the background.
+fn answer_once(listener: TcpListener, reply: &'static [u8]) -> std::thread::JoinHandle<bool> {
+    listener.set_nonblocking(false).unwrap();
+    std::thread::spawn(move || match listener.accept() {
+        Ok((mut stream, _)) => {
+            let mut buf = [0u8; 16];
+            let _ = stream.read(&mut buf);
+            stream.write_all(reply).is_ok()
+        }
+        Err(_) => false,
+    })
+}
+
+#[test]
+fn a_qemu_sandbox_boots_runs_and_goes_away() {
+    build_image();
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("from-host.txt"), "hello vm\n").unwrap();
+    let ws = workspace.path().to_str().unwrap().to_owned();
+    let sb = Sandbox::create(
+        "vm-qemu",
+        &["--backend", "qemu", "--memory", "512M", "--workspace", &ws],
+    );
+
+    // Its own kernel, hearth-guest as PID 1, python3 from the image.
+    let out = sb.sh_ok("cat /proc/1/comm; uname -r; python3 -c 'print(6 * 7)'");
+    assert!(out.starts_with("hearth-guest\n"), "{out}");
+    assert!(out.trim_end().ends_with("42"), "{out}");
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        !out.contains(host_kernel.trim()),
+        "the VM runs its own kernel: {out}"
+    );
+
+    // Files both ways: the workspace share, and cp in and out.
+    assert_eq!(sb.sh_ok("cat /workspace/from-host.txt"), "hello vm\n");
+    let local = workspace.path().join("in.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    ok(&[
+        "sandbox",
+        "cp",
+        local.to_str().unwrap(),
+        &format!("{}:/tmp/in.txt", sb.id),
+    ]);
+    sb.sh_ok("tr a-z A-Z < /tmp/in.txt > /tmp/out.txt");
+    let back = workspace.path().join("out.txt");
+    ok(&[
+        "sandbox",
+        "cp",
+        &format!("{}:/tmp/out.txt", sb.id),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "COPIED IN\n");
+
+    // The default policy, applied by hearth-guest to what it starts: EPERM, and it carries on.
+    let probe = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+        ctypes.set_errno(0); r = libc.unshare(0x10000000); print('unshare', r, ctypes.get_errno())";
+    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", probe]);
+    assert!(
+        stdout(&out).contains("unshare -1 1"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // The firewall from inside the VM: the gateway port on the host side answers, another port
+    // of the same host address (a listener this test opened) is dropped and audited.
+    let link = json(&["sandbox", "net", &sb.id, "--json"])["link"].clone();
+    let host: Ipv4Addr = link["host_address"].as_str().unwrap().parse().unwrap();
+    let gateway_port = u16::try_from(link["gateway_ports"][0].as_u64().unwrap()).unwrap();
+    let gateway = answer_once(
+        TcpListener::bind(SocketAddr::from((host, gateway_port))).unwrap(),
+        b"gateway",
+    );
+    let other = TcpListener::bind(SocketAddr::from((host, 0))).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let connect = format!(
+        "import socket, sys\n\
+         for port in ({gateway_port}, {other_port}):\n\
+         \x20   s = socket.socket(); s.settimeout(3)\n\
+         \x20   try:\n\
+         \x20       s.connect(('{host}', port)); s.sendall(b'hi'); print(port, s.recv(16).decode())\n\
+         \x20   except OSError as e:\n\
+         \x20       print(port, 'blocked', type(e).__name__)\n"
+    );
+    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", &connect]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("{gateway_port} gateway")),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(text.contains(&format!("{other_port} blocked")), "{text}");
+    assert!(gateway.join().unwrap());
+    let mut dropped = false;
+    for _ in 0..20 {
+        let drops = json(&["sandbox", "audit", &sb.id, "--json"])["network_drops"].clone();
+        dropped = drops["by_destination"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|d| d["port"] == other_port && d["address"] == host.to_string())
+        });
+        if dropped {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(dropped, "the drop from inside the VM reached the audit");
+
+    // Pause stops the guest: a command sent meanwhile only runs after the resume.
+    assert!(ok(&["sandbox", "pause", &sb.id]).contains("paused"));
+    let paused_id = sb.id.clone();
+    let paused_exec = std::thread::spawn(move || {
+        run(&["sandbox", "exec", &paused_id, "--", "cat", "/tmp/out.txt"])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!paused_exec.is_finished(), "a paused guest answered");
+    assert!(ok(&["sandbox", "resume", &sb.id]).contains("running"));
+    let out = paused_exec.join().unwrap();
+    assert_eq!(stdout(&out), "COPIED IN\n", "{}", stderr(&out));
+
+    // Pause is for microVMs only; an OCI sandbox says so.
+    let oci = Sandbox::create("vm-oci-neighbour", &[]);
+    let out = run(&["sandbox", "pause", &oci.id]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    let id = sb.id.clone();
+    drop(sb);
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+    assert!(
+        !std::process::Command::new("pgrep")
+            .args(["-f", &format!("qemu-system.*{id}")])
+            .status()
+            .unwrap()
+            .success(),
+        "QEMU still runs"
+    );
+}
