@@ -190,18 +190,33 @@ async fn accept_vsock(listener: transport::VsockListener, state: Arc<State>) {
     }
 }
 
-/// One HTTP/2 connection at a time over the port, a fresh one whenever the host reconnects.
+/// One HTTP/2 session at a time over the port, each starting at a client preface.
 async fn serve_serial(node: PathBuf, state: Arc<State>) {
     loop {
-        match transport::open_serial_port(&node).await {
-            Ok(stream) => {
-                tracing::debug!(port = %node.display(), "host connected");
-                serve_connection(Arc::clone(&state), stream, true).await;
-                tracing::debug!(port = %node.display(), "host disconnected");
-            }
+        let mut port = match transport::open_serial_port(&node) {
+            Ok(port) => port,
             Err(err) => {
                 tracing::warn!(%err, "virtio-serial port");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let session = match port.next_h2_session().await {
+                Ok(session) => session,
+                // ENODEV: the port was unplugged; open it again.
+                Err(err) => {
+                    tracing::warn!(port = %node.display(), %err, "virtio-serial read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
+            tracing::info!(port = %node.display(), "HTTP/2 session started");
+            match serve_connection(Arc::clone(&state), session, true).await {
+                Ok(()) => tracing::info!(port = %node.display(), "HTTP/2 session ended"),
+                Err(err) => {
+                    tracing::info!(port = %node.display(), err = ?err, "HTTP/2 session failed")
+                }
             }
         }
     }
@@ -230,11 +245,15 @@ fn spawn_connection<S>(state: Arc<State>, stream: S, http2: bool)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    tokio::spawn(serve_connection(state, stream, http2));
+    tokio::spawn(async move {
+        if let Err(err) = serve_connection(state, stream, http2).await {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+    });
 }
 
 /// Serves one connection until it ends, or until shutdown lets its current responses finish.
-async fn serve_connection<S>(state: Arc<State>, stream: S, http2: bool)
+async fn serve_connection<S>(state: Arc<State>, stream: S, http2: bool) -> Result<(), hyper::Error>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -269,10 +288,8 @@ where
             }
         }
     };
-    if let Err(err) = result {
-        tracing::debug!(%err, "connection ended with an error");
-    }
     drop(token);
+    result
 }
 
 async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {

@@ -2,12 +2,15 @@
 //! (QEMU without vhost-vsock) or an AF_VSOCK port (Firecracker, QEMU with vhost-vsock).
 //!
 //! A virtio-serial port is one byte stream for the VM's whole life, so it carries a single
-//! HTTP/2 connection that multiplexes the host relay's requests; when the host side goes away
-//! (EOF, an error, POLLHUP) the guest waits for it to return and serves a fresh connection.
+//! HTTP/2 connection that multiplexes the host relay's requests. When a session ends (the host
+//! went away, or sent something broken) the guest keeps the port open and discards bytes until
+//! the next HTTP/2 client preface, where a fresh session starts: host disconnects and connects
+//! are not ordered with the data around them, so a new client's first bytes can reach the old
+//! session, and closing the port would throw away whatever the kernel buffered.
 //! Unix and vsock sockets take one HTTP/1.1 connection per request.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -55,17 +58,53 @@ pub enum TransportError {
     },
 }
 
-/// A nonblocking stream fd (a virtio port or an accepted vsock socket) driven by the reactor.
+/// A nonblocking stream fd (a virtio port or an accepted vsock socket) driven by the reactor,
+/// optionally replaying bytes already read from it before reading more.
 #[derive(Debug)]
 pub struct FdStream {
-    fd: AsyncFd<OwnedFd>,
+    fd: std::sync::Arc<AsyncFd<OwnedFd>>,
+    replay: Vec<u8>,
 }
+
+/// What every HTTP/2 client sends first (RFC 9113, section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl FdStream {
     /// `fd` must already be in nonblocking mode.
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        Ok(Self { fd: register(fd)? })
+        Ok(Self {
+            fd: std::sync::Arc::new(register(fd)?),
+            replay: Vec::new(),
+        })
     }
+
+    /// Reads and drops bytes until an HTTP/2 client preface; returns a stream on the same fd
+    /// that yields the preface and what followed it, then the fd's further bytes. A read of 0
+    /// (no host connected on a virtio port) waits and tries again.
+    pub async fn next_h2_session(&mut self) -> io::Result<FdStream> {
+        use tokio::io::AsyncReadExt as _;
+        let mut window = std::mem::take(&mut self.replay);
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            if let Some(at) = find(&window, H2_PREFACE) {
+                return Ok(FdStream {
+                    fd: std::sync::Arc::clone(&self.fd),
+                    replay: window.split_off(at),
+                });
+            }
+            // Keep only what could be the start of a preface split across reads.
+            let keep = window.len().min(H2_PREFACE.len() - 1);
+            window.drain(..window.len() - keep);
+            match self.read(&mut chunk).await? {
+                0 => tokio::time::sleep(Duration::from_millis(20)).await,
+                n => window.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Hands `fd` to the reactor.
@@ -81,6 +120,12 @@ impl AsyncRead for FdStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.get_mut().replay.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -173,8 +218,8 @@ pub fn find_serial_port(name: &str) -> Result<PathBuf, TransportError> {
     Err(TransportError::NoPort(name.to_string()))
 }
 
-/// Opens the port and waits until the host side is connected (no POLLHUP).
-pub async fn open_serial_port(node: &Path) -> Result<FdStream, TransportError> {
+/// Opens the port; [`FdStream::next_h2_session`] then waits for a host to speak.
+pub fn open_serial_port(node: &Path) -> Result<FdStream, TransportError> {
     let io_err = |op| {
         move |source| TransportError::Io {
             op,
@@ -188,24 +233,7 @@ pub async fn open_serial_port(node: &Path) -> Result<FdStream, TransportError> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(node)
         .map_err(io_err("open"))?;
-    let fd = OwnedFd::from(file);
-    loop {
-        let mut fds = [nix::poll::PollFd::new(
-            fd.as_fd(),
-            nix::poll::PollFlags::POLLOUT,
-        )];
-        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)
-            .map_err(|e| io_err("poll")(e.into()))?;
-        let hung_up = fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
-        if !hung_up {
-            break;
-        }
-        // The virtio console signals a host (dis)connect with no event the reactor sees.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    FdStream::new(fd).map_err(io_err("register"))
+    FdStream::new(OwnedFd::from(file)).map_err(io_err("register"))
 }
 
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -293,5 +321,50 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(got.len(), 1 << 20);
         assert!(got.iter().all(|&x| x == 7));
+    }
+
+    /// The listener binds and listens for any CID (the host kernel has AF_VSOCK; no VM is
+    /// needed to bind). A second bind of the same port fails with the port in the error.
+    #[tokio::test]
+    async fn vsock_listener_binds_any_cid() {
+        let port = 40_000 + std::process::id() % 20_000;
+        let listener = VsockListener::bind(port).unwrap();
+        assert_eq!(listener.port(), port);
+        let err = VsockListener::bind(port).unwrap_err().to_string();
+        assert!(
+            err.contains(&port.to_string()) && err.contains("bind"),
+            "{err}"
+        );
+    }
+
+    /// Garbage (a dead session's tail) before the preface is skipped; the preface and what
+    /// follows it reach the new session intact, even when split across reads.
+    #[tokio::test]
+    async fn a_new_session_starts_at_the_next_preface() {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut host = FdStream::new(a).unwrap();
+        let mut port = FdStream::new(b).unwrap();
+        let writer = tokio::spawn(async move {
+            host.write_all(b"\x00\x00\x04old-frame-bytesPRI * HTTP/2")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            host.write_all(b".0\r\n\r\nSM\r\n\r\nSETTINGS")
+                .await
+                .unwrap();
+            host
+        });
+        let mut session = port.next_h2_session().await.unwrap();
+        let _host = writer.await.unwrap();
+        let mut got = vec![0u8; H2_PREFACE.len() + 8];
+        session.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..H2_PREFACE.len()], H2_PREFACE);
+        assert_eq!(&got[H2_PREFACE.len()..], b"SETTINGS");
     }
 }

@@ -97,6 +97,7 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
     let cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(io_err("read", Path::new("/proc/cmdline")))?;
     let params = BootParams::parse(&cmdline)?;
+    tracing::info!(kernel_uptime = %uptime(), "init started");
     if params.baseline {
         return Ok(None);
     }
@@ -164,6 +165,7 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
     };
     tracing::info!(
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        kernel_uptime = %uptime(),
         "guest booted"
     );
     Ok(Some(Booted {
@@ -173,6 +175,14 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
             .unwrap_or(Listen::Vsock(hearth_proto::GUEST_VSOCK_PORT)),
         seccomp,
     }))
+}
+
+/// Seconds since the kernel started (`/proc/uptime`), for boot timing on the console.
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn load_modules() -> Result<(), VmError> {

@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(field(&bytes, 11), 4, "namesize counts the NUL");
         assert_eq!(&bytes[110..114], b"dev\0");
         // Header and name end at 114: two NULs pad to 116, where the next header starts.
-        assert_eq!(&bytes[114..122], b"\0\0070701");
+        assert_eq!(&bytes[114..122], b"\x00\x00070701");
         assert_eq!(field(&bytes[116..], 9), 5, "rdevmajor of console");
         assert_eq!(bytes.len() % 4, 0);
         assert!(bytes.windows(10).any(|w| w == b"TRAILER!!!"));
