@@ -19,8 +19,10 @@ pub const REQUIRED: &[&str] = &[
     "ext4",
 ];
 
-/// Modules used when present: the 9p workspace (`hearth.workspace=9p`).
-pub const OPTIONAL: &[&str] = &["9pnet_virtio", "9p"];
+/// Modules used when present: the 9p workspace (`hearth.workspace=9p`), and ext4's crc32c
+/// driver, a soft dependency that `.modinfo` `depends=` does not list (Debian's generic kernel
+/// builds it as a module; without it ext4 refuses to mount).
+pub const OPTIONAL: &[&str] = &["9pnet_virtio", "9p", "crc32c_generic"];
 
 /// A module tree that cannot provide what the guest needs.
 #[derive(Debug, thiserror::Error)]
