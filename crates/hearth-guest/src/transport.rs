@@ -64,6 +64,17 @@ pub enum TransportError {
 pub struct FdStream {
     fd: std::sync::Arc<AsyncFd<OwnedFd>>,
     replay: Vec<u8>,
+    /// Set on HTTP/2 sessions of a virtio port: where a new client's preface goes when it
+    /// shows up in the middle of this session (which then ends).
+    takeover: Option<Takeover>,
+}
+
+#[derive(Debug)]
+struct Takeover {
+    carry: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The last bytes read, to catch a preface split across reads.
+    tail: Vec<u8>,
+    ended: bool,
 }
 
 /// What every HTTP/2 client sends first (RFC 9113, section 3.4).
@@ -75,6 +86,7 @@ impl FdStream {
         Ok(Self {
             fd: std::sync::Arc::new(register(fd)?),
             replay: Vec::new(),
+            takeover: None,
         })
     }
 
@@ -84,12 +96,30 @@ impl FdStream {
     pub async fn next_h2_session(&mut self) -> io::Result<FdStream> {
         use tokio::io::AsyncReadExt as _;
         let mut window = std::mem::take(&mut self.replay);
+        // The port itself never scans; it only remembers the last session's carry.
+        if let Some(old) = self.takeover.take() {
+            // What the previous session left: a new client's preface and what followed.
+            if let Ok(mut carry) = old.carry.lock() {
+                window.append(&mut carry);
+            }
+        }
+        let carry = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             if let Some(at) = find(&window, H2_PREFACE) {
+                self.takeover = Some(Takeover {
+                    carry: std::sync::Arc::clone(&carry),
+                    tail: Vec::new(),
+                    ended: false,
+                });
                 return Ok(FdStream {
                     fd: std::sync::Arc::clone(&self.fd),
                     replay: window.split_off(at),
+                    takeover: Some(Takeover {
+                        carry,
+                        tail: Vec::new(),
+                        ended: false,
+                    }),
                 });
             }
             // Keep only what could be the start of a preface split across reads.
@@ -100,6 +130,26 @@ impl FdStream {
                 n => window.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+}
+
+impl Takeover {
+    /// Checks freshly read bytes for a new client's preface; returns how many belong to the
+    /// current session. From a preface on, the bytes go to `carry` and the session sees EOF.
+    fn scan(&mut self, fresh: &[u8]) -> usize {
+        let mut joined = std::mem::take(&mut self.tail);
+        let from_tail = joined.len();
+        joined.extend_from_slice(fresh);
+        let Some(at) = find(&joined, H2_PREFACE) else {
+            let keep = joined.len().min(H2_PREFACE.len() - 1);
+            self.tail = joined.split_off(joined.len() - keep);
+            return fresh.len();
+        };
+        if let Ok(mut carry) = self.carry.lock() {
+            carry.extend_from_slice(&joined[at..]);
+        }
+        self.ended = true;
+        at.saturating_sub(from_tail)
     }
 }
 
@@ -120,20 +170,28 @@ impl AsyncRead for FdStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.replay.is_empty() {
-            let n = self.replay.len().min(buf.remaining());
-            buf.put_slice(&self.replay[..n]);
-            self.get_mut().replay.drain(..n);
+        let this = self.get_mut();
+        if this.takeover.as_ref().is_some_and(|t| t.ended) {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.drain(..n);
             return Poll::Ready(Ok(()));
         }
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|fd| {
                 nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
             }) {
                 Ok(Ok(n)) => {
-                    buf.advance(n);
+                    let keep = match &mut this.takeover {
+                        Some(takeover) => takeover.scan(&unfilled[..n]),
+                        None => n,
+                    };
+                    buf.advance(keep);
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(err)) => return Poll::Ready(Err(err)),
@@ -149,6 +207,10 @@ impl AsyncWrite for FdStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // A superseded session's last words (a GOAWAY) would reach the new client first.
+        if self.takeover.as_ref().is_some_and(|t| t.ended) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         loop {
             let mut guard = ready!(self.fd.poll_write_ready(cx))?;
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
