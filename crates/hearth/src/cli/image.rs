@@ -20,8 +20,8 @@ pub enum ImageCommand {
         /// Rebuild even if an image with the same inputs exists.
         #[arg(long)]
         force: bool,
-        /// Debian kernel flavour (`linux-image-<FLAVOR>`); `amd64` has 9p, `cloud-amd64` boots
-        /// faster.
+        /// Debian kernel flavour (`linux-image-<FLAVOR>`); `amd64` has the 9p the workspace share
+        /// needs, `cloud-amd64` boots faster but has none.
         #[arg(long, default_value = image::KERNEL_FLAVOR)]
         kernel_flavor: String,
     },
