@@ -20,6 +20,7 @@ use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
 mod seccomp;
+mod vm;
 
 use crate::config::Settings;
 use crate::sandboxes::SandboxManager;
@@ -34,6 +35,16 @@ pub enum BenchCommand {
         /// Execs into one running sandbox to time.
         #[arg(long, default_value_t = 300)]
         execs: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// QEMU microVM boot: `create --backend qemu` to guest ready, next to the same kernel
+    /// booting straight to a trivial init (needs `hearth image build`).
+    Vm {
+        /// Boots to time of each kind.
+        #[arg(long, default_value_t = 5)]
+        boots: usize,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -101,6 +112,10 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
             execs,
             json,
         } => (cycles, execs, json),
+        BenchCommand::Vm { boots, json } => {
+            let manager = settings.manager().await?;
+            return vm::run(&manager, boots.max(1), json).await;
+        }
         BenchCommand::Seccomp { calls, execs, json } => {
             let manager = settings.manager().await?;
             return seccomp::run(&manager, calls, execs, json).await;
@@ -139,7 +154,7 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
     Ok(0)
 }
 
-fn progress(json: bool, what: &str) {
+pub(crate) fn progress(json: bool, what: &str) {
     if !json {
         eprintln!("bench: {what} ...");
     }
@@ -230,7 +245,7 @@ async fn exec_samples(
     Ok((Percentiles::of(hearth), Percentiles::of(reference)))
 }
 
-fn bench_spec() -> SandboxSpec {
+pub(crate) fn bench_spec() -> SandboxSpec {
     SandboxSpec {
         id: SandboxId::generate(),
         limits: ResourceLimits::default(),
