@@ -9,6 +9,7 @@ pub mod id;
 pub mod image;
 pub mod net;
 pub mod pidfd;
+pub mod process_stamp;
 pub mod spec;
 
 pub use id::{IdError, SandboxId, SandboxNames};

@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,19 +140,13 @@ fn spawn(
 /// that got the same pid.
 fn record_pid(dirs: &SandboxDirs, pid: u32) -> Result<(), SupervisorError> {
     let path = dirs.supervisor_pid_file();
-    let stamp = proc::stamp(pid).map_err(|source| SupervisorError::Read {
+    let stamp = ProcessStamp::of(pid).map_err(|source| SupervisorError::Read {
         path: PathBuf::from(format!("/proc/{pid}/stat")),
         source,
     })?;
-    let write = |path: &Path| -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        writeln!(file, "{} {}", stamp.pid, stamp.start_time)
-    };
-    write(&path).map_err(|source| SupervisorError::File { path, source })
+    stamp
+        .write_new(&path)
+        .map_err(|source| SupervisorError::File { path, source })
 }
 
 /// Waits for the `ready` line; the error says what happened instead.
@@ -206,7 +199,7 @@ fn open_if_same(stamp: &ProcessStamp) -> Result<Option<Pidfd>, SupervisorError> 
         return Ok(None);
     };
     // Checked after the pidfd is open: if the start time matches now, the pidfd is that process.
-    match proc::stamp(stamp.pid) {
+    match ProcessStamp::of(stamp.pid) {
         // A zombie (exited, not yet reaped by whoever inherited it) still has its stat file.
         Ok(now) if now == *stamp && !pidfd.wait(Duration::ZERO)? => Ok(Some(pidfd)),
         _ => Ok(None),

@@ -274,7 +274,14 @@ impl FirecrackerBackend {
         let child = self.command(&spec.id, ctx, layout, filter, spec).spawn()?;
         let pid = child.id();
         self.children().insert(spec.id.clone(), child);
-        ProcessStamp::of(pid)?.write(&ctx.dirs.vm_pid_file())?;
+        let pid_file = ctx.dirs.vm_pid_file();
+        ProcessStamp::of(pid)
+            .map_err(|source| ProcessError::Stat { pid, source })?
+            .write_new(&pid_file)
+            .map_err(|source| ProcessError::PidFile {
+                path: pid_file,
+                source,
+            })?;
         // Our unreaped child: its pid can't be reused, so the pidfd names the VMM. It turns
         // readable once the whole process has exited, which is when `wait` can report it.
         Ok(i32::try_from(pid)
@@ -405,14 +412,21 @@ impl FirecrackerBackend {
             let _ = child.kill();
             let _ = child.wait();
         } else {
-            match ProcessStamp::read(&dirs.vm_pid_file()) {
+            let pid_file = dirs.vm_pid_file();
+            match ProcessStamp::read(&pid_file) {
                 Ok(Some(stamp)) => {
                     if let Err(err) = stamp.kill(KILL_TIMEOUT) {
-                        errors.push(err.into());
+                        errors.push(ProcessError::from(err).into());
                     }
                 }
                 Ok(None) => {}
-                Err(err) => errors.push(err.into()),
+                Err(source) => errors.push(
+                    ProcessError::PidFile {
+                        path: pid_file,
+                        source,
+                    }
+                    .into(),
+                ),
             }
         }
         if let LaunchMode::Jailed(jailer) = &self.config.mode {

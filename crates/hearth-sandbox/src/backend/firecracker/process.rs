@@ -10,11 +10,11 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use crate::pidfd::{Pidfd, PidfdError};
+use crate::pidfd::PidfdError;
+pub use crate::process_stamp::ProcessStamp;
 
 /// Errors of the VMM process.
 #[derive(Debug, thiserror::Error)]
@@ -31,98 +31,6 @@ pub enum ProcessError {
     Stat { pid: u32, source: io::Error },
     #[error(transparent)]
     Pidfd(#[from] PidfdError),
-}
-
-/// A process as recorded in `vmm.pid`: `PID STARTTIME` (clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessStamp {
-    pub pid: u32,
-    pub start_time: u64,
-}
-
-impl ProcessStamp {
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut words = text.split_whitespace();
-        let pid = words.next()?.parse().ok()?;
-        let start_time = words.next()?.parse().ok()?;
-        words.next().is_none().then_some(Self { pid, start_time })
-    }
-
-    /// The stamp of a live process.
-    pub fn of(pid: u32) -> Result<Self, ProcessError> {
-        let (start_time, _) = stat(pid).map_err(|source| ProcessError::Stat { pid, source })?;
-        Ok(Self { pid, start_time })
-    }
-
-    pub fn write(&self, path: &Path) -> Result<(), ProcessError> {
-        std::fs::write(path, format!("{} {}\n", self.pid, self.start_time)).map_err(|source| {
-            ProcessError::PidFile {
-                path: path.to_owned(),
-                source,
-            }
-        })
-    }
-
-    /// The stamp in `path`; `None` when the file is missing or unreadable as a stamp.
-    pub fn read(path: &Path) -> Result<Option<Self>, ProcessError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Self::parse(&text)),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ProcessError::PidFile {
-                path: path.to_owned(),
-                source,
-            }),
-        }
-    }
-
-    /// Whether this very process still runs (a zombie has finished running).
-    pub fn is_alive(&self) -> bool {
-        matches!(stat(self.pid), Ok((start, state)) if start == self.start_time && state != 'Z')
-    }
-
-    /// Kills this process, if it is still the one recorded, and waits until it is gone.
-    /// Returns whether it had to be killed.
-    pub fn kill(&self, timeout: Duration) -> Result<bool, ProcessError> {
-        let Ok(pid) = i32::try_from(self.pid) else {
-            return Ok(false);
-        };
-        let Some(pidfd) = Pidfd::open(pid)? else {
-            return Ok(false);
-        };
-        // Checked after the pidfd is open: from here on the pid can't be reused under us.
-        if !self.is_alive() {
-            return Ok(false);
-        }
-        pidfd.signal(libc::SIGKILL)?;
-        if pidfd.wait(timeout)? {
-            Ok(true)
-        } else {
-            Err(PidfdError::StillRunning {
-                pid,
-                waited: timeout,
-            }
-            .into())
-        }
-    }
-}
-
-/// Field 22 (start time) and field 3 (state) of `/proc/PID/stat`.
-fn stat(pid: u32) -> io::Result<(u64, char)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat");
-    // The command name (field 2) is in parentheses and may contain spaces or ')'.
-    let after_comm = &text[text.rfind(')').ok_or_else(bad)? + 1..];
-    let mut fields = after_comm.split_whitespace();
-    let state = fields
-        .next()
-        .and_then(|s| s.chars().next())
-        .ok_or_else(bad)?;
-    // After the state come fields 4.., so starttime (22) is 18 further on.
-    let start = fields
-        .nth(18)
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((start, state))
 }
 
 /// What to run for the VMM.
@@ -188,26 +96,7 @@ impl VmmCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stamps_round_trip_and_name_a_live_process() {
-        let me = ProcessStamp::of(std::process::id()).unwrap();
-        assert!(me.is_alive());
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("vmm.pid");
-        me.write(&path).unwrap();
-        assert_eq!(ProcessStamp::read(&path).unwrap(), Some(me));
-        assert_eq!(ProcessStamp::read(&tmp.path().join("none")).unwrap(), None);
-        assert_eq!(ProcessStamp::parse("12"), None);
-        assert_eq!(ProcessStamp::parse("12 3 4"), None);
-        let reused = ProcessStamp {
-            start_time: me.start_time + 1,
-            ..me
-        };
-        assert!(!reused.is_alive(), "another start time is another process");
-        // And it is not killed either: this test process survives.
-        assert!(!reused.kill(Duration::from_secs(1)).unwrap());
-    }
+    use std::time::Duration;
 
     #[test]
     fn spawned_vmm_runs_in_its_own_session_and_netns_and_dies_on_kill() {

@@ -93,7 +93,12 @@ impl QemuBackend {
                 path: PathBuf::from(format!("/proc/{pid}/stat")),
                 source,
             })
-            .and_then(|stamp| stamp.write(&ctx.dirs.vm_pid_file()));
+            .and_then(|stamp| {
+                let path = ctx.dirs.vm_pid_file();
+                stamp
+                    .write_new(&path)
+                    .map_err(|source| QemuError::File { path, source })
+            });
         let ready = recorded.and_then(|()| wait_qmp(&spec.id, &mut child, &plan.qmp_socket, &log));
         if ready.is_err() {
             let _ = child.kill();

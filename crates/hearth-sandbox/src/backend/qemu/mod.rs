@@ -330,7 +330,8 @@ impl QemuBackend {
     }
 
     fn vmm(&self, dirs: &SandboxDirs) -> Option<VmmStamp> {
-        VmmStamp::read(&dirs.vm_pid_file())
+        // Unreadable counts as no VMM: removal then goes on with the rest of the cleanup.
+        VmmStamp::read(&dirs.vm_pid_file()).ok().flatten()
     }
 
     /// Quits QEMU (QMP, then SIGKILL through a pidfd) and removes the VM directory. Whatever is

@@ -249,7 +249,7 @@ fn lifecycle_start_pause_resume_remove_leaves_nothing() {
     assert_eq!(backend.list().unwrap(), vec![fx.id.as_str().to_owned()]);
 
     // QEMU runs in the sandbox's namespace, in a session of its own.
-    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
     let ns_of = |path: &Path| std::fs::metadata(path).unwrap().ino();
     assert_eq!(
         ns_of(Path::new(&format!("/proc/{}/ns/net", stamp.pid))),
@@ -331,7 +331,7 @@ async fn a_guest_that_never_answers_times_out_and_the_vm_is_removed() {
     let fx = Fixture::new("boot", &multiboot_kernel());
     let backend = fx.backend();
     backend.start(&fx.spec(), &fx.ctx()).unwrap();
-    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
     // The relay in front of QEMU's real virtio-serial chardev: QEMU accepts the connection,
     // the halted payload never answers.
     let listener = vm::relay::bind(&fx.sandbox.guest_socket()).unwrap();
@@ -364,7 +364,7 @@ async fn a_vmm_that_dies_while_booting_is_reported_and_cleaned_up() {
     let fx = Fixture::new("died", &multiboot_kernel());
     let backend = fx.backend();
     backend.start(&fx.spec(), &fx.ctx()).unwrap();
-    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap();
+    let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
     pidfd::kill_and_wait(i32::try_from(stamp.pid).unwrap(), Duration::from_secs(10)).unwrap();
     let client = GuestClient::new(fx.sandbox.guest_socket());
     let err = backend
@@ -417,7 +417,10 @@ fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
     );
     let args = std::fs::read(format!(
         "/proc/{}/cmdline",
-        VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().pid
+        VmmStamp::read(&fx.sandbox.vm_pid_file())
+            .unwrap()
+            .unwrap()
+            .pid
     ))
     .unwrap();
     let args = String::from_utf8_lossy(&args);

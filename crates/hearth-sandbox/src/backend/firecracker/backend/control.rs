@@ -12,7 +12,7 @@ use super::{FirecrackerBackend, LaunchMode};
 use crate::backend::firecracker::api::{SnapshotCreate, SnapshotType, Vm, VmState};
 use crate::backend::firecracker::client::ApiClient;
 use crate::backend::firecracker::layout;
-use crate::backend::firecracker::process::ProcessStamp;
+use crate::backend::firecracker::process::{ProcessError, ProcessStamp};
 use crate::backend::firecracker::FirecrackerError;
 use crate::id::SandboxId;
 use crate::pidfd::Pidfd;
@@ -153,7 +153,10 @@ impl FirecrackerBackend {
         if let Some(child) = self.children().get_mut(id) {
             return Ok(matches!(child.try_wait(), Ok(None)));
         }
-        Ok(ProcessStamp::read(&self.dirs(id).vm_pid_file())?.is_some_and(|s| s.is_alive()))
+        let path = self.dirs(id).vm_pid_file();
+        let stamp =
+            ProcessStamp::read(&path).map_err(|source| ProcessError::PidFile { path, source })?;
+        Ok(stamp.is_some_and(|s| s.is_alive()))
     }
 
     pub(super) fn list_vms(&self) -> Result<Vec<String>, FirecrackerError> {
