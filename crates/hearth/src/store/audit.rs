@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::sandboxes::now_ms;
-use super::{Store, StoreError};
+use super::{forget_sandbox_rows, to_i64, to_u64, Store, StoreError};
 
 /// Stored in `syscall_nr` when the syscall is unknown (see the migration).
 const UNKNOWN_NR: i64 = -1;
@@ -55,14 +55,6 @@ pub struct FlushTotals {
     pub capacity: u64,
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 impl Store {
     /// Forgets every audit row of `id` (a new sandbox reusing an old id starts clean) and
     /// writes the state row of its new supervisor.
@@ -73,16 +65,16 @@ impl Store {
         capacity: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in [
-            "seccomp_audit_windows",
-            "seccomp_audit_recent",
-            "seccomp_audit_state",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = ?"))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
+        forget_sandbox_rows(
+            &mut tx,
+            id,
+            &[
+                "seccomp_audit_windows",
+                "seccomp_audit_recent",
+                "seccomp_audit_state",
+            ],
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO seccomp_audit_state \
              (sandbox_id, supervisor_pid, total, evicted, capacity, flush_seq, updated_at_ms) \

@@ -153,3 +153,29 @@ pub async fn lock_file(
         })
     })
 }
+
+/// Stored counts are `INTEGER` (i64); past i64::MAX they saturate rather than wrap.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A stored count read back; a negative one (never written by hearth) reads as 0.
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Deletes every row of `id` from `tables` (a new sandbox reusing an old id starts clean).
+/// The table names are hearth's own constants, never input.
+async fn forget_sandbox_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &hearth_sandbox::SandboxId,
+    tables: &[&str],
+) -> Result<(), StoreError> {
+    for table in tables {
+        sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = ?"))
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

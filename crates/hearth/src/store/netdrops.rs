@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::sandboxes::now_ms;
-use super::{Store, StoreError};
+use super::{forget_sandbox_rows, to_i64, to_u64, Store, StoreError};
 
 /// Stored in `port` for protocols without ports (see the migration).
 const NO_PORT: i64 = -1;
@@ -64,14 +64,6 @@ pub struct NetworkDrops {
     pub recent: Vec<StoredDrop>,
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
 fn port_of(value: Option<i64>) -> Option<u16> {
     value.and_then(|p| u16::try_from(p).ok())
 }
@@ -84,17 +76,17 @@ impl Store {
         capacity: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in [
-            "network_drop_reasons",
-            "network_drop_destinations",
-            "network_drop_recent",
-            "network_drop_state",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = ?"))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
+        forget_sandbox_rows(
+            &mut tx,
+            id,
+            &[
+                "network_drop_reasons",
+                "network_drop_destinations",
+                "network_drop_recent",
+                "network_drop_state",
+            ],
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO network_drop_state \
              (sandbox_id, total, evicted, other_destinations, capacity, updated_at_ms) \
