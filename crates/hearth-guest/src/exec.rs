@@ -50,7 +50,7 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
             ),
         ));
     }
-    let mut cmd = spawn::build(&req, state.config.seccomp.as_ref())?;
+    let spawn::Prepared { mut cmd, handoff } = spawn::build(&req, state.config.seccomp.as_ref())?;
     let oom_before = oom::oom_kills(&state.config.cgroup_root);
     let (mut child, waiter) = state.children.spawn_with(|| {
         cmd.spawn().map_err(|source| SpawnError::Spawn {
@@ -59,6 +59,14 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
         })
     })?;
     let pid = child.id();
+    if let Some(handoff) = handoff {
+        match handoff.receive() {
+            Ok(listener) => state.audit.serve(listener, pid),
+            // The filter is in place, so the audited calls are still refused (ENOSYS, with no
+            // listener); only their record is lost, which the log says.
+            Err(err) => tracing::error!(pid, %err, "no seccomp listener from the child"),
+        }
+    }
     tracing::info!(pid, program = %req.argv[0], "exec started");
 
     let (tx, rx) = mpsc::channel(16);

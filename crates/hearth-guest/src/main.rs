@@ -3,6 +3,7 @@
 //! It reaps zombies, forwards signals to the commands it runs, and serves exec, file and health
 //! requests over HTTP/1.1 + JSON on a Unix socket (see `server` for the endpoints).
 
+mod audit;
 mod exec;
 mod files;
 mod http;

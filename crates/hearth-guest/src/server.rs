@@ -14,6 +14,7 @@
 //! | PUT  | `/v1/files?path=/abs&mode=0644` | the bytes | `WriteResult` JSON; atomic replace; 413 over `--max-file` |
 //! | GET  | `/v1/dirs?path=/abs` | | `DirListing` JSON |
 //! | GET  | `/v1/stat?path=/abs` | | `FileStat` JSON (`lstat`) |
+//! | GET  | `/v1/audit?since=SEQ&limit=N` | | `AuditPage` JSON: the calls this guest's seccomp listener refused (see `audit`) |
 //!
 //! Query values are percent-encoded (`hearth_proto::query`). Paths must be absolute.
 //! Try it: `curl --unix-socket /.hearth/guest.sock http://guest/v1/health`.
@@ -38,7 +39,7 @@ use tokio::sync::watch;
 use crate::http::{json, ApiError, RespBody};
 use crate::reaper::{Children, ReaperError};
 use crate::transport::{self, Listen, TransportError};
-use crate::{exec, files};
+use crate::{audit, exec, files};
 
 /// Daemon settings (from the command line).
 #[derive(Debug, Clone)]
@@ -71,6 +72,8 @@ impl Config {
 pub struct State {
     pub config: Config,
     pub children: Arc<Children>,
+    /// Calls refused by the `audit_deny` rules of the processes this guest started.
+    pub audit: crate::audit::GuestAudit,
     started: Instant,
     /// Flipped once at shutdown: connections finish their current response, then close.
     closing: watch::Sender<bool>,
@@ -90,6 +93,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("seccomp audit log: {0}")]
+    Audit(#[from] hearth_seccomp::audit::AuditError),
     #[error("{path} exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
     #[error("{op} {path}: {source}")]
@@ -140,6 +145,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let state = Arc::new(State {
         config,
         children,
+        audit: crate::audit::GuestAudit::new()?,
         started: Instant::now(),
         closing: watch::Sender::new(false),
         connections: Arc::new(()),
@@ -239,6 +245,7 @@ async fn shutdown(state: &State) {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    state.audit.stop();
 }
 
 fn spawn_connection<S>(state: Arc<State>, stream: S, http2: bool)
@@ -304,12 +311,15 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
         ("/v1/files", &Method::PUT) => files::write(&state, req).await,
         ("/v1/dirs", &Method::GET) => files::list(query).await,
         ("/v1/stat", &Method::GET) => files::stat(query).await,
-        ("/v1/health" | "/v1/version" | "/v1/exec" | "/v1/files" | "/v1/dirs" | "/v1/stat", _) => {
-            Err(ApiError::new(
-                ErrorKind::MethodNotAllowed,
-                format!("{method} is not allowed here"),
-            ))
-        }
+        ("/v1/audit", &Method::GET) => audit::handle(&state.audit, query),
+        (
+            "/v1/health" | "/v1/version" | "/v1/exec" | "/v1/files" | "/v1/dirs" | "/v1/stat"
+            | "/v1/audit",
+            _,
+        ) => Err(ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{method} is not allowed here"),
+        )),
         (path, _) => Err(ApiError::new(
             ErrorKind::UnknownEndpoint,
             format!("no endpoint {path}"),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use hearth_proto::{ErrorKind, ExecRequest};
 
 use crate::http::ApiError;
-use crate::seccomp::GuestFilters;
+use crate::seccomp::{GuestFilters, ListenerHandoff};
 
 /// `PATH` given to children whose request sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -43,6 +43,8 @@ pub enum SpawnError {
     NotExecutable(PathBuf),
     #[error("start {path}: {source}")]
     Spawn { path: PathBuf, source: io::Error },
+    #[error("create the seccomp listener socketpair: {0}")]
+    Handoff(io::Error),
 }
 
 impl From<SpawnError> for ApiError {
@@ -54,7 +56,8 @@ impl From<SpawnError> for ApiError {
             SpawnError::CwdNotDir(_) => ApiError::new(ErrorKind::NotADirectory, message),
             SpawnError::Cwd { source, .. }
             | SpawnError::Program { source, .. }
-            | SpawnError::Spawn { source, .. } => ApiError::from_io(&source, message),
+            | SpawnError::Spawn { source, .. }
+            | SpawnError::Handoff(source) => ApiError::from_io(&source, message),
             _ => ApiError::new(ErrorKind::BadRequest, message),
         }
     }
@@ -72,12 +75,20 @@ pub fn group_leader_command(program: impl AsRef<OsStr>) -> Command {
     cmd
 }
 
+/// A command ready to spawn, with the socketpair its child hands a seccomp listener back on
+/// when the filters audit calls (take it with [`ListenerHandoff::receive`] after the spawn).
+#[derive(Debug)]
+pub struct Prepared {
+    pub cmd: Command,
+    pub handoff: Option<ListenerHandoff>,
+}
+
 /// Validates `req` and builds its command; stdin is piped only when the request carries some.
 /// With `seccomp`, the child installs those filters right before exec.
 pub fn build(
     req: &ExecRequest,
     seccomp: Option<&Arc<GuestFilters>>,
-) -> Result<Command, SpawnError> {
+) -> Result<Prepared, SpawnError> {
     let argv0 = req.argv.first().ok_or(SpawnError::EmptyArgv)?;
     if req.argv.iter().any(|a| a.contains('\0')) {
         return Err(SpawnError::NulByte("argv"));
@@ -110,15 +121,21 @@ pub fn build(
     if !req.env.contains_key("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
+    let mut handoff = None;
     if let Some(filters) = seccomp {
         let filters = Arc::clone(filters);
-        // SAFETY: the hook runs between fork and exec and only makes the prctl and seccomp
-        // calls of `GuestFilters::apply`, which allocates nothing and takes no locks.
+        if filters.has_listener() {
+            handoff = Some(ListenerHandoff::new().map_err(SpawnError::Handoff)?);
+        }
+        // The child's end stays open in the parent until `Prepared` is dropped, after the spawn.
+        let child_end = handoff.as_ref().map(ListenerHandoff::child_fd);
+        // SAFETY: the hook runs between fork and exec and only makes the prctl, seccomp and
+        // sendmsg calls of `GuestFilters::apply`, which allocates nothing and takes no locks.
         unsafe {
-            cmd.pre_exec(move || filters.apply());
+            cmd.pre_exec(move || filters.apply(child_end));
         }
     }
-    Ok(cmd)
+    Ok(Prepared { cmd, handoff })
 }
 
 fn check_cwd(cwd: &str) -> Result<PathBuf, SpawnError> {

@@ -420,3 +420,47 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The default profile rendered for a microVM guest: `audit_deny` as user notifications, which
+/// the guest answers with EPERM and serves on `GET /v1/audit`.
+#[tokio::test(flavor = "multi_thread")]
+async fn audited_calls_fail_with_eperm_and_are_served_on_the_audit_endpoint() {
+    let policy = hearth_seccomp::profile("default").unwrap();
+    let filters = hearth_seccomp::render_bpf_notify(&policy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bpf = dir.path().join("policy.bpf");
+    std::fs::write(&bpf, hearth_proto::bpf::encode(&filters.to_raw()).unwrap()).unwrap();
+    let guest = Guest::start(&["--seccomp-bpf", bpf.to_str().unwrap()]).await;
+
+    // PTRACE_TRACEME: refused by the default profile.
+    let script = "import ctypes; l = ctypes.CDLL(None, use_errno=True); \
+                  print(l.ptrace(0, 0, 0, 0), ctypes.get_errno())";
+    let (out, status) = run(&guest.client, &req(&["/usr/bin/python3", "-c", script])).await;
+    assert_eq!(status.code, Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "-1 1",
+        "{out:?}"
+    );
+
+    let page = guest.client.seccomp_audit(0).await.unwrap();
+    let ptrace: Vec<_> = page
+        .entries
+        .iter()
+        .filter(|e| e.syscall_name.as_deref() == Some("ptrace"))
+        .collect();
+    assert_eq!(ptrace.len(), 1, "{page:?}");
+    assert_eq!(ptrace[0].comm.as_deref(), Some("python3"));
+    assert_eq!(ptrace[0].source, hearth_seccomp::audit::AuditSource::Guest);
+    // Resuming past everything returns nothing new; a bad cursor is a 400.
+    let rest = guest.client.seccomp_audit(page.total).await.unwrap();
+    assert!(
+        rest.entries.is_empty() && rest.total == page.total,
+        "{rest:?}"
+    );
+    let raw = raw_http(
+        guest.client.socket(),
+        b"GET /v1/audit?since=-1 HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+}

@@ -187,6 +187,16 @@ impl GuestClient {
         self.get_json(&uri, "directory listing").await
     }
 
+    /// The calls the guest's own seccomp listener refused, from `since` on (a microVM's
+    /// `audit_deny`); at most `hearth-guest`'s page size per call.
+    pub async fn seccomp_audit(
+        &self,
+        since: u64,
+    ) -> Result<hearth_seccomp::audit::AuditPage, GuestClientError> {
+        self.get_json(&format!("/v1/audit?since={since}"), "audit page")
+            .await
+    }
+
     pub async fn stat(&self, path: &str) -> Result<FileStat, GuestClientError> {
         let uri = format!("/v1/stat?path={}", query::encode(path));
         self.get_json(&uri, "stat").await

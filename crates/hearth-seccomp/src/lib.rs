@@ -13,7 +13,8 @@
 //!   the runtime-spec `linux.seccomp` object; with a listener, `audit_deny` is `SCMP_ACT_NOTIFY`.
 //! - [`render_bpf`]`(&policy) -> Result<BpfFilters, BpfError>`: BPF programs for x86_64;
 //!   `Display` dumps the instructions, [`BpfFilters::apply`] / [`BpfFilters::apply_in_pre_exec`]
-//!   install them.
+//!   install them. [`render_bpf_notify`] makes `audit_deny` a user notification instead, for a
+//!   process that listens itself (`hearth-guest` in a microVM).
 //! - [`validate()`] checks a parsed policy; errors name the rule by index and system call.
 //!
 //! The file format and the meaning of a policy are documented in [`policy`]; the rules about
@@ -31,7 +32,10 @@ mod api;
 pub use api::{load_policy, LoadError};
 pub use policy::{Action, ArgCondition, ArgWidth, CmpOp, Rule, SeccompPolicy};
 pub use profiles::{profile, PROFILE_NAMES};
-pub use render::bpf::{render_bpf, ApplyError, BpfError, BpfFilters};
+pub use render::bpf::{
+    is_notify_return, raw_program_notifies, render_bpf, render_bpf_notify, ApplyError, BpfError,
+    BpfFilters, SECCOMP_RET_USER_NOTIF,
+};
 pub use render::firecracker::{
     compile_firecracker_json, encode_firecracker_bpf, render_firecracker, FirecrackerError,
     FirecrackerFilters,

@@ -108,6 +108,16 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
         stdout(&out),
         stderr(&out)
     );
+    // ... and the denial reaches the sandbox's audit, answered and recorded by hearth-guest.
+    let audit = json(&["sandbox", "audit", &sb.id, "--json"]);
+    let unshare = audit["recent"].as_array().and_then(|recent| {
+        recent
+            .iter()
+            .find(|e| e["syscall_name"] == "unshare" && e["comm"] == "python3")
+    });
+    let unshare = unshare.unwrap_or_else(|| panic!("no unshare in the audit: {audit:#}"));
+    assert_eq!(unshare["source"], "guest", "{unshare}");
+    assert_eq!(unshare["action"], "denied_eperm", "{unshare}");
 
     // The firewall from inside the VM: the gateway port on the host side answers, another port
     // of the same host address (a listener this test opened) is dropped and audited.

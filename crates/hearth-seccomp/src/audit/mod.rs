@@ -93,6 +93,32 @@ pub struct AuditSnapshot {
     pub capacity: usize,
 }
 
+/// One page of a log's entries from a given `seq` on: what `hearth-guest` answers on
+/// `GET /v1/audit?since=SEQ` and its host-side supervisor copies into the sandbox's audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Every record the log ever made; the reader is caught up when it has seen `total`.
+    pub total: u64,
+    /// Entries with `seq >= since`, oldest first, at most the requested limit. When the first
+    /// one's `seq` is past `since`, the ones between fell out of the ring unread.
+    pub entries: Vec<AuditEntry>,
+}
+
+impl AuditPage {
+    /// How many records between `since` and this page were evicted before they were read.
+    pub fn missed_since(&self, since: u64) -> u64 {
+        let first = self.entries.first().map_or(self.total, |e| e.seq);
+        first.saturating_sub(since)
+    }
+
+    /// The `since` to ask for next.
+    pub fn next_since(&self, since: u64) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.total.max(since), |e| e.seq + 1)
+    }
+}
+
 /// The audit of one sandbox. Not thread-safe by itself; share it as [`SharedAuditLog`].
 #[derive(Debug)]
 pub struct SeccompAuditLog {
@@ -202,6 +228,17 @@ impl SeccompAuditLog {
     /// this with the last seq it printed plus one.
     pub fn recent_since(&self, seq: u64) -> Vec<AuditEntry> {
         self.ring.iter().filter(|e| e.seq >= seq).cloned().collect()
+    }
+
+    /// At most `limit` entries with `seq >= since`, oldest first, and the total.
+    pub fn page_since(&self, since: u64, limit: usize) -> AuditPage {
+        // The ring is in seq order (not always consecutive: VMM faults without a syscall take a
+        // seq but no entry), so the start is a binary search.
+        let skip = self.ring.partition_point(|e| e.seq < since);
+        AuditPage {
+            total: self.total,
+            entries: self.ring.iter().skip(skip).take(limit).cloned().collect(),
+        }
     }
 
     /// The summary and the ring.

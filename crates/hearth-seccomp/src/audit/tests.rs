@@ -232,3 +232,27 @@ fn other_architectures_are_counted_apart_and_not_misnamed() {
     );
     assert_eq!(log.snapshot().recent[0].syscall_name, None);
 }
+
+#[test]
+fn pages_resume_and_report_what_fell_out_of_the_ring() {
+    let mut log = log(4, 1000);
+    for nr in 0..6 {
+        log.record(entry(nr, 10));
+    }
+    // seqs 0..6 were recorded; the ring keeps 2..6.
+    let page = log.page_since(0, 3);
+    assert_eq!(page.total, 6);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert_eq!(page.missed_since(0), 2);
+    assert_eq!(page.next_since(0), 5);
+    let rest = log.page_since(5, 3);
+    assert_eq!(rest.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
+    assert_eq!(rest.missed_since(5), 0);
+    assert_eq!(rest.next_since(5), 6);
+    let empty = log.page_since(6, 3);
+    assert!(empty.entries.is_empty());
+    assert_eq!((empty.missed_since(6), empty.next_since(6)), (0, 6));
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 pub use listener::{Accepted, NotifyListener};
-pub use serve::{serve, spawn_server, ServeEnd, ServeSummary, POLL_INTERVAL};
+pub use serve::{serve, serve_as, spawn_server, ServeEnd, ServeSummary, POLL_INTERVAL};
 pub use state::{ContainerProcessState, ContainerState, SECCOMP_FD_NAME};
 pub use sys::NotifyFd;
 

@@ -49,6 +49,17 @@ pub fn serve(
     audit: &SharedAuditLog,
     stop: &AtomicBool,
 ) -> Result<ServeSummary, NotifyError> {
+    serve_as(fd, audit, stop, AuditSource::OciNotify)
+}
+
+/// [`serve`], recording the entries as coming from `source` (the OCI runtime's fd, or one
+/// `hearth-guest` took from its own child).
+pub fn serve_as(
+    fd: &NotifyFd,
+    audit: &SharedAuditLog,
+    stop: &AtomicBool,
+    source: AuditSource,
+) -> Result<ServeSummary, NotifyError> {
     let mut summary = ServeSummary {
         handled: 0,
         target_gone: 0,
@@ -68,7 +79,7 @@ pub fn serve(
                 continue;
             };
             summary.handled += 1;
-            if !answer(fd.as_fd(), &notif, audit, &mut cache)? {
+            if !answer(fd.as_fd(), &notif, audit, source, &mut cache)? {
                 summary.target_gone += 1;
             }
         } else if revents.intersects(gone) {
@@ -79,16 +90,17 @@ pub fn serve(
     Ok(summary)
 }
 
-/// Runs [`serve`] on its own named thread; the supervisor starts one per notification fd.
+/// Runs [`serve_as`] on its own named thread; the supervisor starts one per notification fd.
 pub fn spawn_server(
     name: String,
     fd: NotifyFd,
     audit: SharedAuditLog,
     stop: Arc<AtomicBool>,
+    source: AuditSource,
 ) -> Result<JoinHandle<Result<ServeSummary, NotifyError>>, NotifyError> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || serve(&fd, &audit, &stop))
+        .spawn(move || serve_as(&fd, &audit, &stop, source))
         .map_err(NotifyError::Spawn)
 }
 
@@ -117,6 +129,7 @@ fn answer(
     fd: BorrowedFd<'_>,
     notif: &Notification,
     audit: &SharedAuditLog,
+    source: AuditSource,
     cache: &mut ProcCache,
 ) -> Result<bool, NotifyError> {
     let mut entry = AuditEntry::new(
@@ -124,7 +137,7 @@ fn answer(
         i64::from(notif.data.nr),
         notif.data.args,
         AuditAction::DeniedEperm,
-        AuditSource::OciNotify,
+        source,
     );
     entry.pid = Some(notif.pid);
     if let Some((comm, exe)) = cache.get(notif.pid) {

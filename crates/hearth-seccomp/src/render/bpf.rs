@@ -1,8 +1,10 @@
 //! Raw seccomp BPF for x86_64 (what `hearth-guest` installs in the processes it starts), compiled
 //! with seccompiler's typed API, and the code that installs it.
 //!
-//! `audit_deny` becomes errno `EPERM`: a BPF program can't tell hearth anything by itself; the
-//! guest reports denials over its protocol instead.
+//! `audit_deny` becomes errno `EPERM` in [`render_bpf`]: a BPF program can't tell hearth anything
+//! by itself. [`render_bpf_notify`] makes it `SECCOMP_RET_USER_NOTIF` instead, for a supervisor
+//! that installs the program with a listener and answers (and records) each call itself: that is
+//! how `hearth-guest` reports denials inside a microVM over its protocol.
 //!
 //! A seccompiler filter has one match action. When a policy needs several (say `allow` rules,
 //! a `kill_process` rule and a default `errno`), it compiles to several programs that the kernel
@@ -30,6 +32,11 @@ pub enum BpfError {
     Invalid(#[from] ValidationErrors),
     #[error("seccompiler: {0}")]
     Backend(#[from] seccompiler::BackendError),
+    #[error(
+        "the policy audits {syscall}, which a process must still call after its filter is \
+         installed to hand the audit over; allow it or deny it with an errno"
+    )]
+    NotifyHandoff { syscall: &'static str },
 }
 
 /// Installing filters failed; each variant is one system call.
@@ -51,7 +58,42 @@ pub struct BpfFilters {
     programs: Vec<BpfProgram>,
 }
 
+/// The errno data that stands for "notify" while seccompiler builds a program (it has no
+/// user-notify action). Above `MAX_ERRNO`, so no valid policy uses it; [`patch_notify`] turns
+/// every `ret` of it into `SECCOMP_RET_USER_NOTIF`.
+const NOTIFY_SENTINEL: u32 = 0xffff;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+/// `SECCOMP_RET_USER_NOTIF`: the call waits until the filter's listener answers it.
+pub const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+
+/// How `audit_deny` is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuditMode {
+    /// EPERM, unrecorded.
+    Errno,
+    /// A user notification for the listener to answer.
+    Notify,
+}
+
+impl AuditMode {
+    /// The action `a` is grouped and compiled as.
+    fn normalize(self, a: Action) -> Action {
+        match self {
+            Self::Notify => a,
+            Self::Errno => a.without_notify(),
+        }
+    }
+}
+
 fn seccomp_action(a: Action) -> SeccompAction {
+    match a {
+        Action::AuditDeny => SeccompAction::Errno(NOTIFY_SENTINEL),
+        other => seccomp_errno_action(other),
+    }
+}
+
+fn seccomp_errno_action(a: Action) -> SeccompAction {
     match a.without_notify() {
         Action::Allow => SeccompAction::Allow,
         Action::Errno(n) => SeccompAction::Errno(n),
@@ -126,18 +168,75 @@ fn other_than(a: &SeccompAction) -> SeccompAction {
     }
 }
 
-/// Compiles a policy to BPF for x86_64.
+/// Compiles a policy to BPF for x86_64; `audit_deny` is EPERM.
 pub fn render_bpf(policy: &SeccompPolicy) -> Result<BpfFilters, BpfError> {
+    render(policy, AuditMode::Errno)
+}
+
+/// Compiles a policy to BPF for x86_64 with `audit_deny` as `SECCOMP_RET_USER_NOTIF`, for a
+/// process that installs the notifying program with `SECCOMP_FILTER_FLAG_NEW_LISTENER` and
+/// answers the notifications with EPERM itself.
+///
+/// At most one program returns the notification (the kernel allows one listener per process):
+/// `audit_deny` rules form one group, and when the default is `audit_deny` those rules are
+/// folded into the default program. Refused with [`BpfError::NotifyHandoff`] when the policy
+/// audits a call that the installing process must still make after the filter is in place
+/// (`sendmsg` to hand the listener over, `execve`): it would wait on a listener nobody reads yet.
+pub fn render_bpf_notify(policy: &SeccompPolicy) -> Result<BpfFilters, BpfError> {
+    for call in NOTIFY_HANDOFF_CALLS {
+        let audited_rule = policy
+            .rules
+            .iter()
+            .any(|r| r.syscall == call && r.action == Action::AuditDeny);
+        if audited_rule || policy.evaluate(call, &[0; 6]) == Action::AuditDeny {
+            return Err(BpfError::NotifyHandoff { syscall: call });
+        }
+    }
+    let mut filters = render(policy, AuditMode::Notify)?;
+    for program in &mut filters.programs {
+        patch_notify(program);
+    }
+    Ok(filters)
+}
+
+/// The calls a child makes between installing a notifying filter and running its program.
+const NOTIFY_HANDOFF_CALLS: [&str; 2] = ["sendmsg", "execve"];
+
+/// Replaces each `ret ERRNO(NOTIFY_SENTINEL)` with `ret USER_NOTIF`.
+fn patch_notify(program: &mut BpfProgram) {
+    for insn in program.iter_mut() {
+        if insn.code == BPF_RET_K && insn.k == SECCOMP_RET_ERRNO | NOTIFY_SENTINEL {
+            insn.k = SECCOMP_RET_USER_NOTIF;
+        }
+    }
+}
+
+/// Whether the instruction `code`/`k` returns a user notification.
+pub fn is_notify_return(code: u16, k: u32) -> bool {
+    code == BPF_RET_K && k == SECCOMP_RET_USER_NOTIF
+}
+
+/// Whether a raw program (as [`BpfFilters::to_raw`] writes it) can return a user notification,
+/// i.e. needs a listener.
+pub fn raw_program_notifies(raw: &[u8]) -> bool {
+    raw.chunks_exact(8).any(|insn| {
+        let code = u16::from_le_bytes([insn[0], insn[1]]);
+        let k = u32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+        is_notify_return(code, k)
+    })
+}
+
+fn render(policy: &SeccompPolicy, mode: AuditMode) -> Result<BpfFilters, BpfError> {
     validate(policy)?;
-    let default = policy.default_action.without_notify();
+    let default = mode.normalize(policy.default_action);
     let kept: Vec<&Rule> = policy
         .rules
         .iter()
-        .filter(|r| r.action.without_notify() != default)
+        .filter(|r| mode.normalize(r.action) != default)
         .collect();
     let mut groups: BTreeMap<Action, Vec<&Rule>> = BTreeMap::new();
     for r in &kept {
-        groups.entry(r.action.without_notify()).or_default().push(r);
+        groups.entry(mode.normalize(r.action)).or_default().push(r);
     }
     let default_sa = seccomp_action(default);
     if groups.len() <= 1 {
@@ -159,9 +258,7 @@ pub fn render_bpf(policy: &SeccompPolicy) -> Result<BpfFilters, BpfError> {
     }
     // Installing each program after the first is itself a `seccomp` call that the programs
     // already installed filter; the one program that refuses it (if any) must come last.
-    let seccomp_call = policy
-        .evaluate("seccomp", &[1, 1, 0, 0, 0, 0])
-        .without_notify();
+    let seccomp_call = mode.normalize(policy.evaluate("seccomp", &[1, 1, 0, 0, 0, 0]));
     if seccomp_call != Action::Allow {
         let owner = (seccomp_call != default).then_some(seccomp_call);
         keyed.sort_by_key(|(k, _)| *k == owner);

@@ -209,7 +209,8 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         None => None,
     };
     // A container is filtered by its runtime (audited through the supervisor); a VM's
-    // processes by its hearth-guest, which installs the policy's BPF in each one.
+    // processes by its hearth-guest, which installs the policy's BPF in each one and answers
+    // the audited calls itself (the supervisor copies its log).
     let (seccomp, guest_seccomp) = if args.backend == BackendKind::Oci {
         let listener = manager.dirs.sandbox(&id).seccomp_socket();
         let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
@@ -221,7 +222,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         (Some(seccomp), guest)
     } else {
         let policy = args.guest_seccomp.as_deref().unwrap_or(&args.seccomp);
-        (None, Some(super::seccomp::guest_bpf(policy)?))
+        (None, Some(super::seccomp::vm_guest_bpf(policy)?))
     };
     manager.reconcile().await?;
     let spec = SandboxSpec {

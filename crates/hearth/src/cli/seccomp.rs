@@ -119,12 +119,28 @@ pub fn render_policy_for_sandbox(
     hearth_seccomp::render_oci(policy, audits(policy).then_some(listener))
 }
 
-/// The `hearth-guest --seccomp-bpf` file for a policy.
+/// The `hearth-guest --seccomp-bpf` file for a policy, for an OCI sandbox whose runtime already
+/// audits: `audit_deny` is plain EPERM.
 pub fn guest_bpf(raw: &str) -> Result<Vec<u8>, CliError> {
+    guest_bpf_with(raw, hearth_seccomp::render_bpf)
+}
+
+/// The policy of a microVM, installed by its `hearth-guest`: `audit_deny` as user notifications
+/// the guest answers and records, so the denials reach the sandbox's audit.
+pub fn vm_guest_bpf(raw: &str) -> Result<Vec<u8>, CliError> {
+    guest_bpf_with(raw, hearth_seccomp::render_bpf_notify)
+}
+
+fn guest_bpf_with(
+    raw: &str,
+    render: fn(
+        &hearth_seccomp::SeccompPolicy,
+    ) -> Result<hearth_seccomp::BpfFilters, hearth_seccomp::BpfError>,
+) -> Result<Vec<u8>, CliError> {
     let bad = |err: &dyn std::fmt::Display| {
         CliError::new(BAD_INPUT, format!("guest seccomp policy {raw}: {err}"))
     };
     let policy = hearth_seccomp::load_policy(raw).map_err(|err| bad(&err))?;
-    let filters = hearth_seccomp::render_bpf(&policy).map_err(|err| bad(&err))?;
+    let filters = render(&policy).map_err(|err| bad(&err))?;
     hearth_proto::bpf::encode(&filters.to_raw()).map_err(|err| bad(&err))
 }

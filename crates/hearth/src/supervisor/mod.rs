@@ -27,10 +27,13 @@
 //!    flushes a last time, records why it ended, and exits. Teardown calls [`launch::stop`]
 //!    after removing the container: SIGTERM through a pidfd (checked against the recorded start
 //!    time, so a reused pid is never signalled), SIGKILL after [`STOP_GRACE`].
-//! 5. **Crash**: if the supervisor dies, the kernel drops the notification fd and every audited
+//! 5. **MicroVMs**: with the relay duty, `hearth-guest` answers the audited calls itself; the
+//!    supervisor copies its log over `GET /v1/audit` before every flush ([`guest_audit`]).
+//! 6. **Crash**: if the supervisor dies, the kernel drops the notification fd and every audited
 //!    call in the sandbox fails with ENOSYS from then on (denied, but no longer recorded).
 //!    Reconciliation kills supervisors whose sandbox is abandoned or unknown.
 
+mod guest_audit;
 pub mod launch;
 pub mod net;
 mod proc;

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use hearth_sandbox::dirs::RuntimeDirs;
 use hearth_sandbox::SandboxId;
-use hearth_seccomp::audit::{AuditConfig, AuditWindow, SharedAuditLog};
+use hearth_seccomp::audit::{AuditConfig, AuditSource, AuditWindow, SharedAuditLog};
 use hearth_seccomp::notify::{spawn_server, NotifyError, NotifyListener, ServeSummary};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::guest_audit::GuestAuditReader;
 use super::launch::READY_LINE;
 use super::net::{NetDuty, NetWatch};
 use super::relay::{RelayDuty, RelayTask};
@@ -104,6 +105,9 @@ pub async fn run(
         None => None,
     };
     let mut flusher = Flusher::new(store, id.clone(), audit, capacity);
+    if relay.is_some() {
+        flusher.guest = Some(GuestAuditReader::new(dirs.guest_socket()));
+    }
     let ended = loop {
         tokio::select! {
             _ = signals.term.recv() => break "terminated",
@@ -217,7 +221,13 @@ fn accept_loop(
                     "runtime sent a seccomp fd"
                 );
                 let name = format!("seccomp-notify-{accepted}");
-                match spawn_server(name, conn.fd, audit.clone(), Arc::clone(stop)) {
+                match spawn_server(
+                    name,
+                    conn.fd,
+                    audit.clone(),
+                    Arc::clone(stop),
+                    AuditSource::OciNotify,
+                ) {
                     Ok(handle) => lock(servers).threads.push(handle),
                     Err(err) => tracing::error!(%err, "cannot serve a seccomp fd"),
                 }
@@ -265,6 +275,8 @@ struct Flusher {
     unsaved: Vec<AuditWindow>,
     /// The next drop log `seq` not yet stored.
     next_drop_seq: u64,
+    /// A microVM guest whose own audit is copied in before each flush.
+    guest: Option<GuestAuditReader>,
 }
 
 impl Flusher {
@@ -277,6 +289,7 @@ impl Flusher {
             next_seq: 0,
             unsaved: Vec::new(),
             next_drop_seq: 0,
+            guest: None,
         }
     }
 
@@ -295,6 +308,9 @@ impl Flusher {
                     Err(err) => tracing::error!(%err, "cannot store the drop log; retrying"),
                 }
             }
+        }
+        if let Some(guest) = &mut self.guest {
+            guest.copy_into(&self.audit).await;
         }
         self.flush_seccomp(ended).await;
     }
