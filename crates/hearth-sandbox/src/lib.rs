@@ -11,5 +11,6 @@ pub mod net;
 pub mod pidfd;
 pub mod process_stamp;
 pub mod spec;
+pub mod vmm_cgroup;
 
 pub use id::{IdError, SandboxId, SandboxNames};

@@ -174,6 +174,28 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
     let out = paused_exec.join().unwrap();
     assert_eq!(stdout(&out), "COPIED IN\n", "{}", stderr(&out));
 
+    // QEMU runs in the sandbox's own cgroup, held to the guest's memory plus its overhead.
+    let pgrep = std::process::Command::new("pgrep")
+        .args(["-f", &format!("qemu-system.*{}", sb.id)])
+        .output()
+        .unwrap();
+    let qemu_pid = stdout(&pgrep).trim().to_owned();
+    let cgroups = std::fs::read_to_string(format!("/proc/{qemu_pid}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!("/hearth/{}", sb.id)),
+        "{qemu_pid}: {cgroups}"
+    );
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory/hearth").join(&sb.id);
+    if memory.is_dir() {
+        let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), ((512u64 + 384) << 20).to_string());
+        let peak = std::fs::read_to_string(memory.join("memory.max_usage_in_bytes")).unwrap();
+        eprintln!(
+            "QEMU cgroup peak memory: {} MiB",
+            peak.trim().parse::<u64>().unwrap() >> 20
+        );
+    }
+
     // Pause is for microVMs only; an OCI sandbox says so.
     let oci = Sandbox::create("vm-oci-neighbour", &[]);
     let out = run(&["sandbox", "pause", &oci.id]);

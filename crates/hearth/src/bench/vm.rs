@@ -115,7 +115,7 @@ async fn boot_baseline(
     let console = scratch.join(format!("baseline-{n}.log"));
     let (accel, machine) = match accel {
         Accel::Kvm => ("kvm", "microvm"),
-        Accel::Tcg => ("tcg", "pc"),
+        Accel::Tcg => (hearth_sandbox::backend::qemu::TCG_ACCEL, "pc"),
     };
     let started = Instant::now();
     let mut child = tokio::process::Command::new(binary)

@@ -15,6 +15,7 @@ use crate::backend::{GuestEndpoint, LaunchContext};
 use crate::id::SandboxId;
 use crate::net::netns;
 use crate::spec::SandboxSpec;
+use crate::vmm_cgroup::{VmmCgroup, VmmLimits, CFS_PERIOD_US};
 
 impl QemuBackend {
     pub(super) fn start_inner(
@@ -86,7 +87,9 @@ impl QemuBackend {
         if incoming {
             args.extend(["-incoming", "defer"].map(OsString::from));
         }
-        let mut child = process::spawn_in_netns(&self.config.binary, &args, ns, &log)?;
+        let cgroup = VmmCgroup::create(&spec.id, &vmm_limits(spec, plan))?;
+        let mut child = process::spawn_in_netns(&self.config.binary, &args, ns, &cgroup, &log)?;
+        drop(cgroup); // QEMU is in it; only removal (`remove_vm`) touches it again
         let pid = child.id();
         let recorded = VmmStamp::of(pid)
             .map_err(|source| QemuError::File {
@@ -116,6 +119,27 @@ impl QemuBackend {
                 })?;
         }
         ready
+    }
+}
+
+/// QEMU's own needs beyond the guest's RAM under TCG: its translation buffer (`tb-size`, set in
+/// the argv), device emulation and the page cache of the images it reads.
+const TCG_OVERHEAD_BYTES: u64 = 384 << 20;
+/// ... and under KVM, where no code is translated.
+const KVM_OVERHEAD_BYTES: u64 = 192 << 20;
+/// Threads QEMU may have: vCPUs, I/O workers, RCU, QMP; it never forks (`-sandbox on`).
+const VMM_PIDS: u32 = 256;
+
+/// The limits of QEMU's cgroup: the sandbox's memory plus QEMU's overhead, its CPU share.
+fn vmm_limits(spec: &SandboxSpec, plan: &QemuPlan) -> VmmLimits {
+    let overhead = match plan.accel {
+        super::Accel::Kvm => KVM_OVERHEAD_BYTES,
+        super::Accel::Tcg => TCG_OVERHEAD_BYTES,
+    };
+    VmmLimits {
+        memory_bytes: (plan.memory_mib << 20).saturating_add(overhead),
+        cpu_quota_us: spec.limits.cpus.cfs_quota(CFS_PERIOD_US),
+        pids: VMM_PIDS,
     }
 }
 

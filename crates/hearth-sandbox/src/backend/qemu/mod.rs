@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan};
+pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan, TCG_ACCEL};
 pub use process::VmmStamp;
 pub use qmp::{Qmp, QmpError, VmStatus};
 pub use snapshot::SnapshotManifest;
@@ -80,6 +80,8 @@ pub enum QemuError {
     Qmp(#[from] QmpError),
     #[error(transparent)]
     Pidfd(#[from] PidfdError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::vmm_cgroup::VmmCgroupError),
     /// `tail`: the end of QEMU's own log (the VM directory is removed with the failed VM).
     #[error("QEMU for sandbox {id} exited during startup ({status}){}", tail_hint(.tail))]
     Exited {
@@ -360,6 +362,8 @@ impl QemuBackend {
                 }
             }
         }
+        // QEMU is gone (or never started): its cgroup can go, then its directory.
+        crate::vmm_cgroup::VmmCgroup::remove(id)?;
         remove_dir(&dirs.vm_dir())
     }
 }

@@ -11,16 +11,19 @@ use std::process::{Child, Command, Stdio};
 use nix::sched::{setns, CloneFlags};
 
 use super::QemuError;
+use crate::vmm_cgroup::VmmCgroup;
 
 /// QEMU as recorded in `vmm.pid` (see [`ProcessStamp`]).
 pub use crate::process_stamp::ProcessStamp as VmmStamp;
 
-/// Spawns `binary args` in the network namespace `netns` and a session of its own (so the
-/// caller's terminal signals never reach it), stdout and stderr appended to `log`.
+/// Spawns `binary args` in the network namespace `netns`, a session of its own (so the caller's
+/// terminal signals never reach it) and the cgroup(s) whose open `cgroup.procs` are `cgroup`,
+/// stdout and stderr appended to `log`.
 pub fn spawn_in_netns(
     binary: &Path,
     args: &[OsString],
     netns: OwnedFd,
+    cgroup: &VmmCgroup,
     log: &Path,
 ) -> Result<Child, QemuError> {
     let log_file = OpenOptions::new()
@@ -42,12 +45,15 @@ pub fn spawn_in_netns(
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err);
+    let cgroup_fds = cgroup.join_fds();
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-    // work is allowed: it makes two system calls (setns, setsid) through nix's thin wrappers,
-    // which neither allocate nor lock, on an fd the closure owns and that stays open until exec
-    // (its CLOEXEC closes it there).
+    // work is allowed: it makes system calls only (setns, setsid through nix's thin wrappers,
+    // one write per cgroup), which neither allocate nor lock, on fds that stay open until exec
+    // (the netns fd is the closure's; the cgroup files are the caller's, alive across the spawn;
+    // CLOEXEC closes all of them there). `cgroup_fds` was collected before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            crate::vmm_cgroup::join_in_child(&cgroup_fds)?;
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
             nix::unistd::setsid()?;
             Ok(())

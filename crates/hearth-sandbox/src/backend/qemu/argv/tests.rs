@@ -65,7 +65,7 @@ fn tcg_plan_gives_the_whole_pc_command_line() {
         "-name",
         "hearth-sb1,debug-threads=on",
         "-accel",
-        "tcg",
+        "tcg,tb-size=128",
         "-machine",
         "pc",
         "-nodefaults",
