@@ -113,6 +113,7 @@ async fn boot_baseline(
     n: usize,
 ) -> anyhow::Result<Duration> {
     let console = scratch.join(format!("baseline-{n}.log"));
+    let accel_kind = accel;
     let (accel, machine) = match accel {
         Accel::Kvm => ("kvm", "microvm"),
         Accel::Tcg => (hearth_sandbox::backend::qemu::TCG_ACCEL, "pc"),
@@ -127,10 +128,15 @@ async fn boot_baseline(
         .arg(&image.baseline_initrd)
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1",
-        ])
+        .arg("-append")
+        .arg(match accel_kind {
+            // The same kernel parameters as hearth's own `pc` boots.
+            Accel::Tcg => format!(
+                "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1 {}",
+                hearth_sandbox::backend::qemu::PC_KERNEL_ARGS
+            ),
+            Accel::Kvm => "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1".to_owned(),
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -100,6 +100,11 @@ pub const QEMU_SANDBOX: &str =
 /// 64-bit hosts, touched as code is translated), which QEMU's cgroup budget counts on.
 pub const TCG_ACCEL: &str = "tcg,tb-size=128";
 
+/// Kernel parameters for the `pc` machine: PCI interrupt routing through the PIIX registers
+/// rather than ACPI's link methods. Under TCG the AML interpreter takes ~300 ms per link (four of
+/// them here), which was 1.5 s of every boot; with this the whole virtio-pci probe takes 35 ms.
+pub const PC_KERNEL_ARGS: &str = "acpi=noirq";
+
 /// QEMU's arguments (without the binary) for `plan`.
 pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
     let machine = plan.accel.machine();
@@ -122,7 +127,12 @@ pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
     args.pair("-smp", plan.vcpus.to_string());
     args.pair("-kernel", &plan.image.kernel);
     args.pair("-initrd", &plan.image.initrd);
-    args.pair("-append", plan.cmdline.render());
+    let mut cmdline = plan.cmdline.render();
+    if machine == Machine::Pc {
+        cmdline.push(' ');
+        cmdline.push_str(PC_KERNEL_ARGS);
+    }
+    args.pair("-append", cmdline);
     drive(&mut args, machine, "root", &plan.image.rootfs);
     if let Some(config) = &plan.config_drive {
         drive(&mut args, machine, "config", config);

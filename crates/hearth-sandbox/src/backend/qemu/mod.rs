@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan, TCG_ACCEL};
+pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan, PC_KERNEL_ARGS, TCG_ACCEL};
 pub use process::VmmStamp;
 pub use qmp::{Qmp, QmpError, VmStatus};
 pub use snapshot::SnapshotManifest;

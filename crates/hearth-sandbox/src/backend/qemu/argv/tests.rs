@@ -84,7 +84,7 @@ fn tcg_plan_gives_the_whole_pc_command_line() {
         "-append",
         "console=ttyS0 panic=-1 reboot=t quiet hearth.transport=virtio-serial:org.hearth.guest.0 \
          hearth.root=/dev/vda hearth.net=10.231.0.2/30,10.231.0.1 hearth.dns=10.231.0.1 \
-         hearth.config=/dev/vdb hearth.workspace=9p",
+         hearth.config=/dev/vdb hearth.workspace=9p acpi=noirq",
         "-drive",
         "file=/img/rootfs.ext4,if=none,id=root,format=raw,readonly=on",
         "-device",
