@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod doctor;
 mod exit;
+mod firecracker;
 mod sandboxes;
 mod store;
 mod supervisor;

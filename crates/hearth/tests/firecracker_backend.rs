@@ -1,0 +1,323 @@
+//! `hearth sandbox create --backend firecracker` end to end, against a stand-in VMM.
+//!
+//! Firecracker can't run here (no usable KVM), so `--firecracker` points at a script that
+//! execs this test binary as a fake VMM (`fake_firecracker_vmm`, a no-op in a normal run). It
+//! serves Firecracker's API on the `--api-sock` hearth gives it, refusing anything outside the
+//! spec or Firecracker's order, and after `InstanceStart` answers the vsock handshake on the
+//! socket hearth configured, joining each connection to a real `hearth-guest serve` it started.
+//! So everything of hearth's runs for real: store, netns and firewall, tap and bridge, the
+//! supervisor's relay with its `CONNECT` handshake, exec through it, `PATCH /vm`, the audit of
+//! a VMM seccomp fault, and removal. The guest image is a stand-in too (the fake boots
+//! nothing): files at the paths `hearth image build` and `hearth image kernel` would make.
+
+mod common;
+#[path = "../../hearth-sandbox/tests/fc_support/mod.rs"]
+mod fc_support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::{env, guest_bin, hearth, leftovers, ok, run, stderr, stdout};
+use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
+
+const FAKE: &str = "HEARTH_TEST_FAKE_FC";
+const FAKE_GUEST: &str = "HEARTH_TEST_FAKE_FC_GUEST";
+const FAULT_AT: &str = "HEARTH_TEST_FAKE_FC_FAULT_AT";
+
+/// The fake VMM's entry point; a no-op unless hearth started this binary as `firecracker`.
+#[test]
+fn fake_firecracker_vmm() {
+    if std::env::var_os(FAKE).is_none() {
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    let flag = |name: &str| args[args.iter().position(|a| a == name).unwrap() + 1].clone();
+    let api_sock = PathBuf::from(flag("--api-sock"));
+    let guest_sock = api_sock.with_file_name("fake-guest.sock");
+    let guest = std::env::var_os(FAKE_GUEST).unwrap();
+    let mut cmd = Command::new(guest);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(&guest_sock)
+        .env("HEARTH_GUEST_LOG", "warn")
+        .stdin(Stdio::null());
+    // The stand-in guest must die with the fake VMM, as a real guest does.
+    let die_with_parent = || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes two integers and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook only calls prctl, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(die_with_parent);
+    }
+    let mut guest = cmd.spawn().unwrap();
+    std::thread::spawn(move || {
+        let _ = guest.wait();
+    });
+    let fault_at = std::env::var(FAULT_AT).ok();
+    let logger: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    let api = FakeApi::new(Behaviour {
+        guest: Some(guest_sock),
+        ..Behaviour::default()
+    })
+    .on_record(move |r: &Recorded| {
+        if r.path == "/logger" {
+            let path = r.body.as_ref().and_then(|b| b["log_path"].as_str());
+            *logger.lock().unwrap() = path.map(PathBuf::from);
+        }
+        if fault_at.as_deref() == Some(r.path.as_str()) {
+            // What Firecracker's SIGSYS handler does: log the number, exit 148.
+            if let Some(log) = logger.lock().unwrap().as_ref() {
+                let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                writeln!(
+                    file,
+                    "[vmm:ERROR] Shutting down VM after intercepting a bad syscall (41)"
+                )
+                .unwrap();
+            }
+            std::process::exit(148);
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        api.serve(&api_sock);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A `firecracker` script running the fake VMM with `env`.
+fn fake_firecracker(dir: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut text = format!(
+        "#!/bin/sh\nexport {FAKE}=1\nexport {FAKE_GUEST}='{}'\n",
+        guest_bin().display()
+    );
+    for (key, value) in env {
+        text.push_str(&format!("export {key}='{value}'\n"));
+    }
+    text.push_str(&format!(
+        "exec '{}' fake_firecracker_vmm --exact --nocapture -- \"$@\"\n",
+        exe.display()
+    ));
+    let script = dir.join("firecracker");
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Stand-in image files where hearth looks for the guest image and the Firecracker kernel.
+fn fake_images() {
+    use std::os::unix::fs::DirBuilderExt;
+    let state = &env().state_dir;
+    let hash = "f".repeat(64);
+    let key = "e".repeat(64);
+    let images = state.join("images");
+    let kernels = state.join("kernels/firecracker");
+    for dir in [state.clone(), images.join(&hash), kernels.join(&key)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .unwrap();
+    }
+    for name in [
+        "vmlinuz",
+        "initramfs.cpio.gz",
+        "baseline.cpio.gz",
+        "rootfs.ext4",
+    ] {
+        std::fs::write(images.join(&hash).join(name), name).unwrap();
+    }
+    let manifest = serde_json::json!({
+        "hash": hash, "recipe_version": 1, "kernel_package": "linux-image-amd64",
+        "kernel_release": "6.1.0-test", "modules": [], "packages": [],
+        "guest_sha256": "0", "built_at": 0
+    });
+    std::fs::write(
+        images.join(&hash).join("manifest.json"),
+        manifest.to_string(),
+    )
+    .unwrap();
+    std::fs::write(images.join("current"), &hash).unwrap();
+    std::fs::write(kernels.join(&key).join("vmlinux"), "vmlinux").unwrap();
+    std::fs::write(kernels.join("current"), &key).unwrap();
+}
+
+fn fc_cmd(firecracker: &Path, args: &[&str]) -> std::process::Output {
+    hearth()
+        .arg("--firecracker")
+        .arg(firecracker)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
+    let out = hearth()
+        .args(["--firecracker", "/nonexistent/firecracker"])
+        .args([
+            "sandbox",
+            "create",
+            "--id",
+            "fc-none",
+            "--backend",
+            "firecracker",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("firecracker backend is not available")
+            && err.contains("/nonexistent/firecracker"),
+        "{err}"
+    );
+    // Nothing is found on PATH here either (no Firecracker can be installed on these hosts).
+    if hearth_sandbox::backend::oci::runtime::find_in_path("firecracker").is_none() {
+        let out = run(&[
+            "sandbox",
+            "create",
+            "--id",
+            "fc-none",
+            "--backend",
+            "firecracker",
+        ]);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(stderr(&out).contains("not on PATH"), "{}", stderr(&out));
+    }
+    assert!(
+        leftovers("fc-none").is_empty(),
+        "{:?}",
+        leftovers("fc-none")
+    );
+}
+
+#[test]
+fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = fake_firecracker(tmp.path(), &[]);
+    let id = "fc-cli";
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "create", "--id", id, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), id);
+    // Removed on failure too (without --firecracker: removal needs no binary).
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+
+    // exec goes CLI -> guest socket -> supervisor's relay -> CONNECT 1024 -> guest.
+    // The stand-in guest runs on the host, where there is no /workspace.
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox",
+            "exec",
+            id,
+            "--cwd",
+            "/",
+            "--",
+            "sh",
+            "-c",
+            "echo through-vsock",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "through-vsock\n");
+    let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
+    assert!(vm.join("api.sock").exists() && vm.join("vsock.sock").exists());
+    let ns = format!("/run/netns/hearth-{id}");
+    let tap = Command::new("ip")
+        .args(["-n", &format!("hearth-{id}"), "-o", "link", "show", "tap0"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&tap).contains("master br0"),
+        "tap0 bridged in {ns}: {}",
+        stderr(&tap)
+    );
+
+    assert_eq!(
+        ok(&[
+            "--firecracker",
+            fc.to_str().unwrap(),
+            "sandbox",
+            "pause",
+            id
+        ])
+        .trim(),
+        format!("{id} paused")
+    );
+    assert_eq!(
+        ok(&[
+            "--firecracker",
+            fc.to_str().unwrap(),
+            "sandbox",
+            "resume",
+            id
+        ])
+        .trim(),
+        format!("{id} running")
+    );
+    assert!(!fake_vmms(id).is_empty(), "the fake VMM runs");
+    let out = fc_cmd(&fc, &["sandbox", "rm", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+
+    // A VMM whose own seccomp filter kills it (exit 148) during PATCH /vm: the pause fails,
+    // and the syscall lands in the sandbox's audit as a VMM fault.
+    let faulty = fake_firecracker(tmp.path(), &[(FAULT_AT, "/vm")]);
+    let id = "fc-fault";
+    let out = fc_cmd(
+        &faulty,
+        &["sandbox", "create", "--id", id, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+    let out = fc_cmd(&faulty, &["sandbox", "pause", id]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let audit = fc_cmd(&faulty, &["sandbox", "audit", id, "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&audit)));
+    let text = report.to_string();
+    assert!(text.contains("vmm_fault"), "{text}");
+    // Removal works even where Firecracker is gone: nothing of the VM may outlive it.
+    let out = run(&[
+        "--firecracker",
+        "/nonexistent/firecracker",
+        "sandbox",
+        "rm",
+        id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+}
+
+/// The fake VMM (a `firecracker_backend` test binary with `fake_firecracker_vmm`) and its
+/// stand-in guest are gone once a sandbox's VM is removed.
+fn fake_vmms(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = cmdline.contains(&env().runtime_dir.display().to_string());
+        if ours && cmdline.contains(&format!("sandboxes/{id}/")) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
