@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod config;
 mod doctor;
+mod doctor_firecracker;
 mod exit;
 mod firecracker;
 mod sandboxes;
