@@ -53,8 +53,8 @@ impl Settings {
                 .unwrap_or_else(default_guest_binary),
             dns_upstream: args.dns_upstream,
             firecracker: FirecrackerSettings {
-                firecracker: args.firecracker.clone(),
-                jailer: args.jailer.clone(),
+                firecracker: args.firecracker_bin.clone(),
+                jailer: args.jailer_bin.clone(),
                 direct: args.firecracker_direct,
             },
         })

@@ -25,14 +25,14 @@ pub fn checks(settings: &Settings) -> Vec<Check> {
             None => Check::fail(
                 "firecracker",
                 format!("{} does not answer --version", path.display()),
-                "reinstall Firecracker, or point --firecracker at a working binary",
+                "reinstall Firecracker, or point --firecracker-bin at a working binary",
                 false,
             ),
         },
         Err(reason) => Check::fail(
             "firecracker",
             reason.clone(),
-            "install Firecracker from its release page (needs KVM), or pass --firecracker PATH",
+            "install Firecracker from its release page (needs KVM), or pass --firecracker-bin PATH",
             false,
         ),
     };
@@ -99,13 +99,13 @@ fn check_jailer(settings: &Settings) -> Check {
         Ok(None) => Check::fail(
             "jailer",
             "jailer not found: Firecracker would run directly (no chroot, no uid drop)",
-            "install Firecracker's jailer next to firecracker, or pass --jailer PATH",
+            "install Firecracker's jailer next to firecracker, or pass --jailer-bin PATH",
             false,
         ),
         Err(reason) => Check::fail(
             "jailer",
             reason,
-            "point --jailer at the jailer binary",
+            "point --jailer-bin at the jailer binary",
             false,
         ),
     }

@@ -30,9 +30,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the Firecracker binaries are and how to run them (from the global flags).
 #[derive(Debug, Clone, Default)]
 pub struct FirecrackerSettings {
-    /// `--firecracker`; `None`: `firecracker` on PATH.
+    /// `--firecracker-bin`; `None`: `firecracker` on PATH.
     pub firecracker: Option<PathBuf>,
-    /// `--jailer`; `None`: `jailer` on PATH.
+    /// `--jailer-bin`; `None`: `jailer` on PATH.
     pub jailer: Option<PathBuf>,
     /// `--firecracker-direct`: no jailer even if one is installed.
     pub direct: bool,
@@ -41,16 +41,20 @@ pub struct FirecrackerSettings {
 impl FirecrackerSettings {
     /// The firecracker binary, or why there is none (one line, for "backend unavailable").
     pub fn firecracker_binary(&self) -> Result<PathBuf, String> {
-        binary(self.firecracker.as_deref(), "firecracker", "--firecracker")
+        binary(
+            self.firecracker.as_deref(),
+            "firecracker",
+            "--firecracker-bin",
+        )
     }
 
-    /// The jailer to use, if any: none in direct mode; an explicit `--jailer` must exist.
+    /// The jailer to use, if any: none in direct mode; an explicit `--jailer-bin` must exist.
     pub fn jailer_binary(&self) -> Result<Option<PathBuf>, String> {
         if self.direct {
             return Ok(None);
         }
         match &self.jailer {
-            Some(path) => binary(Some(path), "jailer", "--jailer").map(Some),
+            Some(path) => binary(Some(path), "jailer", "--jailer-bin").map(Some),
             None => Ok(find_in_path("jailer")),
         }
     }
@@ -171,7 +175,7 @@ mod tests {
         assert_eq!(settings.firecracker_binary().unwrap(), fc);
         let err = settings.jailer_binary().unwrap_err();
         assert!(
-            err.contains("--jailer") && err.contains("not an executable"),
+            err.contains("--jailer-bin") && err.contains("not an executable"),
             "{err}"
         );
         // Direct mode never looks for a jailer.
@@ -194,7 +198,7 @@ mod tests {
         let (_, missing) = firecracker_backend(&gone, &dirs);
         let err = missing.unwrap();
         assert!(
-            err.contains("--firecracker") && err.contains("nope"),
+            err.contains("--firecracker-bin") && err.contains("nope"),
             "{err}"
         );
     }

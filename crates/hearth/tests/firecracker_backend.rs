@@ -1,6 +1,6 @@
 //! `hearth sandbox create --backend firecracker` end to end, against a stand-in VMM.
 //!
-//! Firecracker can't run here (no usable KVM), so `--firecracker` points at a script that
+//! Firecracker can't run here (no usable KVM), so `--firecracker-bin` points at a script that
 //! execs this test binary as a fake VMM (`fake_firecracker_vmm`, a no-op in a normal run). It
 //! serves Firecracker's API on the `--api-sock` hearth gives it, refusing anything outside the
 //! spec or Firecracker's order, and after `InstanceStart` answers the vsock handshake on the
@@ -154,7 +154,7 @@ fn fake_images() {
 
 fn fc_cmd(firecracker: &Path, args: &[&str]) -> std::process::Output {
     hearth()
-        .arg("--firecracker")
+        .arg("--firecracker-bin")
         .arg(firecracker)
         .args(args)
         .output()
@@ -162,9 +162,27 @@ fn fc_cmd(firecracker: &Path, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn image_kernel_refuses_a_missing_config_in_one_line() {
+    // Also proves `image kernel --firecracker` parses next to the global --firecracker-bin.
+    let out = run(&[
+        "image",
+        "kernel",
+        "--firecracker",
+        "--config",
+        "/nonexistent/x.config",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/x.config"), "{err}");
+    let out = run(&["image", "kernel"]);
+    assert_eq!(out.status.code(), Some(2), "--firecracker is required");
+}
+
+#[test]
 fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
     let out = hearth()
-        .args(["--firecracker", "/nonexistent/firecracker"])
+        .args(["--firecracker-bin", "/nonexistent/firecracker"])
         .args([
             "sandbox",
             "create",
@@ -215,7 +233,7 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), id);
-    // Removed on failure too (without --firecracker: removal needs no binary).
+    // Removed on failure too (without --firecracker-bin: removal needs no binary).
     let _cleanup = common::Sandbox { id: id.to_owned() };
 
     // exec goes CLI -> guest socket -> supervisor's relay -> CONNECT 1024 -> guest.
@@ -251,7 +269,7 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
 
     assert_eq!(
         ok(&[
-            "--firecracker",
+            "--firecracker-bin",
             fc.to_str().unwrap(),
             "sandbox",
             "pause",
@@ -262,7 +280,7 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
     );
     assert_eq!(
         ok(&[
-            "--firecracker",
+            "--firecracker-bin",
             fc.to_str().unwrap(),
             "sandbox",
             "resume",
@@ -296,7 +314,7 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
     assert!(text.contains("vmm_fault"), "{text}");
     // Removal works even where Firecracker is gone: nothing of the VM may outlive it.
     let out = run(&[
-        "--firecracker",
+        "--firecracker-bin",
         "/nonexistent/firecracker",
         "sandbox",
         "rm",
