@@ -739,3 +739,25 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
     assert!(kernel.exists(), "the cached image survives its jail");
     assert!(backend.list().unwrap().is_empty());
 }
+
+#[test]
+fn a_jail_whose_sockets_would_not_fit_sun_path_is_refused_before_anything_is_made() {
+    // An id long enough that the jail's sockets (`<tmp>/root/jail/firecracker/<id>/root/
+    // vsock.sock`) overflow 107 bytes while the sandbox dir's (`<tmp>/root/sandboxes/<id>/
+    // guest/guest.sock`, 6 bytes shorter) still fit: 104 and 110 bytes. `<tmp>` is TMPDIR's
+    // `.tmpXXXXXX`.
+    let tmp_len = std::env::temp_dir().as_os_str().len() + "/.tmpXXXXXX".len();
+    let fx = Fixture::new(&"j".repeat(71usize.saturating_sub(tmp_len).clamp(1, 64)));
+    let backend = fx.jailed_backend(64_322);
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FirecrackerError::Dirs(hearth_sandbox::dirs::DirsError::SocketPathTooLong { .. })
+        ),
+        "{err}"
+    );
+    assert!(!fx.dirs.vm_dir().exists());
+    assert!(!fx.runtime.root().join("jail").join("firecracker").exists());
+    assert!(!fx.jailer_args().exists(), "the jailer never ran");
+}

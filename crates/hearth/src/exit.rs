@@ -96,6 +96,9 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Backend(BackendError::Firecracker(
             FirecrackerError::NoImage | FirecrackerError::ImageFileMissing { .. },
         )) => HOST,
+        SandboxError::Backend(BackendError::Firecracker(FirecrackerError::Dirs(
+            DirsError::SocketPathTooLong { .. },
+        ))) => BAD_INPUT,
         SandboxError::Backend(_) => SANDBOX_FAILED,
         SandboxError::BackendUnavailable(_)
         | SandboxError::BackendMissing { .. }

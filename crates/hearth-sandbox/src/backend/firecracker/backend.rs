@@ -163,6 +163,7 @@ impl FirecrackerBackend {
             self.dirs(&spec.id).base(),
             "the launch context's sandbox dir must be under the backend's runtime root"
         );
+        check_socket_paths(&self.layout(&spec.id))?;
         // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
         ctx.dirs.create_vm_dir()?;
         match self.launch(spec, ctx, boot) {
@@ -496,6 +497,19 @@ impl SandboxBackend for FirecrackerBackend {
     fn list(&self) -> Result<Vec<String>, BackendError> {
         Ok(self.list_vms()?)
     }
+}
+
+/// The API and vsock sockets must fit `sun_path`; a jail's are longer than the sandbox dir's
+/// (`<runtime>/jail/firecracker/<id>/root/vsock.sock`), so a long id can push them over.
+fn check_socket_paths(layout: &VmLayout) -> Result<(), FirecrackerError> {
+    for name in [layout::API_SOCKET, layout::VSOCK_SOCKET] {
+        let path = layout.host(name);
+        let len = path.as_os_str().len();
+        if len > crate::dirs::MAX_SOCKET_PATH {
+            return Err(crate::dirs::DirsError::SocketPathTooLong { path, len }.into());
+        }
+    }
+    Ok(())
 }
 
 /// Checks what Firecracker would otherwise fail on less clearly, after it started.
