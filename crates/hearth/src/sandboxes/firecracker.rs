@@ -2,7 +2,7 @@
 //! the VMM, pause and resume through `PATCH /vm`, and recording a VMM seccomp fault (exit
 //! status 148) in the sandbox's audit when its exit is observed.
 
-use hearth_sandbox::backend::{BackendError, BackendKind};
+use hearth_sandbox::backend::{BackendError, BackendKind, SandboxBackend};
 use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::SandboxId;
 use hearth_seccomp::audit::{AuditConfig, SeccompAuditLog, VmmFault, DEFAULT_WINDOW};
@@ -48,8 +48,8 @@ impl SandboxManager {
             backend.resume(id).await
         };
         if let Err(err) = sent {
-            // A VMM that died of its own filter on this call says so in the audit.
-            self.record_vmm_exit(id).await;
+            // A VMM that died (of its own filter, say) on this call says so in the audit.
+            self.note_vmm_gone(id).await?;
             return Err(BackendError::from(err).into());
         }
         let info = backend
@@ -60,6 +60,24 @@ impl SandboxManager {
                 BackendError::from(hearth_sandbox::backend::FirecrackerError::from(err))
             })?;
         Ok(info.state.to_lowercase())
+    }
+
+    /// If the sandbox's VMM is gone: its exit goes into the audit and the sandbox is marked
+    /// exited (so it is recorded once). Returns whether it was gone.
+    pub(super) async fn note_vmm_gone(&self, id: &SandboxId) -> Result<bool, SandboxError> {
+        let backend = self.firecracker_backend()?;
+        if backend.is_running(id)? {
+            return Ok(false);
+        }
+        self.record_vmm_exit(id).await;
+        self.store
+            .set_sandbox_status(
+                id,
+                crate::store::SandboxStatus::Exited,
+                Some("the VMM exited"),
+            )
+            .await?;
+        Ok(true)
     }
 
     /// Once a Firecracker sandbox's VMM is found gone: its exit status (when this process

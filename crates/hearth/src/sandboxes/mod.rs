@@ -229,16 +229,24 @@ impl SandboxManager {
     /// finally the record. Goes through every step even when one fails, then reports them all.
     pub async fn remove(&self, id: &SandboxId, force: bool) -> Result<(), SandboxError> {
         match self.store.get_sandbox(id).await? {
-            Some(record) => record
-                .status
-                .check(
-                    record.status.can_remove() || force,
-                    "remove it while it is being created (use --force)",
-                )
-                .map_err(|source| SandboxError::Status {
-                    id: id.clone(),
-                    source,
-                })?,
+            Some(record) => {
+                record
+                    .status
+                    .check(
+                        record.status.can_remove() || force,
+                        "remove it while it is being created (use --force)",
+                    )
+                    .map_err(|source| SandboxError::Status {
+                        id: id.clone(),
+                        source,
+                    })?;
+                // Its logs go with it: a VM that died unobserved is looked at first.
+                if record.spec.backend == BackendKind::Firecracker
+                    && record.status == SandboxStatus::Running
+                {
+                    self.note_vmm_gone(id).await?;
+                }
+            }
             None if force => {}
             None => return Err(SandboxError::NotFound(id.clone())),
         }
