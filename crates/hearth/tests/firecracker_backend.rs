@@ -27,6 +27,8 @@ use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
 const FAKE: &str = "HEARTH_TEST_FAKE_FC";
 const FAKE_GUEST: &str = "HEARTH_TEST_FAKE_FC_GUEST";
 const FAULT_AT: &str = "HEARTH_TEST_FAKE_FC_FAULT_AT";
+/// Set by the fake jailer: the jail's root, where the real jailer would chroot.
+const ROOT: &str = "HEARTH_TEST_FAKE_FC_ROOT";
 
 /// The fake VMM's entry point; a no-op unless hearth started this binary as `firecracker`.
 #[test]
@@ -36,7 +38,15 @@ fn fake_firecracker_vmm() {
     }
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
     let flag = |name: &str| args[args.iter().position(|a| a == name).unwrap() + 1].clone();
-    let api_sock = PathBuf::from(flag("--api-sock"));
+    let root = std::env::var_os(ROOT).map(PathBuf::from);
+    let resolve = {
+        let root = root.clone();
+        move |path: &str| match &root {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    };
+    let api_sock = resolve(&flag("--api-sock"));
     let guest_sock = api_sock.with_file_name("fake-guest.sock");
     let guest = std::env::var_os(FAKE_GUEST).unwrap();
     let mut cmd = Command::new(guest);
@@ -65,14 +75,17 @@ fn fake_firecracker_vmm() {
     });
     let fault_at = std::env::var(FAULT_AT).ok();
     let logger: Arc<Mutex<Option<PathBuf>>> = Arc::default();
-    let api = FakeApi::new(Behaviour {
+    let mut api = FakeApi::new(Behaviour {
         guest: Some(guest_sock),
         ..Behaviour::default()
-    })
-    .on_record(move |r: &Recorded| {
+    });
+    if let Some(root) = root {
+        api = api.chrooted(root);
+    }
+    let api = api.on_record(move |r: &Recorded| {
         if r.path == "/logger" {
             let path = r.body.as_ref().and_then(|b| b["log_path"].as_str());
-            *logger.lock().unwrap() = path.map(PathBuf::from);
+            *logger.lock().unwrap() = path.map(&resolve);
         }
         if fault_at.as_deref() == Some(r.path.as_str()) {
             // What Firecracker's SIGSYS handler does: log the number, exit 148.
@@ -112,6 +125,34 @@ fn fake_firecracker(dir: &Path, env: &[(&str, &str)]) -> PathBuf {
     std::fs::write(&script, text).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
+}
+
+/// A `jailer` standing in for Firecracker's: it reads the flags hearth passes, joins the
+/// netns and runs the exec file with the jail root where the real one would chroot (the fake
+/// VMM resolves its paths under it). It stays root: the uid drop is the real jailer's.
+fn fake_jailer(dir: &Path) -> PathBuf {
+    let script = format!(
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2;;
+    --exec-file) exec_file=$2; shift 2;;
+    --chroot-base-dir) base=$2; shift 2;;
+    --netns) netns=$2; shift 2;;
+    --) shift; break;;
+    *) shift 2;;
+  esac
+done
+root="$base/$(basename "$exec_file")/$id/root"
+[ -d "$root" ] || {{ echo "no jail root $root" >&2; exit 1; }}
+export {ROOT}="$root"
+exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
+"#
+    );
+    let path = dir.join("jailer");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Stand-in image files where hearth looks for the guest image and the Firecracker kernel.
@@ -344,10 +385,55 @@ fn fake_vmms(id: &str) -> Vec<String> {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let ours = cmdline.contains(&env().runtime_dir.display().to_string());
-        if ours && cmdline.contains(&format!("sandboxes/{id}/")) {
+        let ours = cmdline.contains(&env().runtime_dir.display().to_string())
+            || cmdline.contains("fake_firecracker_vmm");
+        let named = [
+            format!("sandboxes/{id}/"),
+            format!("firecracker/{id}/"),
+            format!("--id={id} "),
+        ];
+        if ours && named.iter().any(|n| cmdline.contains(n.as_str())) {
             found.push(cmdline);
         }
     }
     found
+}
+
+#[test]
+fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = fake_firecracker(tmp.path(), &[]);
+    let jailer = fake_jailer(tmp.path());
+    let id = "fcj";
+    let with = |args: &[&str]| {
+        hearth()
+            .arg("--firecracker-bin")
+            .arg(&fc)
+            .arg("--jailer-bin")
+            .arg(&jailer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = with(&["sandbox", "create", "--id", id, "--backend", "firecracker"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+    let root = env()
+        .runtime_dir
+        .join("jail/firecracker")
+        .join(id)
+        .join("root");
+    // The relay found the guest through the socket inside the jail, not in vm/.
+    assert!(root.join("vsock.sock").exists() && root.join("vmlinux").exists());
+    let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
+    assert!(!vm.join("vsock.sock").exists());
+    let out = with(&["sandbox", "exec", id, "--cwd", "/", "--", "echo", "jailed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "jailed\n");
+    let out = with(&["sandbox", "rm", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.parent().unwrap().exists(), "the jail is removed");
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
 }

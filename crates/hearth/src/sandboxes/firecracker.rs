@@ -7,7 +7,13 @@ use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::SandboxId;
 use hearth_seccomp::audit::{AuditConfig, SeccompAuditLog, VmmFault, DEFAULT_WINDOW};
 
+use std::time::{Duration, Instant};
+
 use super::{SandboxError, SandboxManager, VM_READY_TIMEOUT};
+
+/// After an API call fails, how long the VMM may take to finish dying for the failure to be
+/// taken as its exit (a dying VMM drops its socket before the process is gone).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl SandboxManager {
     fn firecracker_backend(
@@ -49,7 +55,7 @@ impl SandboxManager {
         };
         if let Err(err) = sent {
             // A VMM that died (of its own filter, say) on this call says so in the audit.
-            self.note_vmm_gone(id).await?;
+            self.note_vmm_gone(id, EXIT_GRACE).await?;
             return Err(BackendError::from(err).into());
         }
         let info = backend
@@ -62,12 +68,20 @@ impl SandboxManager {
         Ok(info.state.to_lowercase())
     }
 
-    /// If the sandbox's VMM is gone: its exit goes into the audit and the sandbox is marked
-    /// exited (so it is recorded once). Returns whether it was gone.
-    pub(super) async fn note_vmm_gone(&self, id: &SandboxId) -> Result<bool, SandboxError> {
+    /// If the sandbox's VMM is gone, or goes within `grace`: its exit goes into the audit and
+    /// the sandbox is marked exited (so it is recorded once). Returns whether it was gone.
+    pub(super) async fn note_vmm_gone(
+        &self,
+        id: &SandboxId,
+        grace: Duration,
+    ) -> Result<bool, SandboxError> {
         let backend = self.firecracker_backend()?;
-        if backend.is_running(id)? {
-            return Ok(false);
+        let started = Instant::now();
+        while backend.is_running(id)? {
+            if started.elapsed() >= grace {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.record_vmm_exit(id).await;
         self.store

@@ -244,7 +244,7 @@ impl SandboxManager {
                 if record.spec.backend == BackendKind::Firecracker
                     && record.status == SandboxStatus::Running
                 {
-                    self.note_vmm_gone(id).await?;
+                    self.note_vmm_gone(id, Duration::ZERO).await?;
                 }
             }
             None if force => {}
