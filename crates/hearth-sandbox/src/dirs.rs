@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use crate::id::SandboxId;
 
 /// Longest path `bind(2)` accepts for a Unix socket (`sun_path` is 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Errors about hearth's own directories.
 #[derive(Debug, thiserror::Error)]

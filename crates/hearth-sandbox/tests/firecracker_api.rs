@@ -5,7 +5,7 @@ mod fc_support;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fc_support::fake_api::{Behaviour, FakeApi};
 use fc_support::spec::Spec;
@@ -13,15 +13,16 @@ use hearth_sandbox::backend::firecracker::api::{
     ActionType, ApiCall, ApiRequest, InstanceAction, MemoryBackend, MemoryBackendType,
     SnapshotCreate, SnapshotLoad, SnapshotType, Vm, VmState, VsockOverride,
 };
-use hearth_sandbox::backend::firecracker::boot::{restore_calls, BootPlan, VmImage, VmNet};
+use hearth_sandbox::backend::firecracker::boot::{restore_calls, BootPlan};
 use hearth_sandbox::backend::firecracker::layout::VmLayout;
 use hearth_sandbox::backend::firecracker::{ApiClient, ApiError, VsockConnector};
+use hearth_sandbox::backend::vm::{GuestNet, VmImagePaths};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn net() -> VmNet {
-    VmNet {
+fn net() -> GuestNet {
+    GuestNet {
         address: Ipv4Addr::new(10, 201, 0, 2),
         prefix: 30,
         gateway: Ipv4Addr::new(10, 201, 0, 1),
@@ -29,22 +30,22 @@ fn net() -> VmNet {
     }
 }
 
-fn image(initrd: bool) -> VmImage {
-    VmImage {
+fn image() -> VmImagePaths {
+    VmImagePaths {
         kernel: "/images/abc/vmlinux".into(),
-        initrd: initrd.then(|| PathBuf::from("/images/abc/initramfs.cpio.gz")),
+        initrd: "/images/abc/initramfs.cpio.gz".into(),
         rootfs: "/images/abc/rootfs.ext4".into(),
     }
 }
 
 /// Image files that exist (Firecracker opens them when they are configured).
-fn image_in(dir: &Path) -> VmImage {
-    let image = VmImage {
+fn image_in(dir: &Path) -> VmImagePaths {
+    let image = VmImagePaths {
         kernel: dir.join("vmlinux"),
-        initrd: Some(dir.join("initramfs.cpio.gz")),
+        initrd: dir.join("initramfs.cpio.gz"),
         rootfs: dir.join("rootfs.ext4"),
     };
-    for file in [&image.kernel, image.initrd.as_ref().unwrap(), &image.rootfs] {
+    for file in [&image.kernel, &image.initrd, &image.rootfs] {
         std::fs::write(file, b"image").unwrap();
     }
     image
@@ -60,14 +61,9 @@ fn every_call(vm_dir: &Path) -> Vec<ApiCall> {
     };
     let mut calls = Vec::new();
     for layout in [VmLayout::direct(vm_dir), VmLayout::jailed(vm_dir)] {
-        for (with_net, with_initrd) in [(true, true), (false, false)] {
+        for with_net in [true, false] {
             let n = net();
-            let plan = BootPlan::new(
-                &layout,
-                &image(with_initrd),
-                &limits,
-                with_net.then_some(&n),
-            );
+            let plan = BootPlan::new(&layout, &image(), &limits, with_net.then_some(&n));
             calls.extend(plan.calls().unwrap());
         }
         let state = layout.vmm("snapshot.state");
@@ -278,11 +274,12 @@ async fn a_fault_message_becomes_a_typed_error_with_path_and_status() {
             "/drives/rootfs".to_owned(),
             "Unable to open the block device backing file: No such file".to_owned(),
         )]),
+        ..Behaviour::default()
     };
     let (tmp, _api, client) = fake(behaviour).await;
     let plan = BootPlan::new(
         &VmLayout::direct(tmp.path()),
-        &image(false),
+        &image(),
         &ResourceLimits::default(),
         None,
     );
@@ -321,7 +318,7 @@ async fn out_of_order_calls_are_refused_like_firecracker_does() {
     // The files must exist: Firecracker opens them and never creates them.
     let plan = BootPlan::new(
         &VmLayout::direct(tmp.path()),
-        &image(false),
+        &image(),
         &ResourceLimits::default(),
         None,
     );

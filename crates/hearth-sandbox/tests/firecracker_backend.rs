@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
-use hearth_sandbox::backend::firecracker::boot::{GuestConfigDoc, VmImage, VmNet};
 use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 use hearth_sandbox::backend::firecracker::process::ProcessStamp;
 use hearth_sandbox::backend::firecracker::{
     FirecrackerBackend, FirecrackerConfig, FirecrackerError, JailerConfig, LaunchMode, VmmFilter,
 };
+use hearth_sandbox::backend::vm::{GuestNet, VmGuestConfig, VmImagePaths};
 use hearth_sandbox::backend::{GuestEndpoint, LaunchContext, SandboxBackend};
 use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
 use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
@@ -227,17 +227,14 @@ impl Fixture {
         );
         std::fs::write(&script, text).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let images = self.tmp.path().join("images");
-        let filters = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/firecracker/x86_64-unknown-linux-musl.json");
+        let filters = hearth_sandbox::backend::firecracker::find_shared_file(
+            "x86_64-unknown-linux-musl.json",
+            &[env!("CARGO_MANIFEST_DIR").into()],
+        )
+        .unwrap();
         FirecrackerBackend::new(FirecrackerConfig {
             firecracker: script,
             mode: LaunchMode::Direct,
-            image: VmImage {
-                kernel: images.join("vmlinux"),
-                initrd: Some(images.join("initramfs.cpio.gz")),
-                rootfs: images.join("rootfs.ext4"),
-            },
             vmm_filter: VmmFilter::Json(std::fs::read_to_string(filters).unwrap()),
             runtime: self.runtime.clone(),
             start_timeout,
@@ -301,14 +298,68 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
     }
 
     fn ctx(&self) -> LaunchContext<'_> {
+        let images = self.tmp.path().join("images");
         LaunchContext {
             dirs: &self.dirs,
             netns_path: self.netns.path(),
             guest_binary: "/nonexistent/hearth-guest".into(),
             resolver: None,
             net: None,
-            vm_image: None,
+            vm_image: Some(VmImagePaths {
+                kernel: images.join("vmlinux"),
+                initrd: images.join("initramfs.cpio.gz"),
+                rootfs: images.join("rootfs.ext4"),
+            }),
         }
+    }
+
+    /// With the guest's network: the netns gets the `eth0` (holding the guest's address)
+    /// that `FirewallManager` would have made, which the backend bridges to `tap0`.
+    fn ctx_net(&self) -> LaunchContext<'_> {
+        let net = net();
+        let ns = self.netns.path();
+        for args in [
+            vec![
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0-peer",
+            ],
+            vec![
+                "addr",
+                "add",
+                &format!("{}/{}", net.address, net.prefix),
+                "dev",
+                "eth0",
+            ],
+        ] {
+            let ok = Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .arg("ip")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip {args:?}");
+        }
+        LaunchContext {
+            net: Some(net),
+            ..self.ctx()
+        }
+    }
+
+    /// `cat` of a file in the netns's view of /sys (the tap's owner, say).
+    fn in_netns(&self, cmd: &str) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.path().display()))
+            .args(["sh", "-c", cmd])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn header(&self) -> Header {
@@ -325,8 +376,8 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
     }
 }
 
-fn net() -> VmNet {
-    VmNet {
+fn net() -> GuestNet {
+    GuestNet {
         address: Ipv4Addr::new(10, 202, 0, 2),
         prefix: 30,
         gateway: Ipv4Addr::new(10, 202, 0, 1),
@@ -341,7 +392,7 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     let fx = Fixture::new("fc-life");
     let backend = fx.backend(&[], LONG);
     let id = fx.spec.id.clone();
-    let endpoint = backend.start_vm(&fx.spec, &fx.ctx(), Some(net())).unwrap();
+    let endpoint = backend.start_vm(&fx.spec, &fx.ctx_net()).unwrap();
     assert_eq!(
         endpoint,
         GuestEndpoint::UnixSocket {
@@ -362,6 +413,11 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     assert_eq!(arg("--id"), "fc-life");
     assert_eq!(header.netns, fx.netns.link());
     assert_eq!(header.sid, i32::try_from(header.pid).unwrap());
+    // The tap Firecracker attaches to was made by hearth and bridged to the sandbox's link,
+    // whose address moved to the guest.
+    assert!(fx.in_netns("ip -o link show tap0").contains("master br0"));
+    assert!(fx.in_netns("ip -o link show eth0").contains("master br0"));
+    assert!(!fx.in_netns("ip -o addr show eth0").contains("10.202.0.2"));
     let stamp = ProcessStamp::read(&fx.dirs.vm_pid_file()).unwrap().unwrap();
     assert_eq!(stamp.pid, header.pid);
 
@@ -403,7 +459,7 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     // The config drive carries the hostname and the guest's seccomp program.
     let image = std::fs::read(fx.dirs.vm_config_img()).unwrap();
     let end = image.iter().position(|&b| b == 0).unwrap();
-    let doc: GuestConfigDoc = serde_json::from_slice(&image[..end]).unwrap();
+    let doc: VmGuestConfig = serde_json::from_slice(&image[..end]).unwrap();
     assert_eq!(doc.hostname, "fc-life");
     let bpf = base64::engine::general_purpose::STANDARD
         .decode(doc.seccomp_bpf_b64.unwrap())
@@ -468,7 +524,7 @@ fn assert_nothing_left(fx: &Fixture, backend: &FirecrackerBackend) {
 fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
     let fx = Fixture::new("fc-dies");
     let backend = fx.backend(&[(DIE_AT, "/boot-source")], LONG);
-    let err = backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
     match &err {
         FirecrackerError::VmmExited { status, log, .. } => {
             assert!(status.contains("exit status: 1"), "{status}");
@@ -483,9 +539,7 @@ fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
 fn a_refused_call_fails_start_kills_the_vmm_and_cleans_up() {
     let fx = Fixture::new("fc-refused");
     let backend = fx.backend(&[(FAIL_AT, "/network-interfaces/eth0")], LONG);
-    let err = backend
-        .start_vm(&fx.spec, &fx.ctx(), Some(net()))
-        .unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx_net()).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("PUT /network-interfaces/eth0") && text.contains("Refused by the fake"),
@@ -503,7 +557,7 @@ fn a_vmm_that_never_serves_its_socket_times_out_and_is_cleaned_up() {
         &format!("echo '{header}' >> \"${RECORD}\"\nexec sleep 600\n"),
         Duration::from_millis(300),
     );
-    let err = backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
     assert!(
         matches!(err, FirecrackerError::StartTimeout { .. }),
         "{err}"
@@ -516,7 +570,7 @@ async fn a_vmm_seccomp_fault_is_exposed_with_exit_status_148() {
     let fx = Fixture::new("fc-fault");
     let backend = fx.backend(&[(FAULT_AT, "/vm")], LONG);
     let id = fx.spec.id.clone();
-    backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
     assert!(backend.vmm_exit(&id).is_none(), "still running");
     // The VMM "hits a filtered syscall" while pausing.
     assert!(backend.pause(&id).await.is_err());
@@ -539,8 +593,8 @@ async fn a_vmm_seccomp_fault_is_exposed_with_exit_status_148() {
 fn a_second_start_of_the_same_sandbox_is_refused_without_touching_the_first() {
     let fx = Fixture::new("fc-twice");
     let backend = fx.backend(&[], LONG);
-    backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap();
-    let err = backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap_err();
+    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
     assert!(matches!(err, FirecrackerError::Dirs(_)), "{err}");
     assert!(backend.is_running(&fx.spec.id).unwrap());
     backend.remove(&fx.spec.id).unwrap();
@@ -552,7 +606,7 @@ async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing()
     let fx = Fixture::new("fc-source");
     let backend = fx.backend(&[], LONG);
     let source = fx.spec.id.clone();
-    backend.start_vm(&fx.spec, &fx.ctx(), None).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
     let snapshot = backend.snapshot(&source).await.unwrap();
 
     let clone_id = SandboxId::parse("fc-clone").unwrap();
@@ -592,7 +646,7 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
     let fx = Fixture::new("fc-jail");
     let backend = fx.jailed_backend(UID);
     let id = fx.spec.id.clone();
-    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx(), Some(net()))).unwrap();
+    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx_net())).unwrap();
 
     let jail = fx.runtime.root().join("jail/firecracker/fc-jail");
     let root = jail.join("root");
@@ -626,6 +680,9 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
     ];
     assert_eq!(jailer_args, expected);
     assert_eq!(fx.header().netns, fx.netns.link());
+    // The jailed VMM drops to UID, so the tap it opens must be that uid's.
+    let tap = fx.in_netns("ip -d link show tap0");
+    assert!(tap.contains("user 64321"), "{tap}");
 
     // Firecracker was only given paths inside its jail...
     let requests = fx.requests();
@@ -681,4 +738,26 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
     assert!(!jail.exists() && !cgroup.exists() && !fx.dirs.vm_dir().exists());
     assert!(kernel.exists(), "the cached image survives its jail");
     assert!(backend.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_jail_whose_sockets_would_not_fit_sun_path_is_refused_before_anything_is_made() {
+    // An id long enough that the jail's sockets (`<tmp>/root/jail/firecracker/<id>/root/
+    // vsock.sock`) overflow 107 bytes while the sandbox dir's (`<tmp>/root/sandboxes/<id>/
+    // guest/guest.sock`, 6 bytes shorter) still fit: 104 and 110 bytes. `<tmp>` is TMPDIR's
+    // `.tmpXXXXXX`.
+    let tmp_len = std::env::temp_dir().as_os_str().len() + "/.tmpXXXXXX".len();
+    let fx = Fixture::new(&"j".repeat(71usize.saturating_sub(tmp_len).clamp(1, 64)));
+    let backend = fx.jailed_backend(64_322);
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FirecrackerError::Dirs(hearth_sandbox::dirs::DirsError::SocketPathTooLong { .. })
+        ),
+        "{err}"
+    );
+    assert!(!fx.dirs.vm_dir().exists());
+    assert!(!fx.runtime.root().join("jail").join("firecracker").exists());
+    assert!(!fx.jailer_args().exists(), "the jailer never ran");
 }

@@ -12,8 +12,10 @@ use hearth_sandbox::dirs::RuntimeDirs;
 
 use crate::cli::GlobalArgs;
 use crate::exit::{CliError, HOST};
+use crate::firecracker::FirecrackerSettings;
 use crate::sandboxes::SandboxManager;
 use crate::store::{SqliteSlotStore, Store};
+use hearth_sandbox::backend::BackendKind;
 
 /// Default runtime root when running as root: volatile, gone after a reboot like the sandboxes.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/hearth";
@@ -29,6 +31,8 @@ pub struct Settings {
     pub guest_binary: PathBuf,
     /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Which Firecracker and jailer to use, and whether to skip the jailer.
+    pub firecracker: FirecrackerSettings,
 }
 
 impl Settings {
@@ -48,6 +52,11 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(default_guest_binary),
             dns_upstream: args.dns_upstream,
+            firecracker: FirecrackerSettings {
+                firecracker: args.firecracker_bin.clone(),
+                jailer: args.jailer_bin.clone(),
+                direct: args.firecracker_direct,
+            },
         })
     }
 
@@ -71,6 +80,14 @@ impl Settings {
         if let Some(qemu) = &qemu {
             backends.add(qemu.clone());
         }
+        let (firecracker, missing) =
+            crate::firecracker::firecracker_backend(&self.firecracker, &dirs);
+        if let Some(backend) = &firecracker {
+            backends.add(backend.clone());
+        }
+        if let Some(reason) = missing {
+            backends.mark_missing(BackendKind::Firecracker, reason);
+        }
         Ok(SandboxManager {
             store,
             dirs,
@@ -79,6 +96,7 @@ impl Settings {
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,
             qemu,
+            firecracker,
         })
     }
 }

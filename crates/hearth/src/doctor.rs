@@ -27,7 +27,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(name: &'static str, detail: impl Into<String>, required: bool) -> Self {
+    pub(crate) fn pass(name: &'static str, detail: impl Into<String>, required: bool) -> Self {
         Self {
             name,
             ok: true,
@@ -36,7 +36,7 @@ impl Check {
             required,
         }
     }
-    fn fail(
+    pub(crate) fn fail(
         name: &'static str,
         detail: impl Into<String>,
         fix: impl Into<String>,
@@ -90,18 +90,7 @@ fn collect(settings: &Settings) -> Vec<Check> {
     checks.push(check_kvm());
     checks.push(check_qemu(&settings.state_dir));
     checks.push(check_image(&settings.state_dir));
-    checks.push(check_tool(
-        "firecracker",
-        &["--version"],
-        "install Firecracker from its release page (needs KVM)",
-        false,
-    ));
-    checks.push(check_tool(
-        "jailer",
-        &["--version"],
-        "install Firecracker's jailer next to firecracker",
-        false,
-    ));
+    checks.extend(crate::doctor_firecracker::checks(settings));
     checks
 }
 

@@ -16,7 +16,7 @@
 //! 124 when its timeout fired and 127 when the command does not exist.
 
 use hearth_sandbox::backend::oci::{OciError, RuntimeError};
-use hearth_sandbox::backend::BackendError;
+use hearth_sandbox::backend::{BackendError, FirecrackerError};
 use hearth_sandbox::dirs::DirsError;
 use hearth_sandbox::guest_client::GuestClientError;
 use hearth_sandbox::net::FirewallError;
@@ -93,8 +93,17 @@ fn sandbox_code(err: &SandboxError) -> u8 {
                 _ => SANDBOX_FAILED,
             }
         }
+        SandboxError::Backend(BackendError::Firecracker(
+            FirecrackerError::NoImage | FirecrackerError::ImageFileMissing { .. },
+        )) => HOST,
+        SandboxError::Backend(BackendError::Firecracker(FirecrackerError::Dirs(
+            DirsError::SocketPathTooLong { .. },
+        ))) => BAD_INPUT,
         SandboxError::Backend(_) => SANDBOX_FAILED,
-        SandboxError::BackendUnavailable(_) | SandboxError::Image(_) => HOST,
+        SandboxError::BackendUnavailable(_)
+        | SandboxError::BackendMissing { .. }
+        | SandboxError::Image(_)
+        | SandboxError::FirecrackerImage(_) => HOST,
         SandboxError::NotAVm { .. } => BAD_INPUT,
         SandboxError::Guest(guest) => guest_code(guest),
         SandboxError::Supervisor(_) => SANDBOX_FAILED,

@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use hearth_sandbox::backend::qemu::{QemuBackend, QemuConfig, QemuSupport, DEFAULT_BINARY};
 use hearth_sandbox::backend::vm::{VmImagePaths, GUEST_VSOCK_PORT};
-use hearth_sandbox::backend::BackendKind;
+use hearth_sandbox::backend::{BackendKind, FirecrackerBackend};
 use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
 use hearth_sandbox::image::GuestImage;
 use hearth_sandbox::SandboxId;
@@ -112,6 +112,7 @@ pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_sandbox::ima
 pub fn relay_duty(
     kind: BackendKind,
     qemu: Option<&QemuBackend>,
+    firecracker: Option<&FirecrackerBackend>,
     id: &SandboxId,
     dirs: &SandboxDirs,
 ) -> Option<RelayDuty> {
@@ -126,9 +127,19 @@ pub fn relay_duty(
                 socket: dirs.vm_serial_socket(),
             },
         }),
-        BackendKind::Firecracker => Some(RelayDuty::FirecrackerVsock {
-            uds: dirs.vm_vsock_socket(),
-            port: GUEST_VSOCK_PORT,
+        // Jailed, Firecracker's vsock socket is inside the jail's root, not in vm/.
+        BackendKind::Firecracker => Some(match firecracker {
+            Some(firecracker) => {
+                let connector = firecracker.guest_connector(id);
+                RelayDuty::FirecrackerVsock {
+                    uds: connector.uds,
+                    port: connector.port,
+                }
+            }
+            None => RelayDuty::FirecrackerVsock {
+                uds: dirs.vm_vsock_socket(),
+                port: GUEST_VSOCK_PORT,
+            },
         }),
     }
 }

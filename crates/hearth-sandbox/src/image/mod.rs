@@ -18,11 +18,12 @@
 //! `<hash>` is a SHA-256 over every input (recipe version, package versions, the guest binary),
 //! so a build whose inputs did not change finds its image and does nothing.
 
-mod apt;
+pub(crate) mod apt;
 mod build;
 mod cpio;
 mod elf;
 mod initramfs;
+pub mod kernel;
 mod modules;
 mod rootfs;
 

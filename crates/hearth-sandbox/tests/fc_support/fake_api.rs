@@ -35,6 +35,9 @@ pub struct Recorded {
 pub struct Behaviour {
     /// Answer 400 with this fault message for this path.
     pub fail: HashMap<String, String>,
+    /// Where the stand-in guest listens: vsock connections are joined to this Unix socket
+    /// (a real `hearth-guest serve`) instead of echoed.
+    pub guest: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -197,7 +200,10 @@ impl FakeApi {
                 }
                 state.started = true;
                 if let Some(uds) = state.vsock_uds.clone() {
-                    serve_vsock(&self.resolve(&uds.to_string_lossy()));
+                    serve_vsock(
+                        &self.resolve(&uds.to_string_lossy()),
+                        self.behaviour.guest.clone(),
+                    );
                 }
             }
             ("PATCH", "/vm") => {
@@ -240,7 +246,7 @@ impl FakeApi {
                     }
                 }
                 if let Some(uds) = body["vsock_override"]["uds_path"].as_str() {
-                    serve_vsock(&self.resolve(uds));
+                    serve_vsock(&self.resolve(uds), self.behaviour.guest.clone());
                 }
             }
             ("PUT", pre_boot) => {
@@ -300,16 +306,37 @@ fn fault(message: impl Into<String>) -> (StatusCode, Option<Value>) {
 
 /// Firecracker's host side of vsock: `CONNECT <port>\n`, `OK <port>\n` for port 1024 (where
 /// hearth-guest listens), a closed connection for any other; then echo, like a guest would
-/// answer what it is sent.
-fn serve_vsock(uds: &Path) {
+/// answer what it is sent, or join the stream to `guest`.
+fn serve_vsock(uds: &Path, guest: Option<PathBuf>) {
     let listener = UnixListener::bind(uds).expect("bind the fake vsock socket");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let guest = guest.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
                 let mut line = String::new();
                 if read.read_line(&mut line).await.is_err() || line != "CONNECT 1024\n" {
+                    return;
+                }
+                if let Some(guest) = guest {
+                    // Like Firecracker: no listener in the guest, no OK.
+                    let Ok(upstream) = tokio::net::UnixStream::connect(&guest).await else {
+                        return;
+                    };
+                    if write.write_all(b"OK 1073741824\n").await.is_err() {
+                        return;
+                    }
+                    let (mut up_read, mut up_write) = upstream.into_split();
+                    let to_guest = async {
+                        let _ = tokio::io::copy_buf(&mut read, &mut up_write).await;
+                        let _ = up_write.shutdown().await;
+                    };
+                    let from_guest = async {
+                        let _ = tokio::io::copy(&mut up_read, &mut write).await;
+                        let _ = write.shutdown().await;
+                    };
+                    tokio::join!(to_guest, from_guest);
                     return;
                 }
                 if write.write_all(b"OK 1073741824\n").await.is_err() {

@@ -18,9 +18,12 @@ pub struct Spec {
 
 impl Spec {
     pub fn path() -> PathBuf {
-        // CARGO_MANIFEST_DIR is crates/hearth-sandbox; shared/ sits beside the workspace root.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/firecracker/firecracker.yaml")
+        // shared/ sits beside the workspace root (or where HEARTH_SHARED_DIR says).
+        hearth_sandbox::backend::firecracker::find_shared_file(
+            "firecracker.yaml",
+            &[PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+        )
+        .expect("Firecracker's API spec under shared/firecracker")
     }
 
     pub fn load() -> Spec {

@@ -1,4 +1,8 @@
-//! `hearth image build|ls|rm`: the microVM guest image under `<state dir>/images`.
+//! `hearth image build|ls|rm`: the microVM guest image under `<state dir>/images`;
+//! `hearth image kernel --firecracker`: the Firecracker guest kernel (see `kernel.rs`).
+
+#[path = "image_kernel.rs"]
+mod kernel;
 
 use std::path::PathBuf;
 
@@ -30,6 +34,9 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Build the Firecracker guest kernel (vmlinux) from Debian's linux-source with
+    /// Firecracker's recommended config; long (tens of minutes on 2 cores), cached by inputs.
+    Kernel(kernel::KernelArgs),
     /// Remove an image by hash.
     Rm {
         hash: String,
@@ -128,6 +135,7 @@ pub fn run(command: ImageCommand, settings: &Settings) -> anyhow::Result<u8> {
                 }
             }
         }
+        ImageCommand::Kernel(args) => return kernel::run(args, settings),
         ImageCommand::Rm { hash, force } => {
             image::remove(&images_dir, &hash, force).map_err(cli_error)?;
         }

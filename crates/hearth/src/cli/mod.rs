@@ -49,6 +49,18 @@ pub struct GlobalArgs {
     /// first nameserver of the host's /etc/resolv.conf).
     #[arg(long, global = true, env = "HEARTH_DNS_UPSTREAM", value_name = "ADDR", value_parser = parse_dns_upstream)]
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// The firecracker binary for `--backend firecracker` (default: firecracker on PATH).
+    /// (`-bin`: `hearth image kernel --firecracker` is a flag of its own.)
+    #[arg(long, global = true, env = "HEARTH_FIRECRACKER", value_name = "PATH")]
+    pub firecracker_bin: Option<PathBuf>,
+    /// Firecracker's jailer (default: jailer on PATH); without one Firecracker runs directly
+    /// in the sandbox's network namespace.
+    #[arg(long, global = true, env = "HEARTH_JAILER", value_name = "PATH")]
+    pub jailer_bin: Option<PathBuf>,
+    /// Run Firecracker directly (in the sandbox's network namespace, as hearth's user) even
+    /// when a jailer is installed. Use the same setting for `create` and `rm`.
+    #[arg(long, global = true, env = "HEARTH_FIRECRACKER_DIRECT")]
+    pub firecracker_direct: bool,
     /// More logging on stderr (-v info, -vv debug; RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

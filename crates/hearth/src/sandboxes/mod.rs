@@ -6,6 +6,7 @@
 //! [`reconcile`] can finish the job on the next run.
 
 mod backends;
+mod firecracker;
 mod kills;
 mod reconcile;
 mod vm;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use hearth_sandbox::backend::qemu::QemuBackend;
 use hearth_sandbox::backend::vm::GuestNet;
+use hearth_sandbox::backend::FirecrackerBackend;
 use hearth_sandbox::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
@@ -64,6 +66,10 @@ pub enum SandboxError {
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error("the {0} backend is not available on this host (see hearth doctor)")]
     BackendUnavailable(BackendKind),
+    #[error("the {kind} backend is not available on this host: {reason}")]
+    BackendMissing { kind: BackendKind, reason: String },
+    #[error(transparent)]
+    FirecrackerImage(#[from] crate::firecracker::FirecrackerImageError),
     #[error("sandbox {id} runs on {backend}; only microVM sandboxes can {action}")]
     NotAVm {
         id: SandboxId,
@@ -89,6 +95,8 @@ pub struct SandboxManager {
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// The QEMU backend (also in `backends`), for what only VMs do: pause, resume, boot waits.
     pub qemu: Option<Arc<QemuBackend>>,
+    /// The Firecracker backend (also in `backends`), for its boot wait, pause and resume.
+    pub firecracker: Option<Arc<FirecrackerBackend>>,
 }
 
 impl SandboxManager {
@@ -100,7 +108,7 @@ impl SandboxManager {
         let _creating = self
             .lock_sandboxes(nix::fcntl::FlockArg::LockShared)
             .await?;
-        let backend = self.backends.get(spec.backend)?;
+        let backend = self.backends.get_for_create(spec.backend)?;
         let record = match self
             .store
             .insert_sandbox(spec, &spec.backend.to_string(), &backend.describe())
@@ -144,10 +152,12 @@ impl SandboxManager {
             })
             .await?;
         let is_vm = spec.backend != BackendKind::Oci;
-        let vm_image = if is_vm {
-            Some(crate::vm::guest_image(self.store.state_dir())?)
-        } else {
-            None
+        let vm_image = match spec.backend {
+            BackendKind::Oci => None,
+            BackendKind::Qemu => Some(crate::vm::guest_image(self.store.state_dir())?),
+            BackendKind::Firecracker => Some(crate::firecracker::firecracker_image(
+                self.store.state_dir(),
+            )?),
         };
         // The seccomp listener must be up before the runtime looks for it, the resolver
         // before the sandbox's first lookup, and a VM's relay before the health wait (see
@@ -158,7 +168,13 @@ impl SandboxManager {
             netns: network.netns.clone(),
             dns_upstream: self.dns_upstream,
         });
-        let relay = crate::vm::relay_duty(spec.backend, self.qemu.as_deref(), &spec.id, &dirs);
+        let relay = crate::vm::relay_duty(
+            spec.backend,
+            self.qemu.as_deref(),
+            self.firecracker.as_deref(),
+            &spec.id,
+            &dirs,
+        );
         crate::supervisor::start_if_needed(
             spec,
             &dirs,
@@ -192,6 +208,9 @@ impl SandboxManager {
                     .await
                     .map_err(BackendError::from)?;
             }
+            (BackendKind::Firecracker, _) => {
+                self.wait_firecracker_ready(&spec.id, &client).await?;
+            }
             _ => {
                 if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
                     return Err(SandboxError::GuestNotReady {
@@ -210,16 +229,24 @@ impl SandboxManager {
     /// finally the record. Goes through every step even when one fails, then reports them all.
     pub async fn remove(&self, id: &SandboxId, force: bool) -> Result<(), SandboxError> {
         match self.store.get_sandbox(id).await? {
-            Some(record) => record
-                .status
-                .check(
-                    record.status.can_remove() || force,
-                    "remove it while it is being created (use --force)",
-                )
-                .map_err(|source| SandboxError::Status {
-                    id: id.clone(),
-                    source,
-                })?,
+            Some(record) => {
+                record
+                    .status
+                    .check(
+                        record.status.can_remove() || force,
+                        "remove it while it is being created (use --force)",
+                    )
+                    .map_err(|source| SandboxError::Status {
+                        id: id.clone(),
+                        source,
+                    })?;
+                // Its logs go with it: a VM that died unobserved is looked at first.
+                if record.spec.backend == BackendKind::Firecracker
+                    && record.status == SandboxStatus::Running
+                {
+                    self.note_vmm_gone(id, Duration::ZERO).await?;
+                }
+            }
             None if force => {}
             None => return Err(SandboxError::NotFound(id.clone())),
         }
@@ -291,6 +318,7 @@ impl SandboxManager {
                 source,
             })?;
         if !self.backends.get(record.spec.backend)?.is_running(id)? {
+            self.observed_exit(id, record.spec.backend).await;
             self.store
                 .set_sandbox_status(
                     id,
@@ -319,6 +347,7 @@ impl SandboxManager {
                     .get(record.spec.backend)?
                     .is_running(&record.id)?
             {
+                self.observed_exit(&record.id, record.spec.backend).await;
                 self.store
                     .set_sandbox_status(
                         &record.id,
@@ -334,6 +363,14 @@ impl SandboxManager {
 }
 
 impl SandboxManager {
+    /// A running sandbox was found stopped: what its backend can tell about why goes into
+    /// the audit (Firecracker: a VMM killed by its own seccomp filter).
+    async fn observed_exit(&self, id: &SandboxId, kind: BackendKind) {
+        if kind == BackendKind::Firecracker {
+            self.record_vmm_exit(id).await;
+        }
+    }
+
     /// The firewall rules of a sandbox with their packet and byte counters.
     pub async fn firewall_counters(
         &self,

@@ -7,7 +7,8 @@ use super::{SandboxError, SandboxManager};
 use crate::store::SandboxStatus;
 
 impl SandboxManager {
-    /// Pauses (`pause`) or resumes a running QEMU sandbox; returns QEMU's status afterwards.
+    /// Pauses (`pause`) or resumes a running microVM sandbox; returns the VMM's status
+    /// afterwards (Firecracker's is in `sandboxes::firecracker`).
     pub async fn set_paused(&self, id: &SandboxId, pause: bool) -> Result<String, SandboxError> {
         let record = self.get(id).await?;
         let action = if pause { "pause" } else { "resume" };
@@ -18,6 +19,9 @@ impl SandboxManager {
                 id: id.clone(),
                 source,
             })?;
+        if record.spec.backend == BackendKind::Firecracker {
+            return self.set_firecracker_paused(id, pause).await;
+        }
         let qemu = match (record.spec.backend, &self.qemu) {
             (BackendKind::Qemu, Some(qemu)) => qemu.clone(),
             (BackendKind::Qemu, None) => {

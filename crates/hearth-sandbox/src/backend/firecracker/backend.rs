@@ -1,6 +1,7 @@
 //! [`FirecrackerBackend`]: the [`SandboxBackend`] that runs each sandbox as a Firecracker VM.
 
 mod control;
+mod ready;
 
 pub use control::{SnapshotFiles, VmmExit};
 
@@ -13,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::api::{ActionType, ApiCall, ApiRequest, InstanceAction};
-use super::boot::{restore_calls, BootPlan, GuestConfigDoc, VmImage, VmNet};
+use super::boot::{restore_calls, BootPlan};
 use super::client::ApiClient;
 use super::jailer::JailerConfig;
 use super::layout::{self, VmLayout};
@@ -22,6 +23,7 @@ use super::seccomp::{write_filter_file, VmmFilter};
 use super::support::tool_version;
 use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
 use super::FirecrackerError;
+use crate::backend::vm::{self, VmImagePaths};
 use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
 use crate::dirs::{RuntimeDirs, SandboxDirs};
 use crate::id::SandboxId;
@@ -48,8 +50,6 @@ pub enum LaunchMode {
 pub struct FirecrackerConfig {
     pub firecracker: PathBuf,
     pub mode: LaunchMode,
-    /// The guest kernel, initrd and rootfs (from `image::GuestImage`).
-    pub image: VmImage,
     /// The VMM's own seccomp filter (not the sandbox's policy, which the guest applies).
     pub vmm_filter: VmmFilter,
     /// The same runtime root the manager makes sandbox dirs in: `remove`, `list` and the VM
@@ -59,17 +59,17 @@ pub struct FirecrackerConfig {
     pub start_timeout: Duration,
 }
 
-/// A fresh boot (with the guest's network, if any) or a restore from a snapshot.
+/// A fresh boot or a restore from a snapshot.
 #[derive(Debug, Clone, Copy)]
 enum Boot<'a> {
-    Fresh(Option<&'a VmNet>),
+    Fresh,
     Restore(&'a SnapshotFiles),
 }
 
 impl Boot<'_> {
     fn snapshot(&self) -> Option<&SnapshotFiles> {
         match self {
-            Self::Fresh(_) => None,
+            Self::Fresh => None,
             Self::Restore(files) => Some(files),
         }
     }
@@ -127,15 +127,14 @@ impl FirecrackerBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts the VM; `net` puts `tap0` on the guest's eth0 (`LaunchContext::net` once the
-    /// QEMU side's `GuestNet` lands). On failure nothing of the VM is left.
+    /// Starts the VM from `ctx.vm_image`; with `ctx.net`, `tap0` (bridged to the sandbox's
+    /// link inside its netns) becomes the guest's eth0. On failure nothing of the VM is left.
     pub fn start_vm(
         &self,
         spec: &SandboxSpec,
         ctx: &LaunchContext<'_>,
-        net: Option<VmNet>,
     ) -> Result<GuestEndpoint, FirecrackerError> {
-        self.bring_up(spec, ctx, Boot::Fresh(net.as_ref()))
+        self.bring_up(spec, ctx, Boot::Fresh)
     }
 
     /// Starts the sandbox from a snapshot another sandbox took ([`Self::snapshot`]), resumed,
@@ -164,6 +163,7 @@ impl FirecrackerBackend {
             self.dirs(&spec.id).base(),
             "the launch context's sandbox dir must be under the backend's runtime root"
         );
+        check_socket_paths(&self.layout(&spec.id))?;
         // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
         ctx.dirs.create_vm_dir()?;
         match self.launch(spec, ctx, boot) {
@@ -186,8 +186,17 @@ impl FirecrackerBackend {
         boot: Boot<'_>,
     ) -> Result<(), FirecrackerError> {
         let layout = self.layout(&spec.id);
-        let calls = self.stage(spec, &layout, boot)?;
+        let calls = self.stage(spec, ctx, &layout, boot)?;
         let filter = self.write_filter(&layout)?;
+        if let Some(net) = &ctx.net {
+            // Firecracker can't create taps: hearth makes tap0 (owned by the VMM's uid) and
+            // bridges it to the sandbox's link; deleting the netns removes them.
+            let owner = match &self.config.mode {
+                LaunchMode::Direct => None,
+                LaunchMode::Jailed(jailer) => Some(jailer.uid),
+            };
+            crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, owner)?;
+        }
         let pidfd = self.spawn_vmm(spec, ctx, &layout, filter.as_deref())?;
         let timeout = self.config.start_timeout;
         let client = ApiClient::new(layout.host(layout::API_SOCKET));
@@ -211,19 +220,22 @@ impl FirecrackerBackend {
     fn stage(
         &self,
         spec: &SandboxSpec,
+        ctx: &LaunchContext<'_>,
         layout: &VmLayout,
         boot: Boot<'_>,
     ) -> Result<Vec<ApiCall>, FirecrackerError> {
         let id = &spec.id;
+        let host_image = ctx.vm_image.as_ref().ok_or(FirecrackerError::NoImage)?;
+        check_image(host_image)?;
         let (image, snapshot) = match &self.config.mode {
             LaunchMode::Direct => (
-                self.config.image.clone(),
+                host_image.clone(),
                 boot.snapshot().map(|s| (s.state.clone(), s.memory.clone())),
             ),
             LaunchMode::Jailed(jailer) => {
                 let jail = jailer.jail(id);
                 jailer.create_root(&jail)?;
-                let image = jailer.place_image(&jail, &self.config.image)?;
+                let image = jailer.place_image(&jail, host_image)?;
                 let snapshot = match boot.snapshot() {
                     Some(files) => Some((
                         jailer.place(&jail, &files.state, layout::SNAPSHOT_STATE)?,
@@ -234,18 +246,18 @@ impl FirecrackerBackend {
                 (image, snapshot)
             }
         };
-        let config = GuestConfigDoc::new(id.as_str(), spec.guest_seccomp.as_deref());
-        self.write_vm_file(layout, layout::CONFIG_IMAGE, &config.to_image()?)?;
+        let config = vm::guest_config(id.as_str(), spec.guest_seccomp.as_deref());
+        self.write_vm_file(
+            layout,
+            layout::CONFIG_IMAGE,
+            &vm::config_drive_bytes(&config)?,
+        )?;
         self.write_vm_file(layout, layout::FIRECRACKER_LOG, b"")?;
         self.write_vm_file(layout, layout::METRICS, b"")?;
         if let (Boot::Restore(_), Some((state, memory))) = (boot, snapshot) {
             return Ok(restore_calls(layout, &state, &memory)?);
         }
-        let net = match boot {
-            Boot::Fresh(net) => net,
-            Boot::Restore(_) => None,
-        };
-        let mut calls = BootPlan::new(layout, &image, &spec.limits, net).calls()?;
+        let mut calls = BootPlan::new(layout, &image, &spec.limits, ctx.net.as_ref()).calls()?;
         let start = InstanceAction {
             action_type: ActionType::InstanceStart,
         };
@@ -471,7 +483,7 @@ impl SandboxBackend for FirecrackerBackend {
         spec: &SandboxSpec,
         ctx: &LaunchContext<'_>,
     ) -> Result<GuestEndpoint, BackendError> {
-        Ok(self.start_vm(spec, ctx, None)?)
+        Ok(self.start_vm(spec, ctx)?)
     }
 
     fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
@@ -485,6 +497,29 @@ impl SandboxBackend for FirecrackerBackend {
     fn list(&self) -> Result<Vec<String>, BackendError> {
         Ok(self.list_vms()?)
     }
+}
+
+/// The API and vsock sockets must fit `sun_path`; a jail's are longer than the sandbox dir's
+/// (`<runtime>/jail/firecracker/<id>/root/vsock.sock`), so a long id can push them over.
+fn check_socket_paths(layout: &VmLayout) -> Result<(), FirecrackerError> {
+    for name in [layout::API_SOCKET, layout::VSOCK_SOCKET] {
+        let path = layout.host(name);
+        let len = path.as_os_str().len();
+        if len > crate::dirs::MAX_SOCKET_PATH {
+            return Err(crate::dirs::DirsError::SocketPathTooLong { path, len }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks what Firecracker would otherwise fail on less clearly, after it started.
+fn check_image(image: &VmImagePaths) -> Result<(), FirecrackerError> {
+    for path in [&image.kernel, &image.initrd, &image.rootfs] {
+        if !path.is_file() {
+            return Err(FirecrackerError::ImageFileMissing { path: path.clone() });
+        }
+    }
+    Ok(())
 }
 
 /// Runs `future` to completion on a private current-thread runtime on a scoped thread, so the

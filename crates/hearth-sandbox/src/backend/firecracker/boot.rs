@@ -6,90 +6,39 @@
 //! attached first so it is `vda`), `hearth.config=/dev/vdb` (one JSON document, NUL-padded),
 //! optional `hearth.net=` and `hearth.dns=`.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use super::api::{
     ApiCall, ApiRequest, BootSource, Drive, LogLevel, Logger, MachineConfig, MemoryBackend,
     MemoryBackendType, Metrics, NetworkInterface, SnapshotLoad, Vsock, VsockOverride,
 };
 use super::layout::{self, VmLayout};
-use super::vsock::GUEST_VSOCK_PORT;
+use crate::backend::vm::{GuestNet, GuestTransport, KernelCmdline, VmImagePaths, GUEST_VSOCK_PORT};
 use crate::spec::ResourceLimits;
 
-/// Block size the config drive is padded to.
-pub const CONFIG_BLOCK: usize = 4096;
 /// The guest's vsock context id (any value from 3 up; each VM has its own device).
 pub const GUEST_CID: u32 = 3;
-/// The tap device inside the sandbox's netns (made by `net::tap`, fixed per the contract).
-pub const TAP_NAME: &str = "tap0";
+/// The tap device inside the sandbox's netns (made by `net::tap::bridge_for_vm`).
+pub const TAP_NAME: &str = crate::net::tap::TAP_IF;
 /// Firecracker accepts 1 to 32 vCPUs.
 const MAX_VCPUS: u8 = 32;
 
-/// The guest's address on the sandbox link (the contract's `GuestNet`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmNet {
-    pub address: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Ipv4Addr,
-    pub dns: Ipv4Addr,
-}
-
-/// The guest image files, as the host names them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmImage {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub rootfs: PathBuf,
-}
-
-/// The config drive's document (`hearth_proto::VmGuestConfig` in the contract; this mirror
-/// serializes to the same JSON until the guest side's type lands).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestConfigDoc {
-    pub seccomp_bpf_b64: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub hostname: String,
-}
-
-impl GuestConfigDoc {
-    pub fn new(hostname: &str, guest_seccomp: Option<&[u8]>) -> Self {
-        Self {
-            seccomp_bpf_b64: guest_seccomp
-                .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
-            env: BTreeMap::new(),
-            hostname: hostname.to_owned(),
-        }
-    }
-
-    /// The drive's bytes: the JSON, then NULs up to the next multiple of [`CONFIG_BLOCK`]
-    /// (so a large seccomp program still fits; the guest reads up to the first NUL).
-    pub fn to_image(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let mut bytes = serde_json::to_vec(self)?;
-        let blocks = bytes.len() / CONFIG_BLOCK + 1;
-        bytes.resize(blocks * CONFIG_BLOCK, 0);
-        Ok(bytes)
-    }
-}
-
-/// The kernel command line for a Firecracker guest.
-pub fn kernel_cmdline(net: Option<&VmNet>) -> String {
-    // pci=off: Firecracker has only MMIO devices, so skip the PCI probe at boot.
-    let mut line = format!(
-        "console=ttyS0 panic=-1 reboot=t quiet pci=off hearth.transport=vsock:{GUEST_VSOCK_PORT} \
-         hearth.root=/dev/vda hearth.config=/dev/vdb"
-    );
-    if let Some(net) = net {
-        line.push_str(&format!(
-            " hearth.net={}/{},{} hearth.dns={}",
-            net.address, net.prefix, net.gateway, net.dns
-        ));
-    }
-    line
+/// The kernel command line for a Firecracker guest: the shared VM contract (the same
+/// [`KernelCmdline`] QEMU renders) over vsock, with the config drive as `vdb` and no 9p
+/// workspace (Firecracker has no virtio-9p), plus `pci=off`: Firecracker has only MMIO devices,
+/// so the kernel skips the PCI probe at boot.
+pub fn kernel_cmdline(net: Option<&GuestNet>) -> String {
+    let cmdline = KernelCmdline {
+        transport: GuestTransport::Vsock {
+            port: GUEST_VSOCK_PORT,
+        },
+        root: "/dev/vda".to_owned(),
+        net: net.copied(),
+        config: Some("/dev/vdb".to_owned()),
+        workspace_9p: false,
+    };
+    format!("{} pci=off", cmdline.render())
 }
 
 /// A stable, locally administered MAC for the guest: `06:00` and the IPv4 address, so a MAC
@@ -116,9 +65,9 @@ impl BootPlan {
     /// The plan for a VM whose image files Firecracker finds at `image` (already in its view).
     pub fn new(
         layout: &VmLayout,
-        image: &VmImage,
+        image: &VmImagePaths,
         limits: &ResourceLimits,
-        net: Option<&VmNet>,
+        net: Option<&GuestNet>,
     ) -> Self {
         Self {
             logger: Logger {
@@ -138,7 +87,7 @@ impl BootPlan {
             },
             boot_source: BootSource {
                 kernel_image_path: image.kernel.clone(),
-                initrd_path: image.initrd.clone(),
+                initrd_path: Some(image.initrd.clone()),
                 boot_args: kernel_cmdline(net),
             },
             drives: vec![
@@ -229,11 +178,13 @@ fn vcpus(limits: &ResourceLimits) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::vm::{guest_config, VmGuestConfig};
     use crate::spec::{Cpus, MemoryBytes};
+    use base64::Engine as _;
     use std::path::Path;
 
-    fn net() -> VmNet {
-        VmNet {
+    fn net() -> GuestNet {
+        GuestNet {
             address: Ipv4Addr::new(10, 200, 0, 2),
             prefix: 30,
             gateway: Ipv4Addr::new(10, 200, 0, 1),
@@ -253,6 +204,7 @@ mod tests {
             "hearth.config=/dev/vdb",
             "hearth.net=10.200.0.2/30,10.200.0.1",
             "hearth.dns=10.200.0.1",
+            "pci=off",
         ] {
             assert!(line.split(' ').any(|w| w == key), "{key} missing: {line}");
         }
@@ -260,48 +212,31 @@ mod tests {
     }
 
     #[test]
-    fn config_image_is_json_then_nul_padding() {
-        let doc = GuestConfigDoc::new("sb-1", Some(&[1, 2, 3]));
-        let image = doc.to_image().unwrap();
-        assert_eq!(image.len(), CONFIG_BLOCK);
-        let end = image.iter().position(|&b| b == 0).unwrap();
-        assert!(image[end..].iter().all(|&b| b == 0));
-        let back: GuestConfigDoc = serde_json::from_slice(&image[..end]).unwrap();
-        assert_eq!(back, doc);
-        assert_eq!(back.seccomp_bpf_b64.as_deref(), Some("AQID"));
-
-        let big = GuestConfigDoc::new("sb-1", Some(&[7; 5000]));
-        // 5000 bytes are 6668 in base64: two blocks, still ending in NUL.
-        let big = big.to_image().unwrap();
-        assert_eq!(big.len(), 2 * CONFIG_BLOCK);
-        assert_eq!(big.last(), Some(&0));
-    }
-
-    #[test]
     fn config_drive_holds_the_strictest_profiles_guest_bpf() {
         // What `--guest-seccomp default|strict` puts in the spec: about 12 and 10 KB of BPF,
-        // 16 KB of drive once in base64, far past a single 4096-byte block.
+        // 16 KB once in base64, which the shared fixed-size config drive must still hold.
         for name in ["default", "strict"] {
             let policy = hearth_seccomp::profile(name).unwrap();
             let filters = hearth_seccomp::render_bpf(&policy).unwrap();
             let bpf = hearth_proto::bpf::encode(&filters.to_raw()).unwrap();
-            let image = GuestConfigDoc::new("sb-1", Some(&bpf)).to_image().unwrap();
-            assert!(image.len() > CONFIG_BLOCK && image.len().is_multiple_of(CONFIG_BLOCK));
+            let config = guest_config("sb-1", Some(&bpf));
+            let image = crate::backend::vm::config_drive_bytes(&config).unwrap();
             let end = image.iter().position(|&b| b == 0).unwrap();
-            let doc: GuestConfigDoc = serde_json::from_slice(&image[..end]).unwrap();
+            let doc: VmGuestConfig = serde_json::from_slice(&image[..end]).unwrap();
             let back = base64::engine::general_purpose::STANDARD
                 .decode(doc.seccomp_bpf_b64.unwrap())
                 .unwrap();
             assert_eq!(back, bpf);
+            assert_eq!(doc.hostname, "sb-1");
         }
     }
 
     #[test]
     fn plan_orders_calls_and_sizes_the_machine() {
         let layout = VmLayout::jailed(Path::new("/jail/root"));
-        let image = VmImage {
+        let image = VmImagePaths {
             kernel: "/vmlinux".into(),
-            initrd: Some("/initrd.img".into()),
+            initrd: "/initrd.img".into(),
             rootfs: "/rootfs.ext4".into(),
         };
         let limits = ResourceLimits {

@@ -19,8 +19,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::boot::VmImage;
 use super::layout;
+use crate::backend::vm::VmImagePaths;
 use crate::id::SandboxId;
 use crate::spec::Cpus;
 
@@ -258,15 +258,15 @@ impl JailerConfig {
     /// it is copied when it is on another filesystem, or when its owner and mode would keep
     /// the VMM out: the copy is then chowned. A hard link is never chowned, since that would
     /// change the owner of the cached image every sandbox shares.
-    pub fn place_image(&self, jail: &Jail, image: &VmImage) -> Result<VmImage, JailerError> {
+    pub fn place_image(
+        &self,
+        jail: &Jail,
+        image: &VmImagePaths,
+    ) -> Result<VmImagePaths, JailerError> {
         let place = |from: &Path, name: &str| self.place(jail, from, name);
-        Ok(VmImage {
+        Ok(VmImagePaths {
             kernel: place(&image.kernel, layout::KERNEL)?,
-            initrd: image
-                .initrd
-                .as_deref()
-                .map(|initrd| place(initrd, layout::INITRD))
-                .transpose()?,
+            initrd: place(&image.initrd, layout::INITRD)?,
             rootfs: place(&image.rootfs, layout::ROOTFS)?,
         })
     }

@@ -139,15 +139,15 @@ fn image_is_linked_when_readable_and_copied_and_chowned_otherwise() {
     assert_eq!((root_meta.uid(), root_meta.gid()), (UID, GID));
     assert_eq!(root_meta.mode() & 0o777, 0o700);
 
-    let image = VmImage {
+    let image = VmImagePaths {
         kernel: kernel.clone(),
-        initrd: None,
+        initrd: kernel.clone(),
         rootfs: rootfs.clone(),
     };
     let inside = cfg.place_image(&jail, &image).unwrap();
     assert_eq!(inside.kernel, Path::new("/vmlinux"));
     assert_eq!(inside.rootfs, Path::new("/rootfs.ext4"));
-    assert_eq!(inside.initrd, None);
+    assert_eq!(inside.initrd, Path::new("/initrd.img"));
 
     let linked = fs::metadata(jail.root.join("vmlinux")).unwrap();
     assert_eq!(linked.ino(), fs::metadata(&kernel).unwrap().ino());
@@ -177,13 +177,13 @@ fn image_on_another_filesystem_is_copied() {
     let cfg = config(&tmp.path().join("jail"), &tmp.path().join("cg"));
     let jail = cfg.jail(&id("xdev"));
     cfg.create_root(&jail).unwrap();
-    let image = VmImage {
+    let image = VmImagePaths {
         kernel: kernel.clone(),
-        initrd: Some(initrd),
+        initrd,
         rootfs: kernel.clone(),
     };
     let inside = cfg.place_image(&jail, &image).unwrap();
-    assert_eq!(inside.initrd.as_deref(), Some(Path::new("/initrd.img")));
+    assert_eq!(inside.initrd, Path::new("/initrd.img"));
     let copy = fs::metadata(jail.root.join("vmlinux")).unwrap();
     assert_eq!((copy.uid(), copy.gid()), (UID, GID));
     assert_eq!(fs::read(jail.root.join("initrd.img")).unwrap(), b"i");

@@ -4,7 +4,8 @@
 //! # Starting a VM
 //! 1. `<sandbox dir>/vm/` is made (0700); with the jailer, also the jail root (owned by the
 //!    VMM's uid) with the kernel, initrd and rootfs linked or copied in ([`jailer`]).
-//! 2. The config drive ([`boot::GuestConfigDoc`]: hostname, the guest seccomp BPF), empty log
+//! 2. The config drive (the shared [`crate::backend::vm::config_drive_bytes`]: hostname, the
+//!    guest seccomp BPF), empty log
 //!    and metrics files, and the VMM's own seccomp filter ([`seccomp`]) are written.
 //! 3. Firecracker (or the jailer) is spawned in its own session, stdout+stderr to `vm/vmm.log`
 //!    (its errors and the guest's serial console); `vm/vmm.pid` records `PID STARTTIME`.
@@ -88,6 +89,14 @@ pub enum FirecrackerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ConfigDrive(#[from] crate::backend::vm::ConfigDriveError),
+    #[error(transparent)]
+    Tap(#[from] crate::net::TapError),
+    #[error("the Firecracker backend needs a guest image (a Firecracker kernel from `hearth image kernel --firecracker`, and `hearth image build`)")]
+    NoImage,
+    #[error("guest image file {path} is missing")]
+    ImageFileMissing { path: PathBuf },
     #[error("encode the VM configuration: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("start a runtime for the Firecracker API: {0}")]
@@ -100,8 +109,44 @@ pub enum FirecrackerError {
     },
     #[error("the VMM of sandbox {id} did not finish booting within {waited:?}")]
     StartTimeout { id: SandboxId, waited: Duration },
+    #[error("the VM of sandbox {id} stopped while its guest was booting{}", tail_hint(.tail))]
+    DiedBooting { id: SandboxId, tail: String },
+    #[error("the guest of sandbox {id} was not ready within {waited:?}{}", tail_hint(.tail))]
+    BootTimeout {
+        id: SandboxId,
+        waited: Duration,
+        tail: String,
+    },
     #[error("sandbox {id} has no running VMM")]
     NotRunning { id: SandboxId },
+}
+
+/// Overrides where Firecracker's upstream files (API spec, seccomp filters, kernel config) are
+/// read from: `$HEARTH_SHARED_DIR/firecracker/NAME`.
+pub const SHARED_DIR_ENV: &str = "HEARTH_SHARED_DIR";
+
+/// One of Firecracker's upstream files, which hearth reads at build or test time and never
+/// copies into the project: `$HEARTH_SHARED_DIR/firecracker/NAME`, else the first
+/// `shared/firecracker/NAME` found beside a directory on the way up from each of `starts`
+/// (the project's checkout sits next to `shared/`).
+pub fn find_shared_file(name: &str, starts: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(SHARED_DIR_ENV) {
+        let path = PathBuf::from(dir).join("firecracker").join(name);
+        return path.is_file().then_some(path);
+    }
+    starts
+        .iter()
+        .flat_map(|start| start.ancestors())
+        .map(|dir| dir.join("shared/firecracker").join(name))
+        .find(|path| path.is_file())
+}
+
+fn tail_hint(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
 }
 
 fn join_errors(errors: &[FirecrackerError]) -> String {

@@ -70,7 +70,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    const FIRECRACKER_FILTERS: &str = "../../../shared/firecracker/x86_64-unknown-linux-musl.json";
+    fn firecracker_filters() -> std::path::PathBuf {
+        crate::backend::firecracker::find_shared_file(
+            "x86_64-unknown-linux-musl.json",
+            &[env!("CARGO_MANIFEST_DIR").into()],
+        )
+        .expect("Firecracker's seccomp filters under shared/firecracker")
+    }
 
     /// Reads back the thread names of the bincode layout Firecracker deserializes.
     fn threads_in(bytes: &[u8]) -> Vec<String> {
@@ -91,7 +97,7 @@ mod tests {
 
     #[test]
     fn firecrackers_own_filter_compiles_to_a_loadable_file() {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIRECRACKER_FILTERS);
+        let source = firecracker_filters();
         let json = std::fs::read_to_string(&source)
             .unwrap_or_else(|e| panic!("{}: {e} (shared/ sits beside the repo)", source.display()));
         let tmp = tempfile::tempdir().unwrap();

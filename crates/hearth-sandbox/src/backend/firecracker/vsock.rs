@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// The guest's vsock port for hearth-guest (`hearth_proto::GUEST_VSOCK_PORT` once the guest
-/// side lands; the same number is in the kernel command line `hearth.transport=vsock:1024`).
-pub const GUEST_VSOCK_PORT: u32 = 1024;
+/// The guest's vsock port for hearth-guest (the same number is in the kernel command line,
+/// `hearth.transport=vsock:1024`).
+pub use crate::backend::vm::GUEST_VSOCK_PORT;
 
 /// How long the handshake may take: Firecracker answers as soon as the guest accepts.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -5,12 +5,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 use super::argv::{build_argv, Channel, QemuPlan};
 use super::process::{self, VmmStamp};
 use super::{snapshot, QemuBackend, QemuError, Qmp, MAX_SOCKET_PATH, START_TIMEOUT};
-use crate::backend::vm::{self, VmGuestConfig};
+use crate::backend::vm;
 use crate::backend::{GuestEndpoint, LaunchContext};
 use crate::id::SandboxId;
 use crate::net::netns;
@@ -69,14 +67,7 @@ impl QemuBackend {
         plan: &QemuPlan,
         incoming: bool,
     ) -> Result<(), QemuError> {
-        let config = VmGuestConfig {
-            seccomp_bpf_b64: spec
-                .guest_seccomp
-                .as_ref()
-                .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
-            env: Default::default(),
-            hostname: spec.id.as_str().to_owned(),
-        };
+        let config = vm::guest_config(spec.id.as_str(), spec.guest_seccomp.as_deref());
         vm::write_config_drive(&ctx.dirs.vm_config_img(), &config)?;
         if let Some(net) = &ctx.net {
             crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, None)?;

@@ -131,6 +131,18 @@ pub fn config_drive_bytes(config: &VmGuestConfig) -> Result<Vec<u8>, ConfigDrive
     Ok(bytes)
 }
 
+/// The config drive's document for a sandbox: its hostname and the guest's seccomp program (raw
+/// BPF, carried base64), with no extra environment.
+pub fn guest_config(hostname: &str, guest_seccomp: Option<&[u8]>) -> VmGuestConfig {
+    use base64::Engine as _;
+    VmGuestConfig {
+        seccomp_bpf_b64: guest_seccomp
+            .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
+        env: Default::default(),
+        hostname: hostname.to_owned(),
+    }
+}
+
 /// Writes the config drive at `path` (created exclusively, 0600).
 pub fn write_config_drive(path: &Path, config: &VmGuestConfig) -> Result<(), ConfigDriveError> {
     let bytes = config_drive_bytes(config)?;

@@ -1,0 +1,216 @@
+//! Wiring Firecracker into hearth: which binaries this host has (flags, then `PATH`), jailed or
+//! direct, and the kernel and image its VMs boot.
+//!
+//! The backend is available when a `firecracker` binary is found; KVM is not checked here (a
+//! VMM that can't create its VM fails the create with Firecracker's own error, and `hearth
+//! doctor` says why beforehand). With a `jailer` it runs jailed unless `--firecracker-direct`
+//! (or `HEARTH_FIRECRACKER_DIRECT=true`) asks for Firecracker in hearth's own netns setup.
+//! The mode is a host setting: keep it the same between `create` and `rm`, since the jail of a
+//! jailed VM is found through the jailer's configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
+use hearth_sandbox::backend::firecracker::{
+    FirecrackerBackend, FirecrackerConfig, JailerConfig, LaunchMode, VmmFilter,
+};
+use hearth_sandbox::backend::oci::runtime::find_in_path;
+use hearth_sandbox::backend::vm::VmImagePaths;
+use hearth_sandbox::dirs::RuntimeDirs;
+use hearth_sandbox::image::kernel::{current_kernel, KernelError};
+use hearth_sandbox::image::GuestImage;
+
+/// The uid and gid a jailed VMM drops to: unprivileged, owning nothing else on the host.
+pub const JAILER_UID: u32 = 64_000;
+/// From spawning the VMM to `InstanceStart` accepted (the guest boots after that).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the Firecracker binaries are and how to run them (from the global flags).
+#[derive(Debug, Clone, Default)]
+pub struct FirecrackerSettings {
+    /// `--firecracker-bin`; `None`: `firecracker` on PATH.
+    pub firecracker: Option<PathBuf>,
+    /// `--jailer-bin`; `None`: `jailer` on PATH.
+    pub jailer: Option<PathBuf>,
+    /// `--firecracker-direct`: no jailer even if one is installed.
+    pub direct: bool,
+}
+
+impl FirecrackerSettings {
+    /// The firecracker binary, or why there is none (one line, for "backend unavailable").
+    pub fn firecracker_binary(&self) -> Result<PathBuf, String> {
+        binary(
+            self.firecracker.as_deref(),
+            "firecracker",
+            "--firecracker-bin",
+        )
+    }
+
+    /// The jailer to use, if any: none in direct mode; an explicit `--jailer-bin` must exist.
+    pub fn jailer_binary(&self) -> Result<Option<PathBuf>, String> {
+        if self.direct {
+            return Ok(None);
+        }
+        match &self.jailer {
+            Some(path) => binary(Some(path), "jailer", "--jailer-bin").map(Some),
+            None => Ok(find_in_path("jailer")),
+        }
+    }
+}
+
+fn binary(explicit: Option<&Path>, name: &str, flag: &str) -> Result<PathBuf, String> {
+    match explicit {
+        Some(path) if is_executable(path) => Ok(path.to_owned()),
+        Some(path) => Err(format!("{flag} {} is not an executable file", path.display())),
+        None => find_in_path(name).ok_or_else(|| {
+            format!("no {name} binary: not on PATH and no {flag} given (install Firecracker; see hearth doctor)")
+        }),
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The Firecracker backend of this host, and why it can't create VMs when it can't. Without a
+/// binary hearth still gets a backend, to find, stop and remove VMs made earlier (a VMM or
+/// jail must not outlive its sandbox because Firecracker was uninstalled).
+pub fn firecracker_backend(
+    settings: &FirecrackerSettings,
+    dirs: &RuntimeDirs,
+) -> (Option<Arc<FirecrackerBackend>>, Option<String>) {
+    let (firecracker, mut missing) = match settings.firecracker_binary() {
+        Ok(path) => (path, None),
+        Err(reason) => (PathBuf::from("firecracker"), Some(reason)),
+    };
+    let jailer = settings.jailer_binary().unwrap_or_else(|reason| {
+        missing.get_or_insert(reason);
+        settings.jailer.clone()
+    });
+    match build_backend(firecracker, jailer, dirs) {
+        Ok(backend) => (Some(backend), missing),
+        Err(reason) => {
+            // Only a jailer config can be refused (its exec name); direct mode builds.
+            let direct = build_backend(PathBuf::from("firecracker"), None, dirs).ok();
+            (direct, Some(missing.unwrap_or(reason)))
+        }
+    }
+}
+
+fn build_backend(
+    firecracker: PathBuf,
+    jailer: Option<PathBuf>,
+    dirs: &RuntimeDirs,
+) -> Result<Arc<FirecrackerBackend>, String> {
+    let mode = match jailer {
+        None => LaunchMode::Direct,
+        Some(jailer) => LaunchMode::Jailed(JailerConfig {
+            jailer,
+            firecracker: firecracker.clone(),
+            uid: JAILER_UID,
+            gid: JAILER_UID,
+            chroot_base: dirs.root().join("jail"),
+            cgroups: JailCgroups::detect(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        }),
+    };
+    FirecrackerBackend::new(FirecrackerConfig {
+        firecracker,
+        mode,
+        // Firecracker's own, upstream-maintained filters.
+        vmm_filter: VmmFilter::Builtin,
+        runtime: dirs.clone(),
+        start_timeout: START_TIMEOUT,
+    })
+    .map(Arc::new)
+    .map_err(|err| err.to_string())
+}
+
+/// Where built Firecracker kernels live.
+pub fn kernels_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("kernels").join("firecracker")
+}
+
+/// Why a Firecracker VM has nothing to boot.
+#[derive(Debug, thiserror::Error)]
+pub enum FirecrackerImageError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{0} (build one with: hearth image build)")]
+    Image(#[from] hearth_sandbox::image::ImageError),
+}
+
+/// What a Firecracker VM boots: the kernel built by `hearth image kernel --firecracker`, the
+/// current image's module-less initramfs (its `/init` is the same hearth-guest; the kernel has
+/// everything built in, and the image's modules belong to Debian's kernel) and its rootfs.
+pub fn firecracker_image(state_dir: &Path) -> Result<VmImagePaths, FirecrackerImageError> {
+    let kernel = current_kernel(&kernels_dir(state_dir))?;
+    let image = GuestImage::current(&crate::vm::images_dir(state_dir))?;
+    Ok(VmImagePaths {
+        kernel,
+        initrd: image.baseline_initrd,
+        rootfs: image.rootfs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn binaries_come_from_flags_or_path_and_absence_is_explained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fc = tmp.path().join("firecracker");
+        std::fs::write(&fc, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = FirecrackerSettings {
+            firecracker: Some(fc.clone()),
+            jailer: Some(tmp.path().join("jailer")),
+            direct: false,
+        };
+        assert_eq!(settings.firecracker_binary().unwrap(), fc);
+        let err = settings.jailer_binary().unwrap_err();
+        assert!(
+            err.contains("--jailer-bin") && err.contains("not an executable"),
+            "{err}"
+        );
+        // Direct mode never looks for a jailer.
+        let direct = FirecrackerSettings {
+            direct: true,
+            ..settings.clone()
+        };
+        assert_eq!(direct.jailer_binary().unwrap(), None);
+        let dirs = RuntimeDirs::open(tmp.path().join("run")).unwrap();
+        let (backend, missing) = firecracker_backend(&direct, &dirs);
+        assert!(matches!(backend.unwrap().config().mode, LaunchMode::Direct));
+        assert_eq!(missing, None);
+
+        // Without the binary there is still a backend (to remove old VMs), and the reason.
+        let gone = FirecrackerSettings {
+            firecracker: Some(tmp.path().join("nope")),
+            direct: true,
+            ..FirecrackerSettings::default()
+        };
+        let (_, missing) = firecracker_backend(&gone, &dirs);
+        let err = missing.unwrap();
+        assert!(
+            err.contains("--firecracker-bin") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_image_needs_the_firecracker_kernel_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = firecracker_image(tmp.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("hearth image kernel --firecracker"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! `hearth sandbox create --backend firecracker` end to end, against a stand-in VMM.
+//!
+//! Firecracker can't run here (no usable KVM), so `--firecracker-bin` points at a script that
+//! execs this test binary as a fake VMM (`fake_firecracker_vmm`, a no-op in a normal run). It
+//! serves Firecracker's API on the `--api-sock` hearth gives it, refusing anything outside the
+//! spec or Firecracker's order, and after `InstanceStart` answers the vsock handshake on the
+//! socket hearth configured, joining each connection to a real `hearth-guest serve` it started.
+//! So everything of hearth's runs for real: store, netns and firewall, tap and bridge, the
+//! supervisor's relay with its `CONNECT` handshake, exec through it, `PATCH /vm`, the audit of
+//! a VMM seccomp fault, and removal. The guest image is a stand-in too (the fake boots
+//! nothing): files at the paths `hearth image build` and `hearth image kernel` would make.
+
+mod common;
+#[path = "../../hearth-sandbox/tests/fc_support/mod.rs"]
+mod fc_support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::{env, guest_bin, hearth, leftovers, ok, run, stderr, stdout};
+use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
+
+const FAKE: &str = "HEARTH_TEST_FAKE_FC";
+const FAKE_GUEST: &str = "HEARTH_TEST_FAKE_FC_GUEST";
+const FAULT_AT: &str = "HEARTH_TEST_FAKE_FC_FAULT_AT";
+/// Set by the fake jailer: the jail's root, where the real jailer would chroot.
+const ROOT: &str = "HEARTH_TEST_FAKE_FC_ROOT";
+
+/// The fake VMM's entry point; a no-op unless hearth started this binary as `firecracker`.
+#[test]
+fn fake_firecracker_vmm() {
+    if std::env::var_os(FAKE).is_none() {
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    let flag = |name: &str| args[args.iter().position(|a| a == name).unwrap() + 1].clone();
+    let root = std::env::var_os(ROOT).map(PathBuf::from);
+    let resolve = {
+        let root = root.clone();
+        move |path: &str| match &root {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    };
+    let api_sock = resolve(&flag("--api-sock"));
+    let guest_sock = api_sock.with_file_name("fake-guest.sock");
+    let guest = std::env::var_os(FAKE_GUEST).unwrap();
+    let mut cmd = Command::new(guest);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(&guest_sock)
+        .env("HEARTH_GUEST_LOG", "warn")
+        .stdin(Stdio::null());
+    // The stand-in guest must die with the fake VMM, as a real guest does.
+    let die_with_parent = || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes two integers and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook only calls prctl, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(die_with_parent);
+    }
+    let mut guest = cmd.spawn().unwrap();
+    std::thread::spawn(move || {
+        let _ = guest.wait();
+    });
+    let fault_at = std::env::var(FAULT_AT).ok();
+    let logger: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    let mut api = FakeApi::new(Behaviour {
+        guest: Some(guest_sock),
+        ..Behaviour::default()
+    });
+    if let Some(root) = root {
+        api = api.chrooted(root);
+    }
+    let api = api.on_record(move |r: &Recorded| {
+        if r.path == "/logger" {
+            let path = r.body.as_ref().and_then(|b| b["log_path"].as_str());
+            *logger.lock().unwrap() = path.map(&resolve);
+        }
+        if fault_at.as_deref() == Some(r.path.as_str()) {
+            // What Firecracker's SIGSYS handler does: log the number, exit 148.
+            if let Some(log) = logger.lock().unwrap().as_ref() {
+                let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                writeln!(
+                    file,
+                    "[vmm:ERROR] Shutting down VM after intercepting a bad syscall (41)"
+                )
+                .unwrap();
+            }
+            std::process::exit(148);
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        api.serve(&api_sock);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A `firecracker` script running the fake VMM with `env`.
+fn fake_firecracker(dir: &Path, env: &[(&str, &str)]) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut text = format!(
+        "#!/bin/sh\nexport {FAKE}=1\nexport {FAKE_GUEST}='{}'\n",
+        guest_bin().display()
+    );
+    for (key, value) in env {
+        text.push_str(&format!("export {key}='{value}'\n"));
+    }
+    text.push_str(&format!(
+        "exec '{}' fake_firecracker_vmm --exact --nocapture -- \"$@\"\n",
+        exe.display()
+    ));
+    let script = dir.join("firecracker");
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// A `jailer` standing in for Firecracker's: it reads the flags hearth passes, joins the
+/// netns and runs the exec file with the jail root where the real one would chroot (the fake
+/// VMM resolves its paths under it). It stays root: the uid drop is the real jailer's.
+fn fake_jailer(dir: &Path) -> PathBuf {
+    let script = format!(
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2;;
+    --exec-file) exec_file=$2; shift 2;;
+    --chroot-base-dir) base=$2; shift 2;;
+    --netns) netns=$2; shift 2;;
+    --) shift; break;;
+    *) shift 2;;
+  esac
+done
+root="$base/$(basename "$exec_file")/$id/root"
+[ -d "$root" ] || {{ echo "no jail root $root" >&2; exit 1; }}
+export {ROOT}="$root"
+exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
+"#
+    );
+    let path = dir.join("jailer");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Stand-in image files where hearth looks for the guest image and the Firecracker kernel.
+fn fake_images() {
+    use std::os::unix::fs::DirBuilderExt;
+    let state = &env().state_dir;
+    let hash = "f".repeat(64);
+    let key = "e".repeat(64);
+    let images = state.join("images");
+    let kernels = state.join("kernels/firecracker");
+    for dir in [state.clone(), images.join(&hash), kernels.join(&key)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .unwrap();
+    }
+    for name in [
+        "vmlinuz",
+        "initramfs.cpio.gz",
+        "baseline.cpio.gz",
+        "rootfs.ext4",
+    ] {
+        std::fs::write(images.join(&hash).join(name), name).unwrap();
+    }
+    let manifest = serde_json::json!({
+        "hash": hash, "recipe_version": 1, "kernel_package": "linux-image-amd64",
+        "kernel_release": "6.1.0-test", "modules": [], "packages": [],
+        "guest_sha256": "0", "built_at": 0
+    });
+    std::fs::write(
+        images.join(&hash).join("manifest.json"),
+        manifest.to_string(),
+    )
+    .unwrap();
+    std::fs::write(images.join("current"), &hash).unwrap();
+    std::fs::write(kernels.join(&key).join("vmlinux"), "vmlinux").unwrap();
+    std::fs::write(kernels.join("current"), &key).unwrap();
+}
+
+fn fc_cmd(firecracker: &Path, args: &[&str]) -> std::process::Output {
+    hearth()
+        .arg("--firecracker-bin")
+        .arg(firecracker)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn image_kernel_refuses_a_missing_config_in_one_line() {
+    // Also proves `image kernel --firecracker` parses next to the global --firecracker-bin.
+    let out = run(&[
+        "image",
+        "kernel",
+        "--firecracker",
+        "--config",
+        "/nonexistent/x.config",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/x.config"), "{err}");
+    let out = run(&["image", "kernel"]);
+    assert_eq!(out.status.code(), Some(2), "--firecracker is required");
+}
+
+#[test]
+fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
+    let out = hearth()
+        .args(["--firecracker-bin", "/nonexistent/firecracker"])
+        .args([
+            "sandbox",
+            "create",
+            "--id",
+            "fc-none",
+            "--backend",
+            "firecracker",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("firecracker backend is not available")
+            && err.contains("/nonexistent/firecracker"),
+        "{err}"
+    );
+    // Nothing is found on PATH here either (no Firecracker can be installed on these hosts).
+    if hearth_sandbox::backend::oci::runtime::find_in_path("firecracker").is_none() {
+        let out = run(&[
+            "sandbox",
+            "create",
+            "--id",
+            "fc-none",
+            "--backend",
+            "firecracker",
+        ]);
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(stderr(&out).contains("not on PATH"), "{}", stderr(&out));
+    }
+    assert!(
+        leftovers("fc-none").is_empty(),
+        "{:?}",
+        leftovers("fc-none")
+    );
+}
+
+#[test]
+fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = fake_firecracker(tmp.path(), &[]);
+    let id = "fc-cli";
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "create", "--id", id, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), id);
+    // Removed on failure too (without --firecracker-bin: removal needs no binary).
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+
+    // exec goes CLI -> guest socket -> supervisor's relay -> CONNECT 1024 -> guest.
+    // The stand-in guest runs on the host, where there is no /workspace.
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox",
+            "exec",
+            id,
+            "--cwd",
+            "/",
+            "--",
+            "sh",
+            "-c",
+            "echo through-vsock",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "through-vsock\n");
+    let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
+    assert!(vm.join("api.sock").exists() && vm.join("vsock.sock").exists());
+    let ns = format!("/run/netns/hearth-{id}");
+    let tap = Command::new("ip")
+        .args(["-n", &format!("hearth-{id}"), "-o", "link", "show", "tap0"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&tap).contains("master br0"),
+        "tap0 bridged in {ns}: {}",
+        stderr(&tap)
+    );
+
+    assert_eq!(
+        ok(&[
+            "--firecracker-bin",
+            fc.to_str().unwrap(),
+            "sandbox",
+            "pause",
+            id
+        ])
+        .trim(),
+        format!("{id} paused")
+    );
+    assert_eq!(
+        ok(&[
+            "--firecracker-bin",
+            fc.to_str().unwrap(),
+            "sandbox",
+            "resume",
+            id
+        ])
+        .trim(),
+        format!("{id} running")
+    );
+    assert!(!fake_vmms(id).is_empty(), "the fake VMM runs");
+    let out = fc_cmd(&fc, &["sandbox", "rm", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+
+    // A VMM whose own seccomp filter kills it (exit 148) during PATCH /vm: the pause fails,
+    // and the syscall lands in the sandbox's audit as a VMM fault.
+    let faulty = fake_firecracker(tmp.path(), &[(FAULT_AT, "/vm")]);
+    let id = "fc-fault";
+    let out = fc_cmd(
+        &faulty,
+        &["sandbox", "create", "--id", id, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+    let out = fc_cmd(&faulty, &["sandbox", "pause", id]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let audit = fc_cmd(&faulty, &["sandbox", "audit", id, "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&audit.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&audit)));
+    // Recorded once, with the syscall number from Firecracker's log line, and the sandbox is
+    // marked exited.
+    let faults: Vec<&serde_json::Value> = report["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.to_string().contains("vmm_fault"))
+        .collect();
+    assert_eq!(faults.len(), 1, "{report}");
+    assert!(
+        faults[0].to_string().contains("\"syscall_nr\":41"),
+        "{report}"
+    );
+    assert_eq!(report["status"], "exited", "{report}");
+    // Removal works even where Firecracker is gone: nothing of the VM may outlive it.
+    let out = run(&[
+        "--firecracker-bin",
+        "/nonexistent/firecracker",
+        "sandbox",
+        "rm",
+        id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+}
+
+/// The fake VMM (a `firecracker_backend` test binary with `fake_firecracker_vmm`) and its
+/// stand-in guest are gone once a sandbox's VM is removed.
+fn fake_vmms(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = cmdline.contains(&env().runtime_dir.display().to_string())
+            || cmdline.contains("fake_firecracker_vmm");
+        let named = [
+            format!("sandboxes/{id}/"),
+            format!("firecracker/{id}/"),
+            format!("--id={id} "),
+        ];
+        if ours && named.iter().any(|n| cmdline.contains(n.as_str())) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = fake_firecracker(tmp.path(), &[]);
+    let jailer = fake_jailer(tmp.path());
+    let id = "fcj";
+    let with = |args: &[&str]| {
+        hearth()
+            .arg("--firecracker-bin")
+            .arg(&fc)
+            .arg("--jailer-bin")
+            .arg(&jailer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = with(&["sandbox", "create", "--id", id, "--backend", "firecracker"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+    let root = env()
+        .runtime_dir
+        .join("jail/firecracker")
+        .join(id)
+        .join("root");
+    // The relay found the guest through the socket inside the jail, not in vm/.
+    assert!(root.join("vsock.sock").exists() && root.join("vmlinux").exists());
+    let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
+    assert!(!vm.join("vsock.sock").exists());
+    let out = with(&["sandbox", "exec", id, "--cwd", "/", "--", "echo", "jailed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "jailed\n");
+    let out = with(&["sandbox", "rm", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.parent().unwrap().exists(), "the jail is removed");
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
+    assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+}
