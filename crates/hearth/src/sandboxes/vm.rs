@@ -1,6 +1,8 @@
-//! What only microVM sandboxes can do: pause and resume.
+//! What only microVM sandboxes can do: pause and resume (snapshots: see `snapshot`).
 
+use hearth_proto::VmThaw;
 use hearth_sandbox::backend::{BackendError, BackendKind};
+use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::SandboxId;
 
 use super::{SandboxError, SandboxManager};
@@ -31,9 +33,10 @@ impl SandboxManager {
                 })
             }
         };
-        let id = id.clone();
+        let id_owned = id.clone();
         // QMP is a blocking exchange with a 5 s timeout.
         let status = tokio::task::spawn_blocking(move || {
+            let id = id_owned;
             if pause {
                 qemu.pause(&id)?;
             } else {
@@ -43,6 +46,14 @@ impl SandboxManager {
         })
         .await?
         .map_err(BackendError::from)?;
+        if !pause {
+            // A snapshot of the paused VM left its workspace unmounted (a paused guest cannot
+            // answer); mounting it again is a no-op otherwise.
+            let client = GuestClient::new(self.dirs.sandbox(id).guest_socket());
+            if let Err(err) = client.vm_thaw(&VmThaw::default()).await {
+                tracing::warn!(%id, error = %err, "could not remount the workspace after resume");
+            }
+        }
         Ok(status.status)
     }
 }
