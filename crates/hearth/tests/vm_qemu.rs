@@ -245,6 +245,31 @@ fn snapshot_and_restore(sb: &Sandbox, host: Ipv4Addr) -> Sandbox {
     let listed = json(&["sandbox", "snapshots", "--json"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 
+    // A paused VM stays paused through a snapshot, its workspace mounted again.
+    ok(&["sandbox", "pause", &sb.id]);
+    ok(&["sandbox", "snapshot", &sb.id, "--name", "vm-snap-paused"]);
+    let paused_id = sb.id.clone();
+    let paused_exec = std::thread::spawn(move || {
+        run(&[
+            "sandbox",
+            "exec",
+            &paused_id,
+            "--",
+            "cat",
+            "/workspace/from-host.txt",
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !paused_exec.is_finished(),
+        "the snapshot left the VM running"
+    );
+    assert!(ok(&["sandbox", "resume", &sb.id]).contains("running"));
+    let out = paused_exec.join().unwrap();
+    assert_eq!(stdout(&out), "hello vm\n", "{}", stderr(&out));
+    ok(&["sandbox", "snapshot-rm", "vm-snap-paused"]);
+    assert!(!dir.join("vm-snap-paused").exists());
+
     // Flags that contradict the saved VM are refused before anything is made.
     let out = run(&[
         "sandbox",

@@ -84,7 +84,7 @@ impl SandboxManager {
     }
 
     /// Saves a running (or paused) QEMU sandbox as snapshot `name`. The sandbox goes on as it
-    /// was: running, or paused.
+    /// was: running, or paused (a paused one runs just for the guest's quiesce and thaw).
     pub async fn snapshot(
         &self,
         id: &SandboxId,
@@ -111,17 +111,15 @@ impl SandboxManager {
         .await?
         .status
             == "paused";
-        quiesce(&qemu, id, &client, paused).await?;
+        while_running(&qemu, id, paused, client.vm_quiesce()).await??;
         let saved = blocking({
             let (qemu, id, dest) = (qemu.clone(), id.clone(), dest.clone());
             move || qemu.snapshot(&id, &dest)
         })
         .await;
-        // A paused guest cannot answer; its workspace comes back at `resume`.
-        if !paused {
-            if let Err(err) = client.vm_thaw(&VmThaw::default()).await {
-                tracing::warn!(%id, error = %err, "the workspace could not be mounted again after the snapshot");
-            }
+        let thawed = while_running(&qemu, id, paused, client.vm_thaw(&VmThaw::default())).await?;
+        if let Err(err) = thawed {
+            tracing::warn!(%id, error = %err, "the workspace could not be mounted again after the snapshot");
         }
         let manifest = match saved {
             Err(SandboxError::Backend(BackendError::Qemu(QemuError::SnapshotExists {
@@ -241,14 +239,15 @@ impl SandboxManager {
     }
 }
 
-/// Unmounts the guest's 9p workspace so QEMU may save the VM. A paused guest is let run for
-/// just this request.
-async fn quiesce(
+/// Runs a guest request (quiesce, thaw). A paused guest cannot answer, so it runs for just this
+/// request and is paused again: leaving a paused VM's workspace unmounted until some later
+/// resume would let commands queued meanwhile see an empty /workspace.
+async fn while_running<T>(
     qemu: &QemuBackend,
     id: &SandboxId,
-    client: &GuestClient,
     paused: bool,
-) -> Result<(), SandboxError> {
+    request: impl std::future::Future<Output = T>,
+) -> Result<T, SandboxError> {
     let toggle = |pause: bool| {
         let (qemu, id) = (qemu.clone(), id.clone());
         blocking(move || {
@@ -262,11 +261,11 @@ async fn quiesce(
     if paused {
         toggle(false).await?;
     }
-    let quiesced = client.vm_quiesce().await;
+    let answer = request.await;
     if paused {
         toggle(true).await?;
     }
-    Ok(quiesced?)
+    Ok(answer)
 }
 
 /// Runs a blocking QEMU call (QMP, files) off the async threads.

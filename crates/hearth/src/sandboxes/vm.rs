@@ -1,8 +1,6 @@
-//! What only microVM sandboxes can do: pause and resume (snapshots: see `snapshot`).
+//! What only microVM sandboxes can do: pause and resume.
 
-use hearth_proto::VmThaw;
 use hearth_sandbox::backend::{BackendError, BackendKind};
-use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::SandboxId;
 
 use super::{SandboxError, SandboxManager};
@@ -33,10 +31,9 @@ impl SandboxManager {
                 })
             }
         };
-        let id_owned = id.clone();
+        let id = id.clone();
         // QMP is a blocking exchange with a 5 s timeout.
         let status = tokio::task::spawn_blocking(move || {
-            let id = id_owned;
             if pause {
                 qemu.pause(&id)?;
             } else {
@@ -46,14 +43,6 @@ impl SandboxManager {
         })
         .await?
         .map_err(BackendError::from)?;
-        if !pause {
-            // A snapshot of the paused VM left its workspace unmounted (a paused guest cannot
-            // answer); mounting it again is a no-op otherwise.
-            let client = GuestClient::new(self.dirs.sandbox(id).guest_socket());
-            if let Err(err) = client.vm_thaw(&VmThaw::default()).await {
-                tracing::warn!(%id, error = %err, "could not remount the workspace after resume");
-            }
-        }
         Ok(status.status)
     }
 }
