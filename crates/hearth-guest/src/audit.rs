@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hearth_proto::ErrorKind;
-use hearth_seccomp::audit::{AuditConfig, AuditError, AuditPage, AuditSource, SharedAuditLog};
+use hearth_seccomp::audit::{
+    AuditConfig, AuditError, AuditPage, AuditSource, SeccompAuditLog, SharedAuditLog,
+};
 use hearth_seccomp::notify::{serve_as, NotifyFd};
 use http::{Response, StatusCode};
 
@@ -24,6 +26,13 @@ const CAPACITY: usize = 8192;
 /// The most entries one page carries (the host asks again until caught up).
 pub const MAX_PAGE: usize = 1024;
 
+fn config() -> AuditConfig {
+    AuditConfig {
+        capacity: CAPACITY,
+        ..AuditConfig::default()
+    }
+}
+
 /// The guest's log of refused calls and the stop flag of its listener threads.
 #[derive(Debug, Clone)]
 pub struct GuestAudit {
@@ -33,14 +42,18 @@ pub struct GuestAudit {
 
 impl GuestAudit {
     pub fn new() -> Result<Self, AuditError> {
-        let config = AuditConfig {
-            capacity: CAPACITY,
-            ..AuditConfig::default()
-        };
         Ok(Self {
-            log: SharedAuditLog::new(config)?,
+            log: SharedAuditLog::new(config())?,
             stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Empties the log: a VM restored from a snapshot is a new sandbox, and what the log holds
+    /// was refused in the sandbox it was saved from. (The host reads the log only once the new
+    /// sandbox is running, which is after this.) Listener threads keep recording into it.
+    pub fn restart(&self) -> Result<(), AuditError> {
+        *self.log.lock() = SeccompAuditLog::new(config())?;
+        Ok(())
     }
 
     /// Answers and records the notifications of one exec's filter on a thread of its own.

@@ -82,7 +82,7 @@ impl ApiError {
             }
             ErrorKind::NotFound | ErrorKind::UnknownEndpoint => StatusCode::NOT_FOUND,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::AlreadyExists | ErrorKind::Busy => StatusCode::CONFLICT,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -147,7 +147,11 @@ fn vm_init() -> ! {
         unreachable!("parsed the serve subcommand");
     };
     let seccomp = booted.seccomp.map(std::sync::Arc::new);
-    if let Err(err) = run_server(config(defaults, booted.listen, seccomp)) {
+    let config = server::Config {
+        vm_workspace: Some(booted.workspace),
+        ..config(defaults, booted.listen, seccomp)
+    };
+    if let Err(err) = run_server(config) {
         eprintln!("hearth-guest: {err:#}");
     }
     vm::power_off();
@@ -166,6 +170,7 @@ fn config(
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         cgroup_root: args.cgroup_root,
         seccomp,
+        vm_workspace: None,
     }
 }
 

@@ -15,6 +15,8 @@
 //! | GET  | `/v1/dirs?path=/abs` | | `DirListing` JSON |
 //! | GET  | `/v1/stat?path=/abs` | | `FileStat` JSON (`lstat`) |
 //! | GET  | `/v1/audit?since=SEQ&limit=N` | | `AuditPage` JSON: the calls this guest's seccomp listener refused (see `audit`) |
+//! | POST | `/v1/vm/quiesce` | | `{}`; microVM only: unmounts the 9p workspace before a snapshot (409 `busy` while in use) |
+//! | POST | `/v1/vm/thaw` | `VmThaw` JSON | `{}`; microVM only: remounts the workspace, takes a restored sandbox's address and hostname |
 //!
 //! Query values are percent-encoded (`hearth_proto::query`). Paths must be absolute.
 //! Try it: `curl --unix-socket /.hearth/guest.sock http://guest/v1/health`.
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hearth_proto::vm::{VM_QUIESCE_PATH, VM_THAW_PATH};
 use hearth_proto::{ErrorKind, Health, VersionInfo, PROTOCOL_VERSION};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -57,6 +60,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Filters installed in every exec'd process (`--seccomp-bpf`).
     pub seccomp: Option<Arc<crate::seccomp::GuestFilters>>,
+    /// In a microVM (`init`): what /workspace is, for the snapshot endpoints. None elsewhere.
+    pub vm_workspace: Option<crate::vm::cmdline::Workspace>,
 }
 
 impl Config {
@@ -312,9 +317,11 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
         ("/v1/dirs", &Method::GET) => files::list(query).await,
         ("/v1/stat", &Method::GET) => files::stat(query).await,
         ("/v1/audit", &Method::GET) => audit::handle(&state.audit, query),
+        (VM_QUIESCE_PATH, &Method::POST) => vm_quiesce(&state).await,
+        (VM_THAW_PATH, &Method::POST) => vm_thaw(&state, req.into_body()).await,
         (
             "/v1/health" | "/v1/version" | "/v1/exec" | "/v1/files" | "/v1/dirs" | "/v1/stat"
-            | "/v1/audit",
+            | "/v1/audit" | VM_QUIESCE_PATH | VM_THAW_PATH,
             _,
         ) => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
@@ -329,6 +336,43 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
         tracing::debug!(status = %err.status, message = %err.body.error.message, "request failed");
         err.into_response()
     })
+}
+
+/// The snapshot endpoints exist only in a microVM guest (an OCI sandbox has no VM to save).
+fn vm_workspace(state: &State) -> Result<crate::vm::cmdline::Workspace, ApiError> {
+    state.config.vm_workspace.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            "only a microVM guest can be snapshotted",
+        )
+    })
+}
+
+async fn vm_quiesce(state: &State) -> Result<Response<RespBody>, ApiError> {
+    let workspace = vm_workspace(state)?;
+    // umount2 and sync block; keep them off the async workers.
+    tokio::task::spawn_blocking(move || crate::vm::snapshot::quiesce(workspace))
+        .await
+        .map_err(|err| ApiError::new(ErrorKind::Internal, err.to_string()))??;
+    Ok(json(StatusCode::OK, &serde_json::json!({})))
+}
+
+async fn vm_thaw(state: &State, body: Incoming) -> Result<Response<RespBody>, ApiError> {
+    let workspace = vm_workspace(state)?;
+    let raw = crate::http::read_limited(body, 64 * 1024).await?;
+    let req: hearth_proto::VmThaw = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("thaw request: {e}")))?;
+    if req.hostname.is_some() {
+        // A new identity: this guest was restored as another sandbox.
+        state
+            .audit
+            .restart()
+            .map_err(|err| ApiError::new(ErrorKind::Internal, err.to_string()))?;
+    }
+    tokio::task::spawn_blocking(move || crate::vm::snapshot::thaw(workspace, &req))
+        .await
+        .map_err(|err| ApiError::new(ErrorKind::Internal, err.to_string()))??;
+    Ok(json(StatusCode::OK, &serde_json::json!({})))
 }
 
 fn health(state: &State) -> Response<RespBody> {

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the wire protocol; bumped on any incompatible change to these types or endpoints.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-pub use vm::{VmGuestConfig, GUEST_SERIAL_PORT_NAME, GUEST_VSOCK_PORT, VM_CONFIG_SIZE};
+pub use vm::{
+    VmGuestConfig, VmNetIdentity, VmThaw, GUEST_SERIAL_PORT_NAME, GUEST_VSOCK_PORT, VM_CONFIG_SIZE,
+};
 
 /// Media type of the streamed exec response: one JSON [`ExecEvent`] per line.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -205,6 +207,9 @@ pub enum ErrorKind {
     MethodNotAllowed,
     Io,
     Internal,
+    /// Something in the sandbox still uses what the request needs (e.g. the workspace before a
+    /// snapshot).
+    Busy,
     /// A kind this side does not know yet (a newer peer).
     #[serde(other)]
     Unknown,
@@ -225,6 +230,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
+            ErrorKind::Busy => "busy",
             ErrorKind::Unknown => "unknown",
         }
     }

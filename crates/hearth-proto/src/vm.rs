@@ -90,6 +90,37 @@ impl VmGuestConfig {
     }
 }
 
+/// `POST /v1/vm/quiesce` (no body): before a snapshot, the guest lets go of what a VM snapshot
+/// cannot carry. QEMU refuses to migrate while a 9p share is mounted (its fids name host files),
+/// so the 9p workspace is unmounted; a process still using it makes this fail with `busy`.
+pub const VM_QUIESCE_PATH: &str = "/v1/vm/quiesce";
+/// `POST /v1/vm/thaw` with a [`VmThaw`]: after a snapshot, or in a VM restored from one. The
+/// guest mounts its workspace again and takes on the identity of the sandbox it now is.
+pub const VM_THAW_PATH: &str = "/v1/vm/thaw";
+
+/// What a guest becomes after a snapshot or a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmThaw {
+    /// A restored guest still has the address of the sandbox it was saved from (its kernel
+    /// command line is that sandbox's); this is the new sandbox's. None: keep eth0 as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<VmNetIdentity>,
+    /// The new sandbox's hostname (its id). None: keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// eth0 of a guest: address, prefix, default gateway and resolver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNetIdentity {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub dns: std::net::Ipv4Addr,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +164,22 @@ mod tests {
             ..VmGuestConfig::default()
         };
         assert!(bad.seccomp_bpf().is_err());
+    }
+
+    #[test]
+    fn thaw_requests_round_trip_and_refuse_unknown_fields() {
+        let thaw = VmThaw {
+            net: Some(VmNetIdentity {
+                address: "10.231.0.6".parse().unwrap(),
+                prefix: 30,
+                gateway: "10.231.0.5".parse().unwrap(),
+                dns: "10.231.0.5".parse().unwrap(),
+            }),
+            hostname: Some("sbx-2".into()),
+        };
+        let text = serde_json::to_string(&thaw).unwrap();
+        assert_eq!(serde_json::from_str::<VmThaw>(&text).unwrap(), thaw);
+        assert_eq!(serde_json::to_string(&VmThaw::default()).unwrap(), "{}");
+        assert!(serde_json::from_str::<VmThaw>(r#"{"hostname":"a","x":1}"#).is_err());
     }
 }

@@ -202,6 +202,25 @@ impl GuestClient {
         self.get_json(&uri, "stat").await
     }
 
+    /// A microVM guest lets go of its 9p workspace before a snapshot (`busy` while in use).
+    pub async fn vm_quiesce(&self) -> Result<(), GuestClientError> {
+        let path = hearth_proto::vm::VM_QUIESCE_PATH;
+        let resp = self.send(Method::POST, path.into(), Bytes::new()).await?;
+        check_status(resp).await.map(drop)
+    }
+
+    /// A microVM guest mounts its workspace again and, after a restore, takes on `thaw`'s
+    /// address and hostname.
+    pub async fn vm_thaw(&self, thaw: &hearth_proto::VmThaw) -> Result<(), GuestClientError> {
+        // Serializing a plain struct cannot fail.
+        let body = serde_json::to_vec(thaw).unwrap_or_default();
+        let path = hearth_proto::vm::VM_THAW_PATH;
+        let resp = self
+            .send(Method::POST, path.into(), Bytes::from(body))
+            .await?;
+        check_status(resp).await.map(drop)
+    }
+
     async fn get_json<T: DeserializeOwned>(
         &self,
         uri: &str,

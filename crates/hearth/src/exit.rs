@@ -5,8 +5,8 @@
 //! | 0    | success |
 //! | 2    | bad command line (clap) |
 //! | 3    | bad input: an invalid id, limit, path or file |
-//! | 4    | no such sandbox, or no such file inside one |
-//! | 5    | the sandbox already exists |
+//! | 4    | no such sandbox or snapshot, or no such file inside a sandbox |
+//! | 5    | the sandbox or snapshot already exists |
 //! | 6    | the host lacks something (OCI runtime, guest binary, permissions) |
 //! | 7    | the sandbox failed (runtime error, guest not ready, exited) |
 //! | 8    | a file or output limit was exceeded |
@@ -16,6 +16,7 @@
 //! 124 when its timeout fired and 127 when the command does not exist.
 
 use hearth_sandbox::backend::oci::{OciError, RuntimeError};
+use hearth_sandbox::backend::qemu::QemuError;
 use hearth_sandbox::backend::{BackendError, FirecrackerError};
 use hearth_sandbox::dirs::DirsError;
 use hearth_sandbox::guest_client::GuestClientError;
@@ -58,7 +59,11 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     if let Some(sandbox) = err.downcast_ref::<SandboxError>() {
         return sandbox_code(sandbox);
     }
-    if err.downcast_ref::<hearth_sandbox::IdError>().is_some() {
+    if err.downcast_ref::<hearth_sandbox::IdError>().is_some()
+        || err
+            .downcast_ref::<crate::store::SnapshotNameError>()
+            .is_some()
+    {
         return BAD_INPUT;
     }
     if let Some(guest) = err.downcast_ref::<GuestClientError>() {
@@ -99,7 +104,13 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Backend(BackendError::Firecracker(FirecrackerError::Dirs(
             DirsError::SocketPathTooLong { .. },
         ))) => BAD_INPUT,
+        SandboxError::Backend(BackendError::Qemu(QemuError::SnapshotMismatch { .. })) => BAD_INPUT,
         SandboxError::Backend(_) => SANDBOX_FAILED,
+        SandboxError::SnapshotNotFound(_) => NOT_FOUND,
+        SandboxError::SnapshotExists(_) => EXISTS,
+        SandboxError::SnapshotConflict(_) | SandboxError::SnapshotDirUnsafe { .. } => BAD_INPUT,
+        SandboxError::SnapshotImage { .. } => HOST,
+        SandboxError::SnapshotFiles { .. } => INTERNAL,
         SandboxError::BackendUnavailable(_)
         | SandboxError::BackendMissing { .. }
         | SandboxError::Image(_)

@@ -107,6 +107,33 @@ pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_sandbox::ima
     })
 }
 
+/// The guest image whose root filesystem is `rootfs` (recorded by a snapshot), if it is still
+/// one of the complete images under the state dir.
+pub fn guest_image_of(
+    state_dir: &Path,
+    rootfs: &Path,
+) -> Result<VmImagePaths, hearth_sandbox::image::ImageError> {
+    let images = images_dir(state_dir);
+    let hash = rootfs
+        .parent()
+        .filter(|dir| dir.parent() == Some(images.as_path()))
+        .and_then(Path::file_name)
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let image = GuestImage::open(&images, hash)?;
+    if image.rootfs != rootfs {
+        return Err(hearth_sandbox::image::ImageError::Damaged {
+            hash: hash.to_owned(),
+            problem: format!("its rootfs is {}", image.rootfs.display()),
+        });
+    }
+    Ok(VmImagePaths {
+        kernel: image.kernel,
+        initrd: image.initrd,
+        rootfs: image.rootfs,
+    })
+}
+
 /// What the supervisor's relay forwards to for a VM sandbox; `None` for OCI sandboxes, whose
 /// guest socket is served by `hearth-guest` itself.
 pub fn relay_duty(

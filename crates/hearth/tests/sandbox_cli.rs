@@ -272,6 +272,51 @@ fn bad_ids_are_rejected_with_nothing_created() {
     }
 }
 
+#[test]
+fn snapshot_bad_inputs_have_distinct_codes_and_make_nothing() {
+    // No such snapshot: 4, and no sandbox (record, dirs, netns) for the id.
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        "rt-from-nothing",
+        "--from-snapshot",
+        "no-such-snap",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no snapshot named no-such-snap"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(
+        leftovers("rt-from-nothing").is_empty(),
+        "{:?}",
+        leftovers("rt-from-nothing")
+    );
+    let out = run(&["sandbox", "snapshot-rm", "no-such-snap"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = run(&["sandbox", "snapshot", "rt-no-such"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    // Names are validated like ids, before anything is looked up.
+    for bad in ["../escape", "a/b", "Upper", "-lead", ""] {
+        let out = run(&[
+            "sandbox",
+            "snapshot",
+            "rt-no-such",
+            &format!("--name={bad}"),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{bad:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("snapshot name"), "{}", stderr(&out));
+        let out = run(&["sandbox", "create", &format!("--from-snapshot={bad}")]);
+        assert_eq!(out.status.code(), Some(3), "{bad:?}: {}", stderr(&out));
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["sandbox", "snapshots", "--json"])).unwrap();
+    assert!(listed.is_array(), "{listed}");
+}
+
 fn hearth_sandbox_id_ok(name: &str) -> bool {
     name.chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

@@ -1,7 +1,8 @@
 //! microVM sandboxes end to end through QEMU under TCG (these machines' KVM cannot run a guest):
 //! the guest image, boot, exec, files both ways, the seccomp policy inside the guest, the
-//! firewall seen from inside the VM, pause and resume, and removal leaving nothing. One VM for
-//! all of it: each boot costs seconds. Traffic goes only to listeners this test opens on the
+//! firewall seen from inside the VM, pause and resume, a snapshot resumed as a second sandbox
+//! (no boot: it continues the saved VM), and removal leaving nothing. One booted VM for all of
+//! it: each boot costs seconds. Traffic goes only to listeners this test opens on the
 //! sandbox's own host-side address.
 
 mod common;
@@ -196,20 +197,203 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
         );
     }
 
-    // Pause is for microVMs only; an OCI sandbox says so.
+    let restored = snapshot_and_restore(&sb, host);
+
+    // Pause and snapshots are for microVMs only; an OCI sandbox says so.
     let oci = Sandbox::create("vm-oci-neighbour", &[]);
     let out = run(&["sandbox", "pause", &oci.id]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-
-    let id = sb.id.clone();
-    drop(sb);
-    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+    let out = run(&["sandbox", "snapshot", &oci.id]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
-        !std::process::Command::new("pgrep")
-            .args(["-f", &format!("qemu-system.*{id}")])
-            .status()
-            .unwrap()
-            .success(),
-        "QEMU still runs"
+        stderr(&out).contains("only microVM sandboxes can be snapshotted"),
+        "{}",
+        stderr(&out)
     );
+
+    for sb in [sb, restored] {
+        let id = sb.id.clone();
+        drop(sb);
+        assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+        assert!(
+            !std::process::Command::new("pgrep")
+                .args(["-f", &format!("qemu-system.*{id}")])
+                .status()
+                .unwrap()
+                .success(),
+            "QEMU still runs"
+        );
+    }
+    // The snapshot goes with snapshot-rm, files and record.
+    let dir = common::env().state_dir.join("snapshots").join("vm-snap");
+    assert!(dir.is_dir());
+    ok(&["sandbox", "snapshot-rm", "vm-snap"]);
+    assert!(!dir.exists());
+    assert_eq!(
+        json(&["sandbox", "snapshots", "--json"]),
+        serde_json::json!([])
+    );
+    let out = run(&["sandbox", "snapshot-rm", "vm-snap"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+}
+
+/// Snapshots the running VM and resumes the snapshot as a second sandbox with its own id,
+/// address and workspace; returns it (still running, for the caller's cleanup checks).
+fn snapshot_and_restore(sb: &Sandbox, host: Ipv4Addr) -> Sandbox {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    // A process using the shared workspace keeps QEMU from saving the VM: a clear refusal.
+    let pid = sb.sh_ok("cd /workspace && sleep 60 </dev/null >/dev/null 2>&1 & echo $!");
+    let pid = pid.trim();
+    let out = run(&["sandbox", "snapshot", &sb.id, "--name", "vm-busy"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/workspace"), "{}", stderr(&out));
+    sb.sh_ok(&format!(
+        "kill {pid}; while [ -e /proc/{pid}/cwd ]; do sleep 0.1; done"
+    ));
+    assert_eq!(sb.sh_ok("cat /workspace/from-host.txt"), "hello vm\n");
+
+    // Guest memory (tmpfs /tmp) is what a snapshot carries.
+    sb.sh_ok("echo saved in memory > /tmp/marker");
+    let snap = json(&["sandbox", "snapshot", &sb.id, "--name", "vm-snap", "--json"]);
+    assert_eq!(snap["name"], "vm-snap");
+    assert_eq!(snap["source_id"], sb.id.as_str());
+    assert_eq!(snap["backend"], "qemu");
+    assert!(snap["size_bytes"].as_u64().unwrap() > 1024 * 1024, "{snap}");
+    let dir = common::env().state_dir.join("snapshots");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("vm-snap")), 0o700);
+    assert_eq!(mode(&dir.join("vm-snap/vm.state")), 0o600);
+    assert!(
+        !dir.join("vm-busy").exists(),
+        "the refused snapshot left files"
+    );
+    // The source runs on, its workspace mounted again.
+    assert_eq!(sb.sh_ok("cat /workspace/from-host.txt"), "hello vm\n");
+    let out = run(&["sandbox", "snapshot", &sb.id, "--name", "vm-snap"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let listed = json(&["sandbox", "snapshots", "--json"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // A paused VM stays paused through a snapshot, its workspace mounted again.
+    ok(&["sandbox", "pause", &sb.id]);
+    ok(&["sandbox", "snapshot", &sb.id, "--name", "vm-snap-paused"]);
+    let paused_id = sb.id.clone();
+    let paused_exec = std::thread::spawn(move || {
+        run(&[
+            "sandbox",
+            "exec",
+            &paused_id,
+            "--",
+            "cat",
+            "/workspace/from-host.txt",
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !paused_exec.is_finished(),
+        "the snapshot left the VM running"
+    );
+    assert!(ok(&["sandbox", "resume", &sb.id]).contains("running"));
+    let out = paused_exec.join().unwrap();
+    assert_eq!(stdout(&out), "hello vm\n", "{}", stderr(&out));
+    ok(&["sandbox", "snapshot-rm", "vm-snap-paused"]);
+    assert!(!dir.join("vm-snap-paused").exists());
+
+    // Flags that contradict the saved VM are refused before anything is made.
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        "vm-bad",
+        "--from-snapshot",
+        "vm-snap",
+        "--memory",
+        "1G",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(leftovers("vm-bad").is_empty(), "{:?}", leftovers("vm-bad"));
+
+    // A second sandbox resumes it: the memory is the source's, the identity its own.
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(workspace.path().join("second.txt"), "second workspace\n").unwrap();
+    let restored = Sandbox::create(
+        "vm-restored",
+        &[
+            "--from-snapshot",
+            "vm-snap",
+            "--workspace",
+            workspace.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(restored.sh_ok("cat /tmp/marker"), "saved in memory\n");
+    // Its audit starts empty (the source's unshare denial was in the saved guest's log), and
+    // its own denials arrive: this one a ptrace.
+    let ptrace = "import ctypes\nl = ctypes.CDLL(None, use_errno=True)\n\
+        print('ptrace', l.ptrace(0, 0, 0, 0), ctypes.get_errno())";
+    let out = run(&[
+        "sandbox",
+        "exec",
+        &restored.id,
+        "--",
+        "python3",
+        "-c",
+        ptrace,
+    ]);
+    assert!(stdout(&out).contains("ptrace -1 1"), "{}", stderr(&out));
+    let audit = json(&["sandbox", "audit", &restored.id, "--json"]);
+    let names: Vec<&str> = audit["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["syscall_name"].as_str())
+        .collect();
+    assert!(names.contains(&"ptrace"), "{audit:#}");
+    assert!(
+        !names.contains(&"unshare"),
+        "the source's denial leaked: {audit:#}"
+    );
+    assert_eq!(
+        restored.sh_ok(
+            "cat /proc/sys/kernel/hostname /workspace/second.txt; python3 -c 'print(6 * 7)'"
+        ),
+        "vm-restored\nsecond workspace\n42\n"
+    );
+    // Its eth0 has the new sandbox's address, so its own gateway answers it.
+    let link = json(&["sandbox", "net", &restored.id, "--json"])["link"].clone();
+    let new_host: Ipv4Addr = link["host_address"].as_str().unwrap().parse().unwrap();
+    assert_ne!(new_host, host, "the restored sandbox has its own link");
+    let gateway_port = u16::try_from(link["gateway_ports"][0].as_u64().unwrap()).unwrap();
+    let gateway = answer_once(
+        TcpListener::bind(SocketAddr::from((new_host, gateway_port))).unwrap(),
+        b"gateway",
+    );
+    let connect = format!(
+        "import socket\ns = socket.create_connection(('{new_host}', {gateway_port}), timeout=5)\n\
+         s.sendall(b'hi'); print(s.recv(16).decode(), s.getsockname()[0])"
+    );
+    let out = run(&[
+        "sandbox",
+        "exec",
+        &restored.id,
+        "--",
+        "python3",
+        "-c",
+        &connect,
+    ]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("gateway {}", link["sandbox_address"].as_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(gateway.join().unwrap());
+    // The source is untouched by its copy.
+    assert_eq!(
+        sb.sh_ok("cat /proc/sys/kernel/hostname"),
+        format!("{}\n", sb.id)
+    );
+    restored
 }

@@ -10,6 +10,7 @@
 
 pub mod cmdline;
 mod net;
+pub mod snapshot;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ use cmdline::{BootParams, CmdlineError, Workspace};
 /// The initramfs file listing modules to load, one absolute path per line, dependencies first.
 const MODULES_LIST: &str = "/hearth/modules";
 const NEW_ROOT: &str = "/newroot";
+/// How the 9p workspace is mounted, at boot and again after a snapshot.
+const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000";
 
 /// A boot step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ pub enum VmError {
 #[derive(Debug)]
 pub struct Booted {
     pub listen: Listen,
+    /// What /workspace is, for the snapshot endpoints.
+    pub workspace: Workspace,
     pub seccomp: Option<GuestFilters>,
 }
 
@@ -173,6 +178,7 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
         listen: params
             .transport
             .unwrap_or(Listen::Vsock(hearth_proto::GUEST_VSOCK_PORT)),
+        workspace: params.workspace,
         seccomp,
     }))
 }
@@ -301,7 +307,7 @@ fn mount_root(params: &BootParams) -> Result<(), VmError> {
             "workspace",
             "/newroot/workspace",
             writable,
-            Some("trans=virtio,version=9p2000.L,msize=512000"),
+            Some(NINEP_OPTIONS),
         ),
     }
 }

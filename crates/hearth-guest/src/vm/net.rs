@@ -101,6 +101,18 @@ pub fn configure_eth0(net: &NetConfig) -> Result<(), NetError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    apply(net, false)
+}
+
+/// Moves eth0 to a new address and gateway (a VM restored from another sandbox's snapshot).
+/// The old default route goes first: replacing the address does not remove a route through a
+/// gateway, and the new one would otherwise sit beside it.
+pub fn reconfigure_eth0(net: &NetConfig) -> Result<(), NetError> {
+    apply(net, true)
+}
+
+fn apply(net: &NetConfig, replace_route: bool) -> Result<(), NetError> {
+    const IF: &str = "eth0";
     let fd = control_socket()?;
     let mut req = ifreq(IF);
     req.ifr_ifru.ifru_addr = sockaddr(net.address);
@@ -121,6 +133,18 @@ pub fn configure_eth0(net: &NetConfig) -> Result<(), NetError> {
     route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
     route.rt_gateway = sockaddr(net.gateway);
     route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    if replace_route {
+        let mut any: libc::rtentry = route;
+        any.rt_gateway = sockaddr(Ipv4Addr::UNSPECIFIED);
+        any.rt_flags = libc::RTF_UP;
+        // SAFETY: SIOCDELRT reads a struct rtentry that lives across the call; with no gateway
+        // it deletes the first default route, whichever gateway it has.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCDELRT, &any) };
+        // ESRCH: there was none (the address change already took it).
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+            check(rc, "SIOCDELRT (old default route)", IF)?;
+        }
+    }
     // SAFETY: SIOCADDRT reads a struct rtentry that lives across the call; rt_dev is null, so
     // the kernel picks the interface from the gateway's subnet.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCADDRT, &route) };

@@ -7,6 +7,7 @@ mod run;
 mod sandbox;
 pub(crate) mod seccomp;
 mod serve;
+mod snapshot;
 mod spinner;
 mod task;
 

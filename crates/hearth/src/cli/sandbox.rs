@@ -1,4 +1,4 @@
-//! `hearth sandbox create|exec|cp|ls|rm`.
+//! `hearth sandbox create|exec|cp|ls|rm|...`; snapshots in [`super::snapshot`].
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -10,7 +10,7 @@ use hearth_proto::{ExecRequest, StreamName};
 use hearth_sandbox::backend::BackendKind;
 use hearth_sandbox::guest_client::OutputChunk;
 use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
-use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec, DEFAULT_PIDS};
+use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 
 use crate::config::Settings;
@@ -72,6 +72,23 @@ pub enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
+    /// Save a running or paused QEMU sandbox (memory and device state) as a snapshot under the
+    /// state dir; the sandbox goes on as it was. `create --from-snapshot NAME` resumes it as a
+    /// new sandbox. The shared workspace is not part of it: processes must not be using
+    /// /workspace while the snapshot is taken.
+    Snapshot(super::snapshot::SnapshotArgs),
+    /// List snapshots.
+    Snapshots {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete snapshots (their memory images and records).
+    SnapshotRm {
+        /// Snapshot names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Run a sandbox's seccomp supervisor (started by `create`, not by hand).
     #[command(hide = true)]
     Supervise(super::audit::SuperviseArgs),
@@ -81,19 +98,20 @@ pub enum SandboxCommand {
 pub struct CreateArgs {
     /// Sandbox id ([a-z0-9-], 1-64 chars, not starting with '-'); random when absent.
     #[arg(long)]
-    id: Option<String>,
-    /// Memory limit, e.g. 512M or 2G.
-    #[arg(long, default_value = "512M")]
-    memory: MemoryBytes,
-    /// CPU allowance in CPUs, e.g. 1 or 0.5.
-    #[arg(long, default_value = "1")]
-    cpus: Cpus,
-    /// Maximum number of processes and threads.
-    #[arg(long, default_value_t = DEFAULT_PIDS)]
-    pids: u32,
+    pub(super) id: Option<String>,
+    /// Memory limit, e.g. 512M or 2G [default: 512M; with --from-snapshot, the snapshot's].
+    #[arg(long)]
+    pub(super) memory: Option<MemoryBytes>,
+    /// CPU allowance in CPUs, e.g. 1 or 0.5 [default: 1; with --from-snapshot, the snapshot's].
+    #[arg(long)]
+    pub(super) cpus: Option<Cpus>,
+    /// Maximum number of processes and threads [default: 256; with --from-snapshot, the
+    /// snapshot's].
+    #[arg(long)]
+    pub(super) pids: Option<u32>,
     /// Host directory mounted read-write at /workspace (default: an empty private one).
     #[arg(long, value_name = "DIR")]
-    workspace: Option<PathBuf>,
+    pub(super) workspace: Option<PathBuf>,
     /// Network: none (loopback only), gateway (only hearth's gateway and resolver; the
     /// default) or allowlist (also the --allow destinations).
     #[arg(long, value_name = "MODE")]
@@ -112,21 +130,29 @@ pub struct CreateArgs {
     /// Bandwidth limit in each direction, e.g. 10mbit.
     #[arg(long, value_name = "RATE")]
     net_rate: Option<String>,
-    /// Seccomp policy: a built-in profile (default, strict, audit) or a .toml/.json policy file.
-    #[arg(long, value_name = "PROFILE|FILE", default_value = "default")]
-    seccomp: String,
+    /// Seccomp policy: a built-in profile (default, strict, audit) or a .toml/.json policy file
+    /// [default: default].
+    #[arg(long, value_name = "PROFILE|FILE")]
+    pub(super) seccomp: Option<String>,
     /// Also have hearth-guest install this policy as raw BPF in every process it starts (what
     /// microVM guests do). Off by default: the runtime already filters, and the guest's EPERM
     /// would answer audited calls before they reach the audit.
     #[arg(long, value_name = "PROFILE|FILE")]
-    guest_seccomp: Option<String>,
+    pub(super) guest_seccomp: Option<String>,
     /// Isolation: oci (a container), qemu (a microVM with its own kernel; needs `hearth image
-    /// build`) or firecracker. `hearth doctor` shows what this host can run.
-    #[arg(long, value_name = "BACKEND", default_value = "oci", value_parser = parse_backend)]
-    backend: BackendKind,
+    /// build`) or firecracker. `hearth doctor` shows what this host can run [default: oci; with
+    /// --from-snapshot, qemu].
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    pub(super) backend: Option<BackendKind>,
+    /// Resume snapshot NAME (see `hearth sandbox snapshot`) instead of booting: a new sandbox
+    /// with its own id, network and workspace, running the saved VM's processes and memory.
+    /// Memory, CPUs and the seccomp policy are the snapshot's (flags that differ are refused);
+    /// the guest takes the new sandbox's address and hostname, and mounts its workspace.
+    #[arg(long, value_name = "NAME")]
+    pub(super) from_snapshot: Option<String>,
     /// Print the new sandbox as JSON instead of just its id.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 fn parse_backend(text: &str) -> Result<BackendKind, String> {
@@ -177,6 +203,9 @@ pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result
         SandboxCommand::Audit(args) => super::audit::audit(&manager, args).await,
         SandboxCommand::Pause { id } => pause_or_resume(&manager, &id, true).await,
         SandboxCommand::Resume { id } => pause_or_resume(&manager, &id, false).await,
+        SandboxCommand::Snapshot(args) => super::snapshot::snapshot(&manager, args).await,
+        SandboxCommand::Snapshots { json } => super::snapshot::list(&manager, json).await,
+        SandboxCommand::SnapshotRm { names } => super::snapshot::remove(&manager, &names).await,
         SandboxCommand::Supervise(args) => super::audit::supervise(args, settings).await,
     }
 }
@@ -189,31 +218,32 @@ async fn pause_or_resume(manager: &SandboxManager, raw: &str, pause: bool) -> an
 }
 
 async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8> {
+    if args.from_snapshot.is_some() {
+        return super::snapshot::create_from(manager, args).await;
+    }
     let id = match &args.id {
         Some(raw) => SandboxId::parse(raw)?,
         None => SandboxId::generate(),
     };
     let net = net_policy(&args)?;
+    let backend = args.backend.unwrap_or(BackendKind::Oci);
+    let seccomp_policy = args.seccomp.as_deref().unwrap_or("default");
+    let defaults = ResourceLimits::default();
     let limits = ResourceLimits {
-        memory: args.memory,
-        cpus: args.cpus,
-        pids: args.pids,
+        memory: args.memory.unwrap_or(defaults.memory),
+        cpus: args.cpus.unwrap_or(defaults.cpus),
+        pids: args.pids.unwrap_or(defaults.pids),
     };
     limits
         .validate()
         .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
-    let workspace = match args.workspace {
-        Some(dir) => Some(dir.canonicalize().map_err(|err| {
-            CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display()))
-        })?),
-        None => None,
-    };
+    let workspace = workspace(args.workspace.as_deref())?;
     // A container is filtered by its runtime (audited through the supervisor); a VM's
     // processes by its hearth-guest, which installs the policy's BPF in each one and answers
     // the audited calls itself (the supervisor copies its log).
-    let (seccomp, guest_seccomp) = if args.backend == BackendKind::Oci {
+    let (seccomp, guest_seccomp) = if backend == BackendKind::Oci {
         let listener = manager.dirs.sandbox(&id).seccomp_socket();
-        let seccomp = super::seccomp::render_for_sandbox(&args.seccomp, &listener)?;
+        let seccomp = super::seccomp::render_for_sandbox(seccomp_policy, &listener)?;
         let guest = args
             .guest_seccomp
             .as_deref()
@@ -221,7 +251,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
             .transpose()?;
         (Some(seccomp), guest)
     } else {
-        let policy = args.guest_seccomp.as_deref().unwrap_or(&args.seccomp);
+        let policy = args.guest_seccomp.as_deref().unwrap_or(seccomp_policy);
         (None, Some(super::seccomp::vm_guest_bpf(policy)?))
     };
     manager.reconcile().await?;
@@ -232,15 +262,31 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         seccomp,
         net,
         guest_seccomp,
-        backend: args.backend,
+        backend,
     };
     let record = manager.create(&spec).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+    print_created(&record, args.json)
+}
+
+pub(super) fn print_created(
+    record: &crate::store::SandboxRecord,
+    json: bool,
+) -> anyhow::Result<u8> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(record)?);
     } else {
         println!("{}", record.id);
     }
     Ok(0)
+}
+
+/// `--workspace`, resolved to an absolute path.
+pub(super) fn workspace(dir: Option<&Path>) -> Result<Option<PathBuf>, CliError> {
+    dir.map(|dir| {
+        dir.canonicalize()
+            .map_err(|err| CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display())))
+    })
+    .transpose()
 }
 
 async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
@@ -314,7 +360,7 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
 }
 
 /// The network policy from `--net`, `--allow`, `--allow-private`, `--publish`, `--net-rate`.
-fn net_policy(args: &CreateArgs) -> Result<NetPolicy, CliError> {
+pub(super) fn net_policy(args: &CreateArgs) -> Result<NetPolicy, CliError> {
     let bad = |err: PolicyError| CliError::new(BAD_INPUT, err.to_string());
     let mode = match (&args.net, args.allow.is_empty()) {
         (Some(raw), _) => raw.parse::<NetMode>().map_err(bad)?,

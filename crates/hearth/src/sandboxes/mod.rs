@@ -9,6 +9,7 @@ mod backends;
 mod firecracker;
 mod kills;
 mod reconcile;
+mod snapshot;
 mod vm;
 
 use std::path::PathBuf;
@@ -80,6 +81,25 @@ pub enum SandboxError {
     Image(#[from] hearth_sandbox::image::ImageError),
     #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
     Cleanup { id: SandboxId, errors: Vec<String> },
+    #[error("no snapshot named {0} (see hearth sandbox snapshots)")]
+    SnapshotNotFound(crate::store::SnapshotName),
+    #[error("snapshot {0} already exists")]
+    SnapshotExists(crate::store::SnapshotName),
+    /// A request that contradicts the snapshot (its VM size, network, seccomp policy).
+    #[error("{0}")]
+    SnapshotConflict(String),
+    #[error("{path}: {source}")]
+    SnapshotFiles {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} must be a directory owned by hearth's user and closed to others (snapshots hold guest memory)")]
+    SnapshotDirUnsafe { path: PathBuf },
+    #[error("the guest image the snapshot was taken with ({path}) cannot be used: {source}")]
+    SnapshotImage {
+        path: PathBuf,
+        source: hearth_sandbox::image::ImageError,
+    },
 }
 
 /// Creates and removes sandboxes on one backend.
@@ -103,6 +123,15 @@ impl SandboxManager {
     /// Creates a sandbox and waits until its guest answers. On any failure everything made so
     /// far is removed again before the error is returned.
     pub async fn create(&self, spec: &SandboxSpec) -> Result<SandboxRecord, SandboxError> {
+        self.create_with(spec, None).await
+    }
+
+    /// [`create`](Self::create), booting or (with `restore`) resuming a saved VM.
+    async fn create_with(
+        &self,
+        spec: &SandboxSpec,
+        restore: Option<snapshot::Restore>,
+    ) -> Result<SandboxRecord, SandboxError> {
         // Shared with other creates, exclusive with reconciliation: a reconcile must never see
         // this sandbox's objects on the host before its record is there to claim them.
         let _creating = self
@@ -119,7 +148,7 @@ impl SandboxManager {
             }
             other => other?,
         };
-        match self.bring_up(spec).await {
+        match self.bring_up(spec, restore.as_ref()).await {
             Ok(()) => {
                 debug_assert!(record.status.can_mark_running());
                 self.store
@@ -139,7 +168,11 @@ impl SandboxManager {
         }
     }
 
-    async fn bring_up(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+    async fn bring_up(
+        &self,
+        spec: &SandboxSpec,
+        restore: Option<&snapshot::Restore>,
+    ) -> Result<(), SandboxError> {
         let started = std::time::Instant::now();
         let dirs = self.dirs.create_sandbox(&spec.id)?;
         if spec.workspace.is_none() {
@@ -152,10 +185,18 @@ impl SandboxManager {
             })
             .await?;
         let is_vm = spec.backend != BackendKind::Oci;
-        let vm_image = match spec.backend {
-            BackendKind::Oci => None,
-            BackendKind::Qemu => Some(crate::vm::guest_image(self.store.state_dir())?),
-            BackendKind::Firecracker => Some(crate::firecracker::firecracker_image(
+        let vm_image = match (spec.backend, restore) {
+            (BackendKind::Oci, _) => None,
+            // The restored kernel has the snapshot's rootfs mounted: that image, not the current.
+            (_, Some(restore)) => Some(
+                crate::vm::guest_image_of(self.store.state_dir(), &restore.manifest.rootfs)
+                    .map_err(|source| SandboxError::SnapshotImage {
+                        path: restore.manifest.rootfs.clone(),
+                        source,
+                    })?,
+            ),
+            (BackendKind::Qemu, None) => Some(crate::vm::guest_image(self.store.state_dir())?),
+            (BackendKind::Firecracker, None) => Some(crate::firecracker::firecracker_image(
                 self.store.state_dir(),
             )?),
         };
@@ -199,7 +240,14 @@ impl SandboxManager {
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
         let backend = self.backends.get(spec.backend)?;
         // QEMU's start waits on QMP and the tap ioctls: off the async threads.
-        let endpoint = tokio::task::block_in_place(|| backend.start(spec, &ctx))?;
+        let endpoint = match (restore, &self.qemu) {
+            (Some(restore), Some(qemu)) => tokio::task::block_in_place(|| {
+                qemu.start_from_snapshot(spec, &ctx, &restore.dir)
+                    .map_err(BackendError::from)
+            })?,
+            _ => tokio::task::block_in_place(|| backend.start(spec, &ctx))?,
+        };
+        let guest_net = ctx.net;
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
         let client = client_for(&endpoint);
         match (spec.backend, &self.qemu) {
@@ -220,6 +268,9 @@ impl SandboxManager {
                     });
                 }
             }
+        }
+        if restore.is_some() {
+            Self::thaw_restored(&client, spec, guest_net).await?;
         }
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "guest ready");
         Ok(())

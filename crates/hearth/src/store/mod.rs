@@ -6,12 +6,14 @@ mod audit;
 mod netdrops;
 mod sandboxes;
 mod slots;
+mod snapshots;
 mod tasks;
 
 pub use audit::{AuditCount, AuditState, FlushTotals, StoredEntry};
 pub use netdrops::{NetworkDrops, StoredDrop};
 pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
 pub use slots::SqliteSlotStore;
+pub use snapshots::{new_snapshot_record, SnapshotName, SnapshotNameError, SnapshotRecord};
 pub use tasks::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -39,6 +41,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("sandbox {0} already exists")]
     SandboxExists(String),
+    #[error("snapshot {0} already exists")]
+    SnapshotExists(String),
     #[error("stored record of sandbox {id} is corrupt: {problem}")]
     Corrupt { id: String, problem: String },
 }

@@ -25,6 +25,8 @@ pub struct GuestAuditReader {
     since: u64,
     /// Entries the guest's ring dropped before they were read (logged as they are found).
     missed: u64,
+    /// Set once the sandbox is running; nothing is read before.
+    started: bool,
 }
 
 impl GuestAuditReader {
@@ -33,7 +35,16 @@ impl GuestAuditReader {
             client: GuestClient::new(guest_socket),
             since: 0,
             missed: 0,
+            started: false,
         }
+    }
+
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    pub fn start(&mut self) {
+        self.started = true;
     }
 
     /// Copies what the guest recorded since the last call into `audit`; returns how many entries.

@@ -18,7 +18,7 @@ use super::launch::READY_LINE;
 use super::net::{NetDuty, NetWatch};
 use super::relay::{RelayDuty, RelayTask};
 use super::{SupervisorError, FIRST_CONNECT_TIMEOUT, FLUSH_INTERVAL};
-use crate::store::{FlushTotals, Store};
+use crate::store::{FlushTotals, SandboxStatus, Store};
 
 /// How long the exit path waits for the notify threads before leaving them to the process's end.
 const JOIN_WAIT: Duration = Duration::from_millis(20);
@@ -310,7 +310,18 @@ impl Flusher {
             }
         }
         if let Some(guest) = &mut self.guest {
-            guest.copy_into(&self.audit).await;
+            // Only once `create` has finished: a VM restored from a snapshot holds the source
+            // sandbox's log until its thaw restarts it.
+            if !guest.started() {
+                match self.store.get_sandbox(&self.id).await {
+                    Ok(Some(record)) if record.status == SandboxStatus::Running => guest.start(),
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(%err, "sandbox status unknown this flush"),
+                }
+            }
+            if guest.started() {
+                guest.copy_into(&self.audit).await;
+            }
         }
         self.flush_seccomp(ended).await;
     }

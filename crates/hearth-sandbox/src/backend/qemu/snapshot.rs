@@ -48,6 +48,10 @@ pub struct SnapshotManifest {
     pub channel: String,
     pub nic: bool,
     pub workspace: bool,
+    /// The guest image's root filesystem. The restored kernel has it mounted, with its
+    /// metadata cached in the saved RAM: resuming it on another disk would read garbage.
+    /// (Images are content-addressed, so the path names the content.)
+    pub rootfs: std::path::PathBuf,
 }
 
 impl SnapshotManifest {
@@ -64,6 +68,7 @@ impl SnapshotManifest {
             },
             nic: plan.nic.is_some(),
             workspace: plan.workspace.is_some(),
+            rootfs: plan.image.rootfs.clone(),
         }
     }
 
@@ -93,6 +98,11 @@ impl SnapshotManifest {
                 "a workspace",
                 self.workspace.to_string(),
                 here.workspace.to_string(),
+            ),
+            (
+                "guest image rootfs",
+                self.rootfs.display().to_string(),
+                here.rootfs.display().to_string(),
             ),
         ];
         fields.into_iter().find(|(_, a, b)| a != b)
@@ -137,7 +147,42 @@ fn read_manifest(path: &Path) -> Result<SnapshotManifest, QemuError> {
     })
 }
 
+impl SnapshotManifest {
+    /// The manifest of the snapshot directory `dir`.
+    pub fn read(dir: &Path) -> Result<Self, QemuError> {
+        read_manifest(&dir.join(MANIFEST_FILE))
+    }
+}
+
 impl QemuBackend {
+    /// Reads `snapshot`'s manifest and refuses it when this host's hearth or QEMU could not
+    /// resume it whatever the new sandbox's settings: another version, accelerator or guest
+    /// channel. Cheap and side-effect free, so callers check before creating anything.
+    pub fn check_snapshot(&self, snapshot: &Path) -> Result<SnapshotManifest, QemuError> {
+        let saved = SnapshotManifest::read(snapshot)?;
+        let channel = if self.config.vsock {
+            "vsock"
+        } else {
+            "virtio-serial"
+        };
+        let here = SnapshotManifest {
+            hearth_version: env!("CARGO_PKG_VERSION").to_owned(),
+            qemu_version: self.config.version.clone(),
+            accel: self.config.accel,
+            channel: channel.to_owned(),
+            ..saved.clone()
+        };
+        match saved.mismatch(&here) {
+            Some((field, snap, here)) => Err(QemuError::SnapshotMismatch {
+                path: snapshot.to_owned(),
+                field,
+                snapshot: snap,
+                here,
+            }),
+            None => Ok(saved),
+        }
+    }
+
     /// Saves the VM's state into the new directory `dest` (0700). The VM is paused while the
     /// state is written and runs again afterwards if it was running.
     pub fn snapshot(&self, id: &SandboxId, dest: &Path) -> Result<SnapshotManifest, QemuError> {

@@ -485,8 +485,9 @@ fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
     ));
     backend.remove(&fx.id).unwrap();
 
-    // A second sandbox with the same hardware resumes it.
-    let other = Fixture::new("snap2", &multiboot_kernel());
+    // A second sandbox with the same hardware (and the same image) resumes it.
+    let mut other = Fixture::new("snap2", &multiboot_kernel());
+    other.image = fx.image.clone();
     let backend2 = other.backend();
     backend2
         .start_from_snapshot(&other.spec(), &other.ctx(), &dest)
@@ -506,6 +507,16 @@ fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
         "{err}"
     );
     assert!(!other.sandbox.vm_dir().exists());
+    // So is another guest image: the restored kernel has the snapshot's rootfs mounted.
+    let third = Fixture::new("snap3", &multiboot_kernel());
+    let err = third
+        .backend()
+        .start_from_snapshot(&third.spec(), &third.ctx(), &dest)
+        .unwrap_err();
+    assert!(
+        matches!(&err, QemuError::SnapshotMismatch { field, .. } if *field == "guest image rootfs"),
+        "{err}"
+    );
     assert_eq!(other.qemu_processes(), 0);
 }
 
@@ -552,6 +563,21 @@ fn a_snapshot_from_another_qemu_is_refused() {
         "{err}"
     );
     assert!(!fx.sandbox.vm_dir().exists());
+    // The cheap check callers make before creating anything says the same.
+    let err = backend.check_snapshot(&dest).unwrap_err();
+    assert!(
+        matches!(&err, QemuError::SnapshotMismatch { field: "QEMU", .. }),
+        "{err}"
+    );
+    manifest.qemu_version = backend.config().version.clone();
+    manifest.memory_mib = 4096;
+    std::fs::write(
+        dest.join(snapshot::MANIFEST_FILE),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    // The size of the VM is the new sandbox's business, not the host's.
+    assert_eq!(backend.check_snapshot(&dest).unwrap().memory_mib, 4096);
 }
 
 /// The whole path with the real guest image: QEMU TCG boots it, the relay carries
