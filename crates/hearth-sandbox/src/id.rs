@@ -66,12 +66,7 @@ impl SandboxId {
 
     /// A fresh random id such as `sb-k3x9q2m7w1ab` (60 bits of randomness).
     pub fn generate() -> Self {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let mut rng = rand::rng();
-        let suffix: String = (0..12)
-            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-            .collect();
-        Self(format!("sb-{suffix}"))
+        Self(random_name("sb"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -96,6 +91,16 @@ impl SandboxId {
             tap: format!("{LINK_PREFIX}t{short}"),
         }
     }
+}
+
+/// `PREFIX-` and 12 random lowercase letters and digits (60 bits): a name valid as an id.
+pub fn random_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..12)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{prefix}-{suffix}")
 }
 
 impl fmt::Display for SandboxId {

@@ -4,7 +4,6 @@ use std::fmt;
 
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
-use rand::Rng;
 use serde::Serialize;
 use sqlx::Row;
 
@@ -38,12 +37,7 @@ impl SnapshotName {
 
     /// A fresh random name such as `snap-k3x9q2m7w1ab` (60 bits of randomness).
     pub fn generate() -> Self {
-        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        let mut rng = rand::rng();
-        let suffix: String = (0..12)
-            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-            .collect();
-        Self(format!("snap-{suffix}"))
+        Self(hearth_sandbox::id::random_name("snap"))
     }
 
     pub fn as_str(&self) -> &str {
