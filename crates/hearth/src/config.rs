@@ -56,6 +56,13 @@ impl Settings {
                 firecracker: args.firecracker_bin.clone(),
                 jailer: args.jailer_bin.clone(),
                 direct: args.firecracker_direct,
+                vmm_filter: args
+                    .firecracker_seccomp
+                    .as_deref()
+                    .map(crate::firecracker::parse_vmm_filter)
+                    .transpose()
+                    .map_err(|err| CliError::new(crate::exit::BAD_INPUT, err))?
+                    .unwrap_or_default(),
             },
         })
     }

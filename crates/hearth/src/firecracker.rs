@@ -36,6 +36,41 @@ pub struct FirecrackerSettings {
     pub jailer: Option<PathBuf>,
     /// `--firecracker-direct`: no jailer even if one is installed.
     pub direct: bool,
+    /// `--firecracker-seccomp`: the VMM's own filter (default: Firecracker's built-in one).
+    pub vmm_filter: VmmFilter,
+}
+
+/// Parses `--firecracker-seccomp`: `builtin`, a seccompiler JSON file with per-thread filters
+/// (such as Firecracker's published `x86_64-unknown-linux-musl.json`, edited), or a hearth
+/// policy (profile name or file) applied to every VMM thread. Compiled here, so a filter that
+/// can't work is refused before any VM is made.
+///
+/// This filters the VMM's threads on the host. The sandbox's own `--seccomp` policy is a
+/// different layer: it filters the processes inside the guest, where `hearth-guest` applies and
+/// audits it.
+pub fn parse_vmm_filter(raw: &str) -> Result<VmmFilter, String> {
+    if raw == "builtin" {
+        return Ok(VmmFilter::Builtin);
+    }
+    let path = Path::new(raw);
+    if path.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("--firecracker-seccomp {raw}: {err}"))?;
+        let is_seccompiler = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .is_some_and(|v| v.get("vmm").is_some());
+        if is_seccompiler {
+            hearth_seccomp::compile_firecracker_json(&text)
+                .map_err(|err| format!("--firecracker-seccomp {raw}: {err}"))?;
+            return Ok(VmmFilter::Json(text));
+        }
+    }
+    let policy = hearth_seccomp::load_policy(raw)
+        .map_err(|err| format!("--firecracker-seccomp {raw}: {err}"))?;
+    hearth_seccomp::FirecrackerFilters::uniform(&policy)
+        .compile()
+        .map_err(|err| format!("--firecracker-seccomp {raw}: {err}"))?;
+    Ok(VmmFilter::Policy(policy))
 }
 
 impl FirecrackerSettings {
@@ -90,11 +125,12 @@ pub fn firecracker_backend(
         missing.get_or_insert(reason);
         settings.jailer.clone()
     });
-    match build_backend(firecracker, jailer, dirs) {
+    let filter = settings.vmm_filter.clone();
+    match build_backend(firecracker, jailer, filter.clone(), dirs) {
         Ok(backend) => (Some(backend), missing),
         Err(reason) => {
             // Only a jailer config can be refused (its exec name); direct mode builds.
-            let direct = build_backend(PathBuf::from("firecracker"), None, dirs).ok();
+            let direct = build_backend(PathBuf::from("firecracker"), None, filter, dirs).ok();
             (direct, Some(missing.unwrap_or(reason)))
         }
     }
@@ -103,6 +139,7 @@ pub fn firecracker_backend(
 fn build_backend(
     firecracker: PathBuf,
     jailer: Option<PathBuf>,
+    vmm_filter: VmmFilter,
     dirs: &RuntimeDirs,
 ) -> Result<Arc<FirecrackerBackend>, String> {
     let mode = match jailer {
@@ -120,8 +157,7 @@ fn build_backend(
     FirecrackerBackend::new(FirecrackerConfig {
         firecracker,
         mode,
-        // Firecracker's own, upstream-maintained filters.
-        vmm_filter: VmmFilter::Builtin,
+        vmm_filter,
         runtime: dirs.clone(),
         start_timeout: START_TIMEOUT,
     })
@@ -171,6 +207,7 @@ mod tests {
             firecracker: Some(fc.clone()),
             jailer: Some(tmp.path().join("jailer")),
             direct: false,
+            vmm_filter: VmmFilter::Builtin,
         };
         assert_eq!(settings.firecracker_binary().unwrap(), fc);
         let err = settings.jailer_binary().unwrap_err();
@@ -212,5 +249,37 @@ mod tests {
                 .contains("hearth image kernel --firecracker"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_vmm_filter_is_builtin_a_seccompiler_file_or_a_policy_and_is_compiled_up_front() {
+        assert!(matches!(
+            parse_vmm_filter("builtin"),
+            Ok(VmmFilter::Builtin)
+        ));
+        // The `audit` profile has one action besides its default, which a uniform VMM filter
+        // can express; `default` needs ENOSYS for clone3 as well and is refused, by name.
+        assert!(matches!(
+            parse_vmm_filter("audit"),
+            Ok(VmmFilter::Policy(_))
+        ));
+        let err = parse_vmm_filter("default").unwrap_err();
+        assert!(err.starts_with("--firecracker-seccomp default: "), "{err}");
+        let tmp = tempfile::tempdir().unwrap();
+        let json = tmp.path().join("vmm.json");
+        let filter =
+            r#"{"default_action":"trap","filter_action":"allow","filter":[{"syscall":"read"}]}"#;
+        std::fs::write(
+            &json,
+            format!(r#"{{"vmm":{filter},"api":{filter},"vcpu":{filter}}}"#),
+        )
+        .unwrap();
+        assert!(matches!(
+            parse_vmm_filter(json.to_str().unwrap()),
+            Ok(VmmFilter::Json(_))
+        ));
+        std::fs::write(&json, r#"{"vmm":{"default_action":"nonsense"}}"#).unwrap();
+        assert!(parse_vmm_filter(json.to_str().unwrap()).is_err());
+        assert!(parse_vmm_filter("/nonexistent/vmm.json").is_err());
     }
 }

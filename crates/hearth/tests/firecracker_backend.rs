@@ -221,6 +221,18 @@ fn image_kernel_refuses_a_missing_config_in_one_line() {
 }
 
 #[test]
+fn a_vmm_filter_that_cannot_work_is_refused_in_one_line() {
+    // `default` needs two actions besides allow; a uniform VMM filter has one.
+    let out = run(&["--firecracker-seccomp", "default", "sandbox", "ls"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--firecracker-seccomp default"), "{err}");
+    let out = run(&["--firecracker-seccomp", "builtin", "sandbox", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
     let out = hearth()
         .args(["--firecracker-bin", "/nonexistent/firecracker"])

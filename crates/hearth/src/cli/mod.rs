@@ -62,6 +62,16 @@ pub struct GlobalArgs {
     /// when a jailer is installed. Use the same setting for `create` and `rm`.
     #[arg(long, global = true, env = "HEARTH_FIRECRACKER_DIRECT")]
     pub firecracker_direct: bool,
+    /// The Firecracker VMM's own seccomp filter: `builtin` (Firecracker's, the default), a
+    /// seccompiler JSON file with `vmm`/`api`/`vcpu` filters, or a hearth policy applied to
+    /// every VMM thread. (The sandbox's --seccomp filters the guest's processes instead.)
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_FIRECRACKER_SECCOMP",
+        value_name = "builtin|FILE|PROFILE"
+    )]
+    pub firecracker_seccomp: Option<String>,
     /// More logging on stderr (-v info, -vv debug; RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
