@@ -92,10 +92,10 @@ impl VmmCgroup {
             if version == CgroupVersion::V2 {
                 enable_v2_controllers(root)?;
             }
-            for dir in &dirs {
+            for (controller, dir) in &dirs {
                 make_dir(dir)?;
                 made.dirs.push(dir.clone());
-                write_limits(dir, version, limits)?;
+                write_limits(dir, *controller, limits)?;
                 let procs = dir.join("cgroup.procs");
                 made.procs.push(
                     OpenOptions::new()
@@ -143,7 +143,7 @@ impl VmmCgroup {
         let Ok(dirs) = dirs_for(root, version, id) else {
             return Ok(()); // no cgroups here: nothing can have been made
         };
-        for dir in dirs {
+        for (_, dir) in dirs {
             remove_dir(&dir)?;
         }
         Ok(())
@@ -163,18 +163,20 @@ pub fn join_in_child(fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// The directories of `id`'s cgroup, each with the v1 controller it belongs to (`None` on v2,
+/// where one directory holds every controller).
 fn dirs_for(
     root: &Path,
     version: CgroupVersion,
     id: &SandboxId,
-) -> Result<Vec<PathBuf>, VmmCgroupError> {
+) -> Result<Vec<(Option<&'static str>, PathBuf)>, VmmCgroupError> {
     // `/hearth/<id>`, the same name runc gets for a container.
     let relative = id.names().cgroup.trim_start_matches('/').to_owned();
     match version {
-        CgroupVersion::V2 => Ok(vec![root.join(relative)]),
+        CgroupVersion::V2 => Ok(vec![(None, root.join(relative))]),
         CgroupVersion::V1 | CgroupVersion::Hybrid => Ok(V1_CONTROLLERS
             .iter()
-            .map(|controller| root.join(controller).join(&relative))
+            .map(|&controller| (Some(controller), root.join(controller).join(&relative)))
             .collect()),
         CgroupVersion::Unknown => Err(VmmCgroupError::NoCgroups(root.to_owned())),
     }
@@ -195,19 +197,14 @@ fn make_dir(dir: &Path) -> Result<(), VmmCgroupError> {
         .map_err(io_err(dir))
 }
 
+/// Writes the limits a directory holds: `controller`'s on v1, all of them on v2 (`None`).
 fn write_limits(
     dir: &Path,
-    version: CgroupVersion,
+    controller: Option<&str>,
     limits: &VmmLimits,
 ) -> Result<(), VmmCgroupError> {
-    let controller = dir
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let writes: Vec<(&str, String)> = match (version, controller) {
-        (CgroupVersion::V2, _) => vec![
+    let writes: Vec<(&str, String)> = match controller {
+        None => vec![
             ("memory.max", limits.memory_bytes.to_string()),
             // No swap: a VM swapped out on the host is the worst of both worlds.
             ("memory.swap.max", "0".to_owned()),
@@ -217,13 +214,13 @@ fn write_limits(
             ),
             ("pids.max", limits.pids.to_string()),
         ],
-        (_, "memory") => vec![("memory.limit_in_bytes", limits.memory_bytes.to_string())],
-        (_, "cpu") => vec![
+        Some("memory") => vec![("memory.limit_in_bytes", limits.memory_bytes.to_string())],
+        Some("cpu") => vec![
             ("cpu.cfs_period_us", CFS_PERIOD_US.to_string()),
             ("cpu.cfs_quota_us", limits.cpu_quota_us.to_string()),
         ],
-        (_, "pids") => vec![("pids.max", limits.pids.to_string())],
-        _ => Vec::new(),
+        Some("pids") => vec![("pids.max", limits.pids.to_string())],
+        Some(_) => Vec::new(),
     };
     for (file, value) in writes {
         let path = dir.join(file);
@@ -343,11 +340,12 @@ mod tests {
         let root = Path::new("/r");
         assert_eq!(
             dirs_for(root, CgroupVersion::V2, &id).unwrap(),
-            [PathBuf::from("/r/hearth/sb-layout")]
+            [(None, PathBuf::from("/r/hearth/sb-layout"))]
         );
         assert_eq!(
             dirs_for(root, CgroupVersion::Hybrid, &id).unwrap(),
-            ["memory", "cpu", "pids"].map(|c| PathBuf::from(format!("/r/{c}/hearth/sb-layout")))
+            ["memory", "cpu", "pids"]
+                .map(|c| (Some(c), PathBuf::from(format!("/r/{c}/hearth/sb-layout"))))
         );
         assert!(matches!(
             dirs_for(root, CgroupVersion::Unknown, &id),

@@ -259,15 +259,8 @@ impl Rtnl {
         addr: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), LinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = prefix_len;
+        let mut msg = ipv4_address(index, addr, prefix_len);
         msg.header.scope = AddressScope::Universe;
-        msg.header.index = index;
-        msg.attributes = vec![
-            AddressAttribute::Local(addr.into()),
-            AddressAttribute::Address(addr.into()),
-        ];
         let op = Op {
             verb: "add an address to",
             object: name,
@@ -392,14 +385,7 @@ impl Rtnl {
         addr: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), LinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes = vec![
-            AddressAttribute::Local(addr.into()),
-            AddressAttribute::Address(addr.into()),
-        ];
+        let msg = ipv4_address(index, addr, prefix_len);
         let op = Op {
             verb: "remove an address from",
             object: name,
@@ -537,4 +523,16 @@ fn summarize(link: LinkMessage) -> LinkSummary {
         }
     }
     summary
+}
+/// `addr/prefix_len` on link `index` (local and address alike, as `ip addr add` sends it).
+fn ipv4_address(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = index;
+    msg.attributes = vec![
+        AddressAttribute::Local(addr.into()),
+        AddressAttribute::Address(addr.into()),
+    ];
+    msg
 }

@@ -86,23 +86,17 @@ impl AuditMode {
     }
 }
 
+/// The seccompiler action of an action already normalized by [`AuditMode::normalize`]: an
+/// `audit_deny` still here is one to notify (it becomes the sentinel [`patch_notify`] rewrites).
 fn seccomp_action(a: Action) -> SeccompAction {
     match a {
-        Action::AuditDeny => SeccompAction::Errno(NOTIFY_SENTINEL),
-        other => seccomp_errno_action(other),
-    }
-}
-
-fn seccomp_errno_action(a: Action) -> SeccompAction {
-    match a.without_notify() {
         Action::Allow => SeccompAction::Allow,
         Action::Errno(n) => SeccompAction::Errno(n),
         Action::KillProcess => SeccompAction::KillProcess,
         Action::KillThread => SeccompAction::KillThread,
         Action::Log => SeccompAction::Log,
         Action::Trap => SeccompAction::Trap,
-        // without_notify() never returns AuditDeny; keep the meaning if that ever changes.
-        Action::AuditDeny => SeccompAction::Errno(crate::policy::EPERM),
+        Action::AuditDeny => SeccompAction::Errno(NOTIFY_SENTINEL),
     }
 }
 
