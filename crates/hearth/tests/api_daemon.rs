@@ -271,8 +271,8 @@ fn dropped_event_streams_leave_the_daemon_healthy() {
     let id = daemon.submit("Sleep.");
     daemon.events(&id, None).until_agent("tool_call");
     std::thread::sleep(Duration::from_millis(500));
-    // The running task opens and closes descriptors of its own (its sandbox's guest requests,
-    // the audit polls), so the baseline is the fewest seen over a moment, not one sample.
+    // The running task opens and closes descriptors of its own (its guest requests and store
+    // connections), so the baseline is the fewest seen over a moment, not one sample.
     let fds = (0..5)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(100));

@@ -41,6 +41,11 @@ fn build_image() {
     assert!(out.status.success(), "image build: {}", stderr(&out));
 }
 
+/// `hearth sandbox exec ID -- python3 -c SCRIPT`.
+fn python(id: &str, script: &str) -> std::process::Output {
+    run(&["sandbox", "exec", id, "--", "python3", "-c", script])
+}
+
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).expect("JSON output")
 }
@@ -102,7 +107,7 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
     // The default policy, applied by hearth-guest to what it starts: EPERM, and it carries on.
     let probe = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n\
         ctypes.set_errno(0); r = libc.unshare(0x10000000); print('unshare', r, ctypes.get_errno())";
-    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", probe]);
+    let out = python(&sb.id, probe);
     assert!(
         stdout(&out).contains("unshare -1 1"),
         "{}{}",
@@ -140,7 +145,7 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
          \x20   except OSError as e:\n\
          \x20       print(port, 'blocked', type(e).__name__)\n"
     );
-    let out = run(&["sandbox", "exec", &sb.id, "--", "python3", "-c", &connect]);
+    let out = python(&sb.id, &connect);
     let text = stdout(&out);
     assert!(
         text.contains(&format!("{gateway_port} gateway")),
@@ -333,15 +338,7 @@ fn snapshot_and_restore(sb: &Sandbox, host: Ipv4Addr) -> Sandbox {
     // its own denials arrive: this one a ptrace.
     let ptrace = "import ctypes\nl = ctypes.CDLL(None, use_errno=True)\n\
         print('ptrace', l.ptrace(0, 0, 0, 0), ctypes.get_errno())";
-    let out = run(&[
-        "sandbox",
-        "exec",
-        &restored.id,
-        "--",
-        "python3",
-        "-c",
-        ptrace,
-    ]);
+    let out = python(&restored.id, ptrace);
     assert!(stdout(&out).contains("ptrace -1 1"), "{}", stderr(&out));
     let audit = json(&["sandbox", "audit", &restored.id, "--json"]);
     let names: Vec<&str> = audit["recent"]
@@ -374,15 +371,7 @@ fn snapshot_and_restore(sb: &Sandbox, host: Ipv4Addr) -> Sandbox {
         "import socket\ns = socket.create_connection(('{new_host}', {gateway_port}), timeout=5)\n\
          s.sendall(b'hi'); print(s.recv(16).decode(), s.getsockname()[0])"
     );
-    let out = run(&[
-        "sandbox",
-        "exec",
-        &restored.id,
-        "--",
-        "python3",
-        "-c",
-        &connect,
-    ]);
+    let out = python(&restored.id, &connect);
     assert_eq!(
         stdout(&out).trim(),
         format!("gateway {}", link["sandbox_address"].as_str().unwrap()),

@@ -113,10 +113,18 @@ async fn boot_baseline(
     n: usize,
 ) -> anyhow::Result<Duration> {
     let console = scratch.join(format!("baseline-{n}.log"));
-    let accel_kind = accel;
-    let (accel, machine) = match accel {
-        Accel::Kvm => ("kvm", "microvm"),
-        Accel::Tcg => (hearth_sandbox::backend::qemu::TCG_ACCEL, "pc"),
+    // The same accelerator settings and kernel parameters as hearth's own boots on `machine`.
+    let base_cmdline = "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1";
+    let (accel, machine, cmdline) = match accel {
+        Accel::Kvm => ("kvm", "microvm", base_cmdline.to_owned()),
+        Accel::Tcg => (
+            hearth_sandbox::backend::qemu::TCG_ACCEL,
+            "pc",
+            format!(
+                "{base_cmdline} {}",
+                hearth_sandbox::backend::qemu::PC_KERNEL_ARGS
+            ),
+        ),
     };
     let started = Instant::now();
     let mut child = tokio::process::Command::new(binary)
@@ -129,14 +137,7 @@ async fn boot_baseline(
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-append")
-        .arg(match accel_kind {
-            // The same kernel parameters as hearth's own `pc` boots.
-            Accel::Tcg => format!(
-                "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1 {}",
-                hearth_sandbox::backend::qemu::PC_KERNEL_ARGS
-            ),
-            Accel::Kvm => "console=ttyS0 panic=-1 reboot=t quiet hearth.baseline=1".to_owned(),
-        })
+        .arg(&cmdline)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
