@@ -90,17 +90,16 @@ pub fn serve_as(
     Ok(summary)
 }
 
-/// Runs [`serve_as`] on its own named thread; the supervisor starts one per notification fd.
+/// Runs [`serve`] on its own named thread; the supervisor starts one per notification fd.
 pub fn spawn_server(
     name: String,
     fd: NotifyFd,
     audit: SharedAuditLog,
     stop: Arc<AtomicBool>,
-    source: AuditSource,
 ) -> Result<JoinHandle<Result<ServeSummary, NotifyError>>, NotifyError> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(move || serve_as(&fd, &audit, &stop, source))
+        .spawn(move || serve(&fd, &audit, &stop))
         .map_err(NotifyError::Spawn)
 }
 

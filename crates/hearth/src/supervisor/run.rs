@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hearth_sandbox::dirs::RuntimeDirs;
 use hearth_sandbox::SandboxId;
-use hearth_seccomp::audit::{AuditConfig, AuditSource, AuditWindow, SharedAuditLog};
+use hearth_seccomp::audit::{AuditConfig, AuditWindow, SharedAuditLog};
 use hearth_seccomp::notify::{spawn_server, NotifyError, NotifyListener, ServeSummary};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -221,13 +221,7 @@ fn accept_loop(
                     "runtime sent a seccomp fd"
                 );
                 let name = format!("seccomp-notify-{accepted}");
-                match spawn_server(
-                    name,
-                    conn.fd,
-                    audit.clone(),
-                    Arc::clone(stop),
-                    AuditSource::OciNotify,
-                ) {
+                match spawn_server(name, conn.fd, audit.clone(), Arc::clone(stop)) {
                     Ok(handle) => lock(servers).threads.push(handle),
                     Err(err) => tracing::error!(%err, "cannot serve a seccomp fd"),
                 }
