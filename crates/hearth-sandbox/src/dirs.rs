@@ -88,6 +88,19 @@ impl RuntimeDirs {
         self.root.join("sandboxes")
     }
 
+    /// The empty directory a directly run Firecracker sees its sandbox's `vm/` dir mounted on
+    /// (in its own mount namespace).
+    pub fn vmm_view_dir(&self) -> PathBuf {
+        self.root.join("vmm-view")
+    }
+
+    /// [`Self::vmm_view_dir`], created 0700 if missing.
+    pub fn create_vmm_view_dir(&self) -> Result<PathBuf, DirsError> {
+        let dir = self.vmm_view_dir();
+        ensure_private_dir(&dir)?;
+        Ok(dir)
+    }
+
     /// Paths of one sandbox's directory, whether or not it exists.
     pub fn sandbox(&self, id: &SandboxId) -> SandboxDirs {
         SandboxDirs {

@@ -351,9 +351,12 @@ async fn out_of_order_calls_are_refused_like_firecracker_does() {
 #[tokio::test]
 async fn snapshot_load_restores_on_a_fresh_vmm_only() {
     let (tmp, _api, client) = fake(Behaviour::default()).await;
-    for file in ["snapshot.state", "snapshot.mem"] {
-        std::fs::write(tmp.path().join(file), file).unwrap();
-    }
+    // As in Firecracker's state file, the drives are named as the VMM saw them.
+    let rootfs = tmp.path().join("rootfs.ext4");
+    let state = serde_json::json!({ "drives": [rootfs] }).to_string();
+    std::fs::write(tmp.path().join("snapshot.state"), state).unwrap();
+    std::fs::write(tmp.path().join("snapshot.mem"), "memory").unwrap();
+    std::fs::write(&rootfs, "rootfs").unwrap();
     let load = SnapshotLoad {
         snapshot_path: tmp.path().join("snapshot.state"),
         mem_backend: MemoryBackend {
@@ -369,4 +372,11 @@ async fn snapshot_load_restores_on_a_fresh_vmm_only() {
     assert_eq!(client.instance_info().await.unwrap().state, "Running");
     let err = client.send(&load).await.unwrap_err();
     assert_eq!(err.status(), Some(400), "{err}");
+
+    // A drive that is gone fails the load, naming it.
+    let (_tmp2, _api2, client2) = fake(Behaviour::default()).await;
+    std::fs::remove_file(&rootfs).unwrap();
+    let err = client2.send(&load).await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(err.to_string().contains("rootfs.ext4"), "{err}");
 }

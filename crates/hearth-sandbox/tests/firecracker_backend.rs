@@ -23,7 +23,8 @@ use fc_support::fake_api::{Behaviour, FakeApi, Recorded};
 use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 use hearth_sandbox::backend::firecracker::process::ProcessStamp;
 use hearth_sandbox::backend::firecracker::{
-    FirecrackerBackend, FirecrackerConfig, FirecrackerError, JailerConfig, LaunchMode, VmmFilter,
+    saved_files, FirecrackerBackend, FirecrackerConfig, FirecrackerError, JailerConfig, LaunchMode,
+    VmmFilter,
 };
 use hearth_sandbox::backend::vm::{GuestNet, VmGuestConfig, VmImagePaths};
 use hearth_sandbox::backend::{GuestEndpoint, LaunchContext, SandboxBackend};
@@ -367,10 +368,11 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
         serde_json::from_str(text.lines().next().unwrap()).unwrap()
     }
 
+    /// The API requests of every VMM started so far (each VMM's first line is its header).
     fn requests(&self) -> Vec<Recorded> {
         let text = std::fs::read_to_string(&self.record).unwrap();
         text.lines()
-            .skip(1)
+            .filter(|l| serde_json::from_str::<Header>(l).is_err())
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
@@ -400,16 +402,19 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
         }
     );
 
-    // The VMM ran with hearth's flags, in the sandbox's netns, in a session of its own.
+    // The VMM ran with hearth's flags, in the sandbox's netns, in a session of its own, naming
+    // its files under the mount view where it sees its vm/ dir.
     let header = fx.header();
     let vm = fx.dirs.vm_dir();
+    let view = fx.runtime.vmm_view_dir();
     let arg =
         |flag: &str| header.args[header.args.iter().position(|a| a == flag).unwrap() + 1].clone();
-    assert_eq!(arg("--api-sock"), vm.join("api.sock").to_str().unwrap());
+    assert_eq!(arg("--api-sock"), view.join("api.sock").to_str().unwrap());
     assert_eq!(
         arg("--seccomp-filter"),
-        vm.join("seccomp.bpf").to_str().unwrap()
+        view.join("seccomp.bpf").to_str().unwrap()
     );
+    assert!(vm.join("api.sock").exists(), "the host finds it in vm/");
     assert_eq!(arg("--id"), "fc-life");
     assert_eq!(header.netns, fx.netns.link());
     assert_eq!(header.sid, i32::try_from(header.pid).unwrap());
@@ -508,6 +513,94 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     tokio::task::block_in_place(|| backend.remove(&id)).unwrap(); // idempotent; reaps its child
     let err = backend.pause(&id).await.unwrap_err();
     assert!(matches!(err, FirecrackerError::NotRunning { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_checked() {
+    let fx = Fixture::new("fc-save");
+    let backend = fx.backend(&[], LONG);
+    let id = fx.spec.id.clone();
+    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx())).unwrap();
+    let dest = fx.tmp.path().join("snap");
+    let manifest = backend.save_snapshot(&id, &dest).await.unwrap();
+    assert_eq!(
+        manifest.launch,
+        hearth_sandbox::backend::firecracker::LaunchKind::Direct
+    );
+    assert_eq!(manifest.memory_mib, fx.spec.limits.memory.0 >> 20);
+    assert!(!manifest.nic);
+    assert_eq!(manifest.rootfs, fx.tmp.path().join("images/rootfs.ext4"));
+    assert!(!fx.dirs.vm_dir().join("snapshot.mem").exists(), "moved out");
+    let err = backend.save_snapshot(&id, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::SnapshotExists { .. }),
+        "{err}"
+    );
+    assert!(
+        dest.join("vm.mem").exists(),
+        "a refused save leaves the first"
+    );
+    tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
+
+    // Another sandbox resumes it: logger, metrics, then the load of the saved files.
+    assert_eq!(backend.check_snapshot(&dest).unwrap(), manifest);
+    let other = SandboxId::parse("fc-restored").unwrap();
+    let dirs = fx.runtime.create_sandbox(&other).unwrap();
+    let spec = SandboxSpec {
+        id: other.clone(),
+        ..fx.spec.clone()
+    };
+    let ctx = LaunchContext {
+        dirs: &dirs,
+        ..fx.ctx()
+    };
+    tokio::task::block_in_place(|| backend.restore_vm(&spec, &ctx, &saved_files(&dest))).unwrap();
+    let requests: Vec<Recorded> = fx
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    let restore: Vec<String> = requests[requests.len() - 3..]
+        .iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect();
+    assert_eq!(
+        restore,
+        [
+            "PUT /logger 204",
+            "PUT /metrics 204",
+            "PUT /snapshot/load 204"
+        ]
+    );
+    let load = requests.last().unwrap().body.clone().unwrap();
+    assert_eq!(
+        load["snapshot_path"],
+        dest.join("vm.state").to_str().unwrap()
+    );
+    let mut guest = backend.guest_connector(&other).connect().await.unwrap();
+    guest.write_all(b"again").await.unwrap();
+    let mut echoed = [0u8; 5];
+    guest.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"again");
+    tokio::task::block_in_place(|| backend.remove(&other)).unwrap();
+
+    // A snapshot from another hearth is refused, naming what differs.
+    let path = dest.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let older = text.replace(env!("CARGO_PKG_VERSION"), "0.0.1");
+    std::fs::write(&path, older).unwrap();
+    let err = backend.check_snapshot(&dest).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FirecrackerError::SnapshotMismatch {
+                field: "hearth",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0.0.1"), "{err}");
 }
 
 /// After a failed start: no VMM process, no vm/ dir, nothing listed.

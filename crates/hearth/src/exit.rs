@@ -104,7 +104,10 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Backend(BackendError::Firecracker(FirecrackerError::Dirs(
             DirsError::SocketPathTooLong { .. },
         ))) => BAD_INPUT,
-        SandboxError::Backend(BackendError::Qemu(QemuError::SnapshotMismatch { .. })) => BAD_INPUT,
+        SandboxError::Backend(
+            BackendError::Qemu(QemuError::SnapshotMismatch { .. })
+            | BackendError::Firecracker(FirecrackerError::SnapshotMismatch { .. }),
+        ) => BAD_INPUT,
         SandboxError::Backend(_) => SANDBOX_FAILED,
         SandboxError::SnapshotNotFound(_) => NOT_FOUND,
         SandboxError::SnapshotExists(_) => EXISTS,

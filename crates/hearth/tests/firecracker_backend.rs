@@ -29,6 +29,10 @@ const FAKE_GUEST: &str = "HEARTH_TEST_FAKE_FC_GUEST";
 const FAULT_AT: &str = "HEARTH_TEST_FAKE_FC_FAULT_AT";
 /// Set by the fake jailer: the jail's root, where the real jailer would chroot.
 const ROOT: &str = "HEARTH_TEST_FAKE_FC_ROOT";
+/// A directory where each fake VMM appends its API requests, to `<sandbox id>.jsonl`.
+const RECORD_DIR: &str = "HEARTH_TEST_FAKE_FC_RECORD_DIR";
+/// Where the fake answers and logs the guest's thaw (see `Behaviour::thaw_log`).
+const THAW_LOG: &str = "HEARTH_TEST_FAKE_FC_THAW_LOG";
 
 /// The fake VMM's entry point; a no-op unless hearth started this binary as `firecracker`.
 #[test]
@@ -77,12 +81,33 @@ fn fake_firecracker_vmm() {
     let logger: Arc<Mutex<Option<PathBuf>>> = Arc::default();
     let mut api = FakeApi::new(Behaviour {
         guest: Some(guest_sock),
+        thaw_log: std::env::var_os(THAW_LOG).map(PathBuf::from),
         ..Behaviour::default()
     });
+    // Direct: `--id ID`; through the (fake) jailer: `--id=ID`.
+    let id = args
+        .iter()
+        .position(|a| a == "--id")
+        .map(|i| args[i + 1].clone())
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--id=").map(str::to_owned))
+        })
+        .unwrap();
+    let record =
+        std::env::var_os(RECORD_DIR).map(|dir| PathBuf::from(dir).join(format!("{id}.jsonl")));
     if let Some(root) = root {
         api = api.chrooted(root);
     }
     let api = api.on_record(move |r: &Recorded| {
+        if let Some(record) = &record {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(record)
+                .unwrap();
+            writeln!(file, "{}", serde_json::to_string(r).unwrap()).unwrap();
+        }
         if r.path == "/logger" {
             let path = r.body.as_ref().and_then(|b| b["log_path"].as_str());
             *logger.lock().unwrap() = path.map(&resolve);
@@ -110,8 +135,10 @@ fn fake_firecracker_vmm() {
 /// A `firecracker` script running the fake VMM with `env`.
 fn fake_firecracker(dir: &Path, env: &[(&str, &str)]) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
+    // `--version` as Firecracker answers it (snapshots record it; a restore compares).
     let mut text = format!(
-        "#!/bin/sh\nexport {FAKE}=1\nexport {FAKE_GUEST}='{}'\n",
+        "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Firecracker v1.17.0-dev'; exit 0; }}\n\
+         export {FAKE}=1\nexport {FAKE_GUEST}='{}'\n",
         guest_bin().display()
     );
     for (key, value) in env {
@@ -448,4 +475,291 @@ fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail
     assert!(!root.parent().unwrap().exists(), "the jail is removed");
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
     assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
+}
+
+/// The API requests the fake VMM of sandbox `id` received, as `METHOD PATH` and their bodies.
+fn requests(records: &Path, id: &str) -> Vec<(String, serde_json::Value)> {
+    let text = std::fs::read_to_string(records.join(format!("{id}.jsonl"))).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let r: Recorded = serde_json::from_str(line).unwrap();
+            (
+                format!("{} {}", r.method, r.path),
+                r.body.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", stdout(out), stderr(out)))
+}
+
+#[test]
+fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
+    use std::os::unix::fs::PermissionsExt;
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let records = tmp.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    let thaws = tmp.path().join("thaws.jsonl");
+    let fc = fake_firecracker(
+        tmp.path(),
+        &[
+            (RECORD_DIR, records.to_str().unwrap()),
+            (THAW_LOG, thaws.to_str().unwrap()),
+        ],
+    );
+    let (src, dst) = ("fc-snap-src", "fc-snap-dst");
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "create", "--id", src, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup_src = common::Sandbox { id: src.to_owned() };
+    let _cleanup_snapshots = Snapshots(vec!["fc-snap-1", "fc-snap-2"]);
+
+    // A running VM: paused for the snapshot, resumed after; the files were written where the
+    // VMM sees its own dir (the mount view), and moved out of the VM's dir.
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "snapshot", src, "--name", "fc-snap-1", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record = json_of(&out);
+    assert_eq!(record["backend"], "firecracker", "{record}");
+    assert_eq!(record["vmm_version"], "1.17.0-dev", "{record}");
+    let calls: Vec<String> = requests(&records, src)
+        .into_iter()
+        .filter(|(call, _)| call.contains("/vm") || call.contains("/snapshot"))
+        .map(|(call, body)| format!("{call} {}", body["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "PATCH /vm Paused",
+            "PUT /snapshot/create ",
+            "PATCH /vm Resumed"
+        ]
+    );
+    let view = env().runtime_dir.join("vmm-view");
+    let create = requests(&records, src)
+        .into_iter()
+        .find(|(call, _)| call == "PUT /snapshot/create")
+        .unwrap()
+        .1;
+    assert_eq!(
+        create["snapshot_path"],
+        view.join("snapshot.state").to_str().unwrap()
+    );
+    let vm_dir = env().runtime_dir.join("sandboxes").join(src).join("vm");
+    assert!(!vm_dir.join("snapshot.state").exists() && !vm_dir.join("snapshot.mem").exists());
+    let dir = env().state_dir.join("snapshots/fc-snap-1");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for name in ["vm.state", "vm.mem", "manifest.json"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    let out = fc_cmd(&fc, &["sandbox", "exec", src, "--cwd", "/", "--", "true"]);
+    assert!(out.status.success(), "the source runs on: {}", stderr(&out));
+
+    // A paused VM is snapshotted as it is and stays paused.
+    ok(&[
+        "--firecracker-bin",
+        fc.to_str().unwrap(),
+        "sandbox",
+        "pause",
+        src,
+    ]);
+    ok(&[
+        "--firecracker-bin",
+        fc.to_str().unwrap(),
+        "sandbox",
+        "snapshot",
+        src,
+        "--name",
+        "fc-snap-2",
+    ]);
+    let last_vm = requests(&records, src)
+        .into_iter()
+        .rfind(|(call, _)| call == "PATCH /vm")
+        .unwrap()
+        .1;
+    assert_eq!(last_vm["state"], "Paused");
+
+    // The source goes; its snapshot restores as a new sandbox. The VMM reopens the drives at
+    // the saved paths (the view's), where the new VM has its own config drive.
+    let out = fc_cmd(&fc, &["sandbox", "rm", src]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox",
+            "create",
+            "--id",
+            dst,
+            "--from-snapshot",
+            "fc-snap-1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup_dst = common::Sandbox { id: dst.to_owned() };
+    let calls: Vec<String> = requests(&records, dst)
+        .into_iter()
+        .map(|(call, _)| call)
+        .filter(|call| call != "GET /")
+        .collect();
+    assert_eq!(calls, ["PUT /logger", "PUT /metrics", "PUT /snapshot/load"]);
+    let load = requests(&records, dst).pop().unwrap().1;
+    assert_eq!(load["resume_vm"], true);
+    assert_eq!(
+        load["vsock_override"]["uds_path"],
+        view.join("vsock.sock").to_str().unwrap()
+    );
+    // The restored guest was told its new identity: the new id and the new sandbox's address.
+    let thaw: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&thaws).unwrap().trim()).unwrap();
+    assert_eq!(thaw["hostname"], dst, "{thaw}");
+    let net = json_of(&fc_cmd(&fc, &["sandbox", "net", dst, "--json"]));
+    let address = net["link"]["sandbox_address"].as_str().unwrap();
+    assert_eq!(
+        address.split('/').next(),
+        thaw["net"]["address"].as_str(),
+        "{net} {thaw}"
+    );
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox", "exec", dst, "--cwd", "/", "--", "echo", "restored",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "restored\n");
+
+    // What can't be restored is refused before anything is made.
+    let refused = |extra: &[&str], code: i32, needle: &str| {
+        let mut args = vec!["sandbox", "create", "--id", "fc-snap-x"];
+        args.extend(extra);
+        let out = fc_cmd(&fc, &args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            leftovers("fc-snap-x").is_empty(),
+            "{:?}",
+            leftovers("fc-snap-x")
+        );
+    };
+    refused(
+        &["--from-snapshot", "fc-snap-1", "--backend", "qemu"],
+        3,
+        "firecracker sandbox",
+    );
+    refused(
+        &["--from-snapshot", "fc-snap-1", "--net", "none"],
+        3,
+        "with a network",
+    );
+    refused(&["--from-snapshot", "no-such-snap"], 4, "no-such-snap");
+    // A snapshot from another Firecracker (its format is version-bound).
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("1.17.0-dev", "1.16.0")).unwrap();
+    refused(&["--from-snapshot", "fc-snap-1"], 3, "Firecracker 1.16.0");
+    std::fs::write(&manifest, text).unwrap();
+
+    let out = fc_cmd(&fc, &["sandbox", "rm", dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
+    assert!(fake_vmms(dst).is_empty(), "{:?}", fake_vmms(dst));
+    ok(&["sandbox", "snapshot-rm", "fc-snap-1", "fc-snap-2"]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let thaws = tmp.path().join("thaws.jsonl");
+    let fc = fake_firecracker(tmp.path(), &[(THAW_LOG, thaws.to_str().unwrap())]);
+    let jailer = fake_jailer(tmp.path());
+    let with = |args: &[&str]| {
+        hearth()
+            .arg("--firecracker-bin")
+            .arg(&fc)
+            .arg("--jailer-bin")
+            .arg(&jailer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (src, dst) = ("fcj-snap-src", "fcj-snap-dst");
+    let out = with(&["sandbox", "create", "--id", src, "--backend", "firecracker"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup_src = common::Sandbox { id: src.to_owned() };
+    let _cleanup_snapshots = Snapshots(vec!["fcj-snap"]);
+    let out = with(&["sandbox", "snapshot", src, "--name", "fcj-snap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jail = |id: &str| env().runtime_dir.join("jail/firecracker").join(id);
+    assert!(!jail(src).join("root/snapshot.mem").exists());
+    let out = with(&["sandbox", "rm", src]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The saved drives are `/config.img` and `/rootfs.ext4`: a direct VMM has no such files.
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox",
+            "create",
+            "--id",
+            dst,
+            "--from-snapshot",
+            "fcj-snap",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("launch mode"), "{}", stderr(&out));
+    assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
+
+    let out = with(&[
+        "sandbox",
+        "create",
+        "--id",
+        dst,
+        "--from-snapshot",
+        "fcj-snap",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup_dst = common::Sandbox { id: dst.to_owned() };
+    // The snapshot was placed in the new jail next to its own rootfs and config drive.
+    for name in [
+        "snapshot.state",
+        "snapshot.mem",
+        "rootfs.ext4",
+        "config.img",
+    ] {
+        assert!(jail(dst).join("root").join(name).exists(), "{name}");
+    }
+    assert!(std::fs::read_to_string(&thaws).unwrap().contains(dst));
+    let out = with(&["sandbox", "exec", dst, "--cwd", "/", "--", "echo", "jailed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "jailed\n");
+    let out = with(&["sandbox", "rm", dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!jail(dst).exists(), "the jail is removed");
+    assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
+    assert!(fake_vmms(dst).is_empty(), "{:?}", fake_vmms(dst));
+}
+
+/// Removes snapshots when dropped, so a failed test leaves none behind for the next run.
+struct Snapshots(Vec<&'static str>);
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = run(&["sandbox", "snapshot-rm", name]);
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! `fault_message` like Firecracker when one fails), keeps Firecracker's ordering rules
 //! (pre-boot calls only before `InstanceStart`, `PATCH /vm` only after, snapshots only while
 //! paused), records the sequence, and once started serves the vsock socket with Firecracker's
-//! `CONNECT`/`OK` handshake (then echoes, standing in for the guest).
+//! `CONNECT`/`OK` handshake (then echoes, standing in for the guest). Like Firecracker, a
+//! snapshot records the drives' paths as the VMM named them, and a load reopens them there.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,6 +39,10 @@ pub struct Behaviour {
     /// Where the stand-in guest listens: vsock connections are joined to this Unix socket
     /// (a real `hearth-guest serve`) instead of echoed.
     pub guest: Option<PathBuf>,
+    /// With `guest`: answer the guest's `POST /v1/vm/thaw` here, appending its body to this
+    /// file, instead of passing it on. The stand-in guest runs on the host, where taking a
+    /// restored VM's new hostname and address would change the host's.
+    pub thaw_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +54,8 @@ struct State {
     configured: Vec<String>,
     vsock_uds: Option<PathBuf>,
     logger: Option<PathBuf>,
+    /// The drives' `path_on_host`, as the VMM named them (saved in a snapshot's state).
+    drives: Vec<String>,
 }
 
 /// The fake VMM's API.
@@ -200,10 +207,7 @@ impl FakeApi {
                 }
                 state.started = true;
                 if let Some(uds) = state.vsock_uds.clone() {
-                    serve_vsock(
-                        &self.resolve(&uds.to_string_lossy()),
-                        self.behaviour.guest.clone(),
-                    );
+                    serve_vsock(&self.resolve(&uds.to_string_lossy()), &self.behaviour);
                 }
             }
             ("PATCH", "/vm") => {
@@ -218,9 +222,17 @@ impl FakeApi {
                 if !state.paused {
                     return fault("Create snapshot: the microVM must be paused.");
                 }
-                for key in ["snapshot_path", "mem_file_path"] {
+                // The state names the drives as the VMM saw them; the memory is a stand-in.
+                let contents = [
+                    (
+                        "snapshot_path",
+                        json!({ "drives": state.drives }).to_string(),
+                    ),
+                    ("mem_file_path", "memory".to_owned()),
+                ];
+                for (key, contents) in contents {
                     let file = self.resolve(body[key].as_str().unwrap_or_default());
-                    if let Err(e) = std::fs::write(&file, key) {
+                    if let Err(e) = std::fs::write(&file, contents) {
                         return fault(format!("Cannot create {}: {e}", file.display()));
                     }
                 }
@@ -245,8 +257,28 @@ impl FakeApi {
                         return fault(format!("Cannot open {}", file.display()));
                     }
                 }
+                let state_file = self.resolve(body["snapshot_path"].as_str().unwrap_or_default());
+                let saved: Value = std::fs::read(&state_file)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default();
+                let Some(drives) = saved["drives"].as_array() else {
+                    return fault(format!("{} is not a snapshot", state_file.display()));
+                };
+                let drives: Vec<String> = drives
+                    .iter()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect();
+                for drive in &drives {
+                    if !self.resolve(drive).exists() {
+                        return fault(format!(
+                            "Load snapshot error: Cannot restore devices: Block(BackingFile(Os {{ code: 2, kind: NotFound }}, \"{drive}\"))"
+                        ));
+                    }
+                }
+                state.drives = drives;
                 if let Some(uds) = body["vsock_override"]["uds_path"].as_str() {
-                    serve_vsock(&self.resolve(uds), self.behaviour.guest.clone());
+                    serve_vsock(&self.resolve(uds), &self.behaviour);
                 }
             }
             ("PUT", pre_boot) => {
@@ -271,6 +303,13 @@ impl FakeApi {
                     if pre_boot == "/logger" {
                         state.logger = Some(file);
                     }
+                }
+                if let Some(drive) = pre_boot
+                    .starts_with("/drives/")
+                    .then(|| body["path_on_host"].as_str())
+                    .flatten()
+                {
+                    state.drives.push(drive.to_owned());
                 }
                 if pre_boot == "/vsock" {
                     state.vsock_uds = body["uds_path"].as_str().map(PathBuf::from);
@@ -306,12 +345,14 @@ fn fault(message: impl Into<String>) -> (StatusCode, Option<Value>) {
 
 /// Firecracker's host side of vsock: `CONNECT <port>\n`, `OK <port>\n` for port 1024 (where
 /// hearth-guest listens), a closed connection for any other; then echo, like a guest would
-/// answer what it is sent, or join the stream to `guest`.
-fn serve_vsock(uds: &Path, guest: Option<PathBuf>) {
+/// answer what it is sent, or join the stream to `guest` (answering a thaw itself when
+/// `thaw_log` is set).
+fn serve_vsock(uds: &Path, behaviour: &Behaviour) {
     let listener = UnixListener::bind(uds).expect("bind the fake vsock socket");
+    let (guest, thaw_log) = (behaviour.guest.clone(), behaviour.thaw_log.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let guest = guest.clone();
+            let (guest, thaw_log) = (guest.clone(), thaw_log.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
@@ -327,9 +368,20 @@ fn serve_vsock(uds: &Path, guest: Option<PathBuf>) {
                     if write.write_all(b"OK 1073741824\n").await.is_err() {
                         return;
                     }
+                    let mut request_line = String::new();
+                    if read.read_line(&mut request_line).await.is_err() {
+                        return;
+                    }
+                    let thaw = format!("POST {} ", hearth_proto::vm::VM_THAW_PATH);
+                    if let (Some(log), true) = (&thaw_log, request_line.starts_with(&thaw)) {
+                        answer_thaw(&mut read, &mut write, log).await;
+                        return;
+                    }
                     let (mut up_read, mut up_write) = upstream.into_split();
                     let to_guest = async {
-                        let _ = tokio::io::copy_buf(&mut read, &mut up_write).await;
+                        if up_write.write_all(request_line.as_bytes()).await.is_ok() {
+                            let _ = tokio::io::copy_buf(&mut read, &mut up_write).await;
+                        }
                         let _ = up_write.shutdown().await;
                     };
                     let from_guest = async {
@@ -351,4 +403,49 @@ fn serve_vsock(uds: &Path, guest: Option<PathBuf>) {
             });
         }
     });
+}
+
+/// Reads the rest of a thaw request (headers, then a `content-length` body), appends the body
+/// as one line to `log` and answers 200 `{}`, as the guest does.
+async fn answer_thaw(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    log: &Path,
+) {
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if read.read_line(&mut header).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if read.read_exact(&mut body).await.is_err() {
+        return;
+    }
+    body.push(b'\n');
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the thaw log");
+        file.write_all(&body).expect("append to the thaw log");
+    }
+    let _ = write
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        )
+        .await;
+    let _ = write.shutdown().await;
 }

@@ -72,10 +72,10 @@ pub enum SandboxCommand {
         /// Sandbox id.
         id: String,
     },
-    /// Save a running or paused QEMU sandbox (memory and device state) as a snapshot under the
-    /// state dir; the sandbox goes on as it was. `create --from-snapshot NAME` resumes it as a
-    /// new sandbox. The shared workspace is not part of it: processes must not be using
-    /// /workspace while the snapshot is taken.
+    /// Save a running or paused microVM sandbox (QEMU or Firecracker: memory and device state)
+    /// as a snapshot under the state dir; the sandbox goes on as it was. `create
+    /// --from-snapshot NAME` resumes it as a new sandbox on this host. A QEMU sandbox's shared
+    /// workspace is not part of it: processes must not be using /workspace while it is taken.
     Snapshot(super::snapshot::SnapshotArgs),
     /// List snapshots.
     Snapshots {
@@ -141,7 +141,7 @@ pub struct CreateArgs {
     pub(super) guest_seccomp: Option<String>,
     /// Isolation: oci (a container), qemu (a microVM with its own kernel; needs `hearth image
     /// build`) or firecracker. `hearth doctor` shows what this host can run [default: oci; with
-    /// --from-snapshot, qemu].
+    /// --from-snapshot, the snapshot's].
     #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
     pub(super) backend: Option<BackendKind>,
     /// Resume snapshot NAME (see `hearth sandbox snapshot`) instead of booting: a new sandbox

@@ -1,7 +1,6 @@
 //! `hearth sandbox snapshot|snapshots|snapshot-rm` and `create --from-snapshot`.
 
 use clap::Args;
-use hearth_sandbox::backend::BackendKind;
 use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 
@@ -12,7 +11,7 @@ use crate::store::{SnapshotName, SnapshotRecord};
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// Sandbox id (a QEMU sandbox, running or paused).
+    /// Sandbox id (a QEMU or Firecracker sandbox, running or paused).
     id: String,
     /// Name of the snapshot ([a-z0-9-], 1-64 chars, not starting with '-'); random when
     /// absent. An existing name is refused.
@@ -93,7 +92,7 @@ pub async fn create_from(manager: &SandboxManager, args: CreateArgs) -> anyhow::
         seccomp: None,
         net,
         guest_seccomp: snapshot.spec.guest_seccomp.clone(),
-        backend: BackendKind::Qemu,
+        backend: snapshot.spec.backend,
     };
     let record = manager.create_from_snapshot(&spec, &name).await?;
     super::sandbox::print_created(&record, args.json)
@@ -115,9 +114,10 @@ fn restored_limits(
             ),
         )
     };
-    if let Some(backend) = args.backend.filter(|b| *b != BackendKind::Qemu) {
+    let saved_backend = snapshot.spec.backend;
+    if let Some(backend) = args.backend.filter(|b| *b != saved_backend) {
         return Err(conflict(format!(
-            "--backend {backend}, but the snapshot is of a qemu sandbox"
+            "--backend {backend}, but the snapshot is of a {saved_backend} sandbox"
         )));
     }
     if let Some(memory) = args.memory.filter(|m| *m != saved.memory) {
@@ -161,6 +161,7 @@ fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use hearth_sandbox::backend::BackendKind;
     use hearth_sandbox::spec::{Cpus, MemoryBytes};
 
     #[derive(Debug, Parser)]
@@ -176,6 +177,10 @@ mod tests {
     }
 
     fn record() -> SnapshotRecord {
+        record_of(BackendKind::Qemu)
+    }
+
+    fn record_of(backend: BackendKind) -> SnapshotRecord {
         let spec = SandboxSpec {
             id: SandboxId::parse("src").unwrap(),
             limits: ResourceLimits {
@@ -187,7 +192,7 @@ mod tests {
             seccomp: None,
             net: Default::default(),
             guest_seccomp: Some(vec![7]),
-            backend: BackendKind::Qemu,
+            backend,
         };
         crate::store::new_snapshot_record(
             SnapshotName::parse("s1").unwrap(),
@@ -236,5 +241,18 @@ mod tests {
             assert!(err.message.contains(flags[0]), "{}", err.message);
             assert!(!err.message.contains('\n'));
         }
+    }
+
+    #[test]
+    fn the_backend_is_the_snapshots() {
+        let firecracker = record_of(BackendKind::Firecracker);
+        assert!(restored_limits(&args(&["--backend", "firecracker"]), &firecracker).is_ok());
+        let err = restored_limits(&args(&["--backend", "qemu"]), &firecracker).unwrap_err();
+        assert_eq!(err.code, BAD_INPUT);
+        assert!(
+            err.message.contains("a firecracker sandbox"),
+            "{}",
+            err.message
+        );
     }
 }

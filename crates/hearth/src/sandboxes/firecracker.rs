@@ -13,10 +13,10 @@ use super::{SandboxError, SandboxManager, VM_READY_TIMEOUT};
 
 /// After an API call fails, how long the VMM may take to finish dying for the failure to be
 /// taken as its exit (a dying VMM drops its socket before the process is gone).
-const EXIT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl SandboxManager {
-    fn firecracker_backend(
+    pub(super) fn firecracker_backend(
         &self,
     ) -> Result<&hearth_sandbox::backend::FirecrackerBackend, SandboxError> {
         self.firecracker

@@ -189,11 +189,12 @@ impl SandboxManager {
             (BackendKind::Oci, _) => None,
             // The restored kernel has the snapshot's rootfs mounted: that image, not the current.
             (_, Some(restore)) => Some(
-                crate::vm::guest_image_of(self.store.state_dir(), &restore.manifest.rootfs)
-                    .map_err(|source| SandboxError::SnapshotImage {
-                        path: restore.manifest.rootfs.clone(),
+                crate::vm::guest_image_of(self.store.state_dir(), restore.rootfs()).map_err(
+                    |source| SandboxError::SnapshotImage {
+                        path: restore.rootfs().to_owned(),
                         source,
-                    })?,
+                    },
+                )?,
             ),
             (BackendKind::Qemu, None) => Some(crate::vm::guest_image(self.store.state_dir())?),
             (BackendKind::Firecracker, None) => Some(crate::firecracker::firecracker_image(
@@ -240,13 +241,10 @@ impl SandboxManager {
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
         let backend = self.backends.get(spec.backend)?;
         // QEMU's start waits on QMP and the tap ioctls: off the async threads.
-        let endpoint = match (restore, &self.qemu) {
-            (Some(restore), Some(qemu)) => tokio::task::block_in_place(|| {
-                qemu.start_from_snapshot(spec, &ctx, &restore.dir)
-                    .map_err(BackendError::from)
-            })?,
-            _ => tokio::task::block_in_place(|| backend.start(spec, &ctx))?,
-        };
+        let endpoint = tokio::task::block_in_place(|| match restore {
+            None => backend.start(spec, &ctx).map_err(SandboxError::from),
+            Some(restore) => self.start_restored(spec, &ctx, restore),
+        })?;
         let guest_net = ctx.net;
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
         let client = client_for(&endpoint);

@@ -1,14 +1,16 @@
-//! Snapshots of QEMU sandboxes: saving one, restoring a new sandbox from one, listing, removing.
+//! Snapshots of microVM sandboxes (QEMU and Firecracker): saving one, restoring a new sandbox
+//! from one, listing, removing.
 //!
-//! A snapshot is `<state dir>/snapshots/<name>/` (0700): the VM's RAM and device state
-//! (`vm.state`, 0600: it holds the workload's memory, secrets included) and the manifest the
-//! QEMU backend checks on restore. Its record goes in the store once the files are complete and
-//! leaves after they are gone.
+//! A snapshot is `<state dir>/snapshots/<name>/` (0700): the VM's RAM and device state (0600:
+//! they hold the workload's memory, secrets included) and the manifest the backend checks on
+//! restore (versions, launch settings, the guest image). Its record goes in the store once the
+//! files are complete and leaves after they are gone.
 //!
 //! What a snapshot does not hold, and how a restore deals with it:
-//! - The workspace: a host directory shared over 9p, which QEMU cannot migrate while mounted.
-//!   The guest unmounts it for the save and mounts it again afterwards (`quiesce`/`thaw`); the
-//!   restored sandbox mounts its own (`--workspace`, or a fresh private one).
+//! - The workspace (QEMU): a host directory shared over 9p, which QEMU cannot migrate while
+//!   mounted. The guest unmounts it for the save and mounts it again afterwards
+//!   (`quiesce`/`thaw`); the restored sandbox mounts its own (`--workspace`, or a fresh private
+//!   one). Firecracker shares no host directory, so there is nothing to unmount.
 //! - The network identity: the restored guest still has the source's address (its kernel
 //!   command line is the source's), while the new sandbox gets its own slot, namespace, tap and
 //!   firewall. Reusing the source's address is impossible while the source lives, and would let
@@ -17,7 +19,7 @@
 //!   (`thaw`). Until then the guest's packets carry the old source address, which the new
 //!   sandbox's firewall does not know as its own.
 //! - The guest image: the restored kernel has the snapshot's rootfs mounted, so the restore
-//!   boots QEMU on that same content-addressed image, not on the current one.
+//!   starts the VMM on that same content-addressed image, not on the current one.
 //! - Memory, vCPUs and the guest's seccomp policy live in the saved VM: the new sandbox takes
 //!   them from the source, and flags that contradict them are refused.
 
@@ -25,8 +27,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use hearth_proto::{VmNetIdentity, VmThaw};
-use hearth_sandbox::backend::qemu::{QemuBackend, QemuError, SnapshotManifest};
-use hearth_sandbox::backend::{BackendError, BackendKind};
+use hearth_sandbox::backend::firecracker::SnapshotManifest as FirecrackerManifest;
+use hearth_sandbox::backend::qemu::{QemuBackend, QemuError, SnapshotManifest as QemuManifest};
+use hearth_sandbox::backend::{BackendError, BackendKind, FirecrackerError};
 use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
@@ -40,7 +43,31 @@ use crate::store::{
 #[derive(Debug)]
 pub(super) struct Restore {
     pub dir: PathBuf,
-    pub manifest: SnapshotManifest,
+    pub saved: SavedVm,
+}
+
+/// A snapshot's manifest, as its backend wrote it.
+#[derive(Debug)]
+pub(super) enum SavedVm {
+    Qemu(QemuManifest),
+    Firecracker(FirecrackerManifest),
+}
+
+impl Restore {
+    /// The root filesystem the saved kernel has mounted.
+    pub fn rootfs(&self) -> &Path {
+        match &self.saved {
+            SavedVm::Qemu(manifest) => &manifest.rootfs,
+            SavedVm::Firecracker(manifest) => &manifest.rootfs,
+        }
+    }
+
+    fn nic(&self) -> bool {
+        match &self.saved {
+            SavedVm::Qemu(manifest) => manifest.nic,
+            SavedVm::Firecracker(manifest) => manifest.nic,
+        }
+    }
 }
 
 impl SandboxManager {
@@ -67,31 +94,21 @@ impl SandboxManager {
         Ok(dir)
     }
 
-    fn qemu_of(
-        &self,
-        record: &SandboxRecord,
-        action: &'static str,
-    ) -> Result<&QemuBackend, SandboxError> {
-        match (record.spec.backend, &self.qemu) {
-            (BackendKind::Qemu, Some(qemu)) => Ok(qemu),
-            (BackendKind::Qemu, None) => Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
-            (kind, _) => Err(SandboxError::NotAVm {
-                id: record.id.clone(),
-                backend: kind,
-                action,
-            }),
-        }
-    }
-
-    /// Saves a running (or paused) QEMU sandbox as snapshot `name`. The sandbox goes on as it
-    /// was: running, or paused (a paused one runs just for the guest's quiesce and thaw).
+    /// Saves a running (or paused) microVM sandbox as snapshot `name`. The sandbox goes on as
+    /// it was: running, or paused.
     pub async fn snapshot(
         &self,
         id: &SandboxId,
         name: SnapshotName,
     ) -> Result<SnapshotRecord, SandboxError> {
         let record = self.get(id).await?;
-        let qemu = self.qemu_of(&record, "be snapshotted")?.clone();
+        if record.spec.backend == BackendKind::Oci {
+            return Err(SandboxError::NotAVm {
+                id: id.clone(),
+                backend: record.spec.backend,
+                action: "be snapshotted",
+            });
+        }
         record
             .status
             .check(record.status == SandboxStatus::Running, "snapshot it")
@@ -103,6 +120,45 @@ impl SandboxManager {
             return Err(SandboxError::SnapshotExists(name));
         }
         let dest = self.snapshots_dir()?.join(name.as_str());
+        let saved = match record.spec.backend {
+            BackendKind::Firecracker => self.save_firecracker(id, &dest).await,
+            _ => self.save_qemu(id, &dest).await,
+        };
+        let (hearth_version, vmm_version) = match saved {
+            Err(SandboxError::Backend(
+                BackendError::Qemu(QemuError::SnapshotExists { .. })
+                | BackendError::Firecracker(FirecrackerError::SnapshotExists { .. }),
+            )) => return Err(SandboxError::SnapshotExists(name)),
+            other => other?,
+        };
+        let snapshot = new_snapshot_record(
+            name.clone(),
+            &record.spec,
+            dir_size(&dest),
+            hearth_version,
+            vmm_version,
+        );
+        if let Err(err) = self.store.insert_snapshot(&snapshot).await {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(match err {
+                StoreError::SnapshotExists(_) => SandboxError::SnapshotExists(name),
+                other => other.into(),
+            });
+        }
+        Ok(snapshot)
+    }
+
+    /// QEMU's save, between the guest's quiesce and thaw of its 9p workspace. Returns the
+    /// hearth and QEMU versions it was taken with.
+    async fn save_qemu(
+        &self,
+        id: &SandboxId,
+        dest: &Path,
+    ) -> Result<(String, String), SandboxError> {
+        let qemu = match &self.qemu {
+            Some(qemu) => qemu.clone(),
+            None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
+        };
         let client = self.guest(id).await?;
         let paused = blocking({
             let (qemu, id) = (qemu.clone(), id.clone());
@@ -113,7 +169,7 @@ impl SandboxManager {
             == "paused";
         while_running(&qemu, id, paused, client.vm_quiesce()).await??;
         let saved = blocking({
-            let (qemu, id, dest) = (qemu.clone(), id.clone(), dest.clone());
+            let (qemu, id, dest) = (qemu.clone(), id.clone(), dest.to_owned());
             move || qemu.snapshot(&id, &dest)
         })
         .await;
@@ -121,27 +177,26 @@ impl SandboxManager {
         if let Err(err) = thawed {
             tracing::warn!(%id, error = %err, "the workspace could not be mounted again after the snapshot");
         }
-        let manifest = match saved {
-            Err(SandboxError::Backend(BackendError::Qemu(QemuError::SnapshotExists {
-                ..
-            }))) => return Err(SandboxError::SnapshotExists(name)),
-            other => other?,
-        };
-        let snapshot = new_snapshot_record(
-            name.clone(),
-            &record.spec,
-            dir_size(&dest),
-            manifest.hearth_version,
-            manifest.qemu_version,
-        );
-        if let Err(err) = self.store.insert_snapshot(&snapshot).await {
-            let _ = std::fs::remove_dir_all(&dest);
-            return Err(match err {
-                StoreError::SnapshotExists(_) => SandboxError::SnapshotExists(name),
-                other => other.into(),
-            });
+        let manifest = saved?;
+        Ok((manifest.hearth_version, manifest.qemu_version))
+    }
+
+    /// Firecracker's save: pause, `PUT /snapshot/create`, resume, files moved to `dest`. A VMM
+    /// that died on the way is recorded like one that died on a pause.
+    async fn save_firecracker(
+        &self,
+        id: &SandboxId,
+        dest: &Path,
+    ) -> Result<(String, String), SandboxError> {
+        let firecracker = self.firecracker_backend()?;
+        match firecracker.save_snapshot(id, dest).await {
+            Ok(manifest) => Ok((manifest.hearth_version, manifest.firecracker_version)),
+            Err(err) => {
+                self.note_vmm_gone(id, super::firecracker::EXIT_GRACE)
+                    .await?;
+                Err(BackendError::from(err).into())
+            }
         }
-        Ok(snapshot)
     }
 
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, SandboxError> {
@@ -173,40 +228,66 @@ impl SandboxManager {
         Ok(())
     }
 
-    /// Creates `spec` (its limits and guest policy already the snapshot's) by resuming
-    /// snapshot `name` instead of booting. Everything that can be checked without creating
-    /// anything is checked first: the snapshot's files, this host's hearth and QEMU versions,
-    /// the VM's size and NIC; a failure later removes everything made, as `create` does.
+    /// Creates `spec` (its backend, limits and guest policy already the snapshot's) by
+    /// resuming snapshot `name` instead of booting. Everything that can be checked without
+    /// creating anything is checked first: the snapshot's files, this host's hearth and VMM
+    /// versions, the VM's settings and NIC; a failure later removes everything made, as
+    /// `create` does.
     pub async fn create_from_snapshot(
         &self,
         spec: &SandboxSpec,
         name: &SnapshotName,
     ) -> Result<SandboxRecord, SandboxError> {
         let snapshot = self.get_snapshot(name).await?;
-        let qemu = match &self.qemu {
-            Some(qemu) => qemu.clone(),
-            None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
-        };
+        debug_assert_eq!(spec.backend, snapshot.spec.backend);
         let dir = self.snapshots_dir()?.join(name.as_str());
-        let manifest = blocking({
-            let dir = dir.clone();
-            move || qemu.check_snapshot(&dir)
-        })
-        .await
-        .map_err(|err| match err {
-            SandboxError::Backend(BackendError::Qemu(QemuError::File { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+        let not_found = |missing: bool, err: SandboxError| {
+            if missing {
                 SandboxError::SnapshotNotFound(name.clone())
+            } else {
+                err
             }
-            other => other,
-        })?;
+        };
+        let saved = match spec.backend {
+            BackendKind::Firecracker => {
+                let firecracker = self.firecracker_backend()?;
+                match firecracker.check_snapshot(&dir) {
+                    Ok(manifest) => SavedVm::Firecracker(manifest),
+                    Err(err) => {
+                        let missing = matches!(&err, FirecrackerError::SnapshotFile { source, .. }
+                            if source.kind() == std::io::ErrorKind::NotFound);
+                        return Err(not_found(missing, BackendError::from(err).into()));
+                    }
+                }
+            }
+            _ => {
+                let qemu = match &self.qemu {
+                    Some(qemu) => qemu.clone(),
+                    None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
+                };
+                let checked = blocking({
+                    let dir = dir.clone();
+                    move || qemu.check_snapshot(&dir)
+                })
+                .await;
+                match checked {
+                    Ok(manifest) => SavedVm::Qemu(manifest),
+                    Err(err) => {
+                        let missing = matches!(&err,
+                            SandboxError::Backend(BackendError::Qemu(QemuError::File { source, .. }))
+                                if source.kind() == std::io::ErrorKind::NotFound);
+                        return Err(not_found(missing, err));
+                    }
+                }
+            }
+        };
+        let restore = Restore { dir, saved };
         let wants_nic = spec.net.mode != hearth_sandbox::net::NetMode::None;
-        if manifest.nic != wants_nic {
+        if restore.nic() != wants_nic {
             return Err(SandboxError::SnapshotConflict(format!(
                 "snapshot {name} was taken {} a network; create the sandbox {}",
-                if manifest.nic { "with" } else { "without" },
-                if manifest.nic {
+                if restore.nic() { "with" } else { "without" },
+                if restore.nic() {
                     "with --net gateway or allowlist"
                 } else {
                     "with --net none"
@@ -215,8 +296,33 @@ impl SandboxManager {
         }
         // The VM's size and guest policy come from the saved VM; the CLI fills them in.
         debug_assert_eq!(spec.guest_seccomp, snapshot.spec.guest_seccomp);
-        self.create_with(spec, Some(Restore { dir, manifest }))
-            .await
+        self.create_with(spec, Some(restore)).await
+    }
+
+    /// Starts the VMM of a restore on the saved VM (blocking: QMP and the tap ioctls).
+    pub(super) fn start_restored(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &hearth_sandbox::backend::LaunchContext<'_>,
+        restore: &Restore,
+    ) -> Result<hearth_sandbox::backend::GuestEndpoint, SandboxError> {
+        let started = match &restore.saved {
+            SavedVm::Qemu(_) => {
+                let qemu = self
+                    .qemu
+                    .as_deref()
+                    .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
+                qemu.start_from_snapshot(spec, ctx, &restore.dir)
+                    .map_err(BackendError::from)
+            }
+            SavedVm::Firecracker(_) => {
+                let files = hearth_sandbox::backend::firecracker::saved_files(&restore.dir);
+                self.firecracker_backend()?
+                    .restore_vm(spec, ctx, &files)
+                    .map_err(BackendError::from)
+            }
+        };
+        Ok(started?)
     }
 
     /// After a restore: the guest takes the new sandbox's address and hostname, and mounts

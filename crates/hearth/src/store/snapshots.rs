@@ -69,7 +69,8 @@ pub struct SnapshotRecord {
     /// Bytes on disk (the memory image and the manifest).
     pub size_bytes: u64,
     pub hearth_version: String,
-    pub qemu_version: String,
+    /// The version of the VMM (QEMU or Firecracker) that took it; a restore needs the same.
+    pub vmm_version: String,
     /// The source's spec: a restored sandbox keeps its limits and guest seccomp policy.
     #[serde(skip)]
     pub spec: SandboxSpec,
@@ -85,7 +86,7 @@ impl Store {
         })?;
         let result = sqlx::query(
             "INSERT INTO snapshots (name, source_id, backend, created_at, size_bytes, \
-             hearth_version, qemu_version, spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             hearth_version, vmm_version, spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.name.as_str())
         .bind(record.source_id.as_str())
@@ -93,7 +94,7 @@ impl Store {
         .bind(record.created_at)
         .bind(to_i64(record.size_bytes))
         .bind(&record.hearth_version)
-        .bind(&record.qemu_version)
+        .bind(&record.vmm_version)
         .bind(&spec)
         .execute(&self.pool)
         .await;
@@ -139,7 +140,7 @@ pub fn new_snapshot_record(
     spec: &SandboxSpec,
     size_bytes: u64,
     hearth_version: String,
-    qemu_version: String,
+    vmm_version: String,
 ) -> SnapshotRecord {
     SnapshotRecord {
         name,
@@ -148,7 +149,7 @@ pub fn new_snapshot_record(
         created_at: now_ms(),
         size_bytes,
         hearth_version,
-        qemu_version,
+        vmm_version,
         spec: spec.clone(),
     }
 }
@@ -170,7 +171,7 @@ fn snapshot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRecord, St
         created_at: row.try_get("created_at")?,
         size_bytes: to_u64(size),
         hearth_version: row.try_get("hearth_version")?,
-        qemu_version: row.try_get("qemu_version")?,
+        vmm_version: row.try_get("vmm_version")?,
         spec: serde_json::from_str(&spec).map_err(|err| corrupt(err.to_string()))?,
     })
 }

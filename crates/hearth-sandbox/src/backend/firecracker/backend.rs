@@ -2,8 +2,10 @@
 
 mod control;
 mod ready;
+mod saved;
 
 pub use control::{SnapshotFiles, VmmExit};
+pub use saved::{saved_files, LaunchKind, SnapshotManifest};
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -18,7 +20,7 @@ use super::boot::{restore_calls, BootPlan};
 use super::client::ApiClient;
 use super::jailer::JailerConfig;
 use super::layout::{self, VmLayout};
-use super::process::{ProcessError, ProcessStamp, VmmCommand};
+use super::process::{MountView, ProcessError, ProcessStamp, VmmCommand};
 use super::seccomp::{write_filter_file, VmmFilter};
 use super::support::tool_version;
 use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
@@ -66,15 +68,6 @@ enum Boot<'a> {
     Restore(&'a SnapshotFiles),
 }
 
-impl Boot<'_> {
-    fn snapshot(&self) -> Option<&SnapshotFiles> {
-        match self {
-            Self::Fresh => None,
-            Self::Restore(files) => Some(files),
-        }
-    }
-}
-
 /// Runs sandboxes as Firecracker microVMs.
 #[derive(Debug)]
 pub struct FirecrackerBackend {
@@ -101,7 +94,9 @@ impl FirecrackerBackend {
     /// Where this sandbox's VM files are.
     pub fn layout(&self, id: &SandboxId) -> VmLayout {
         match &self.config.mode {
-            LaunchMode::Direct => VmLayout::direct(&self.dirs(id).vm_dir()),
+            LaunchMode::Direct => {
+                VmLayout::viewed(&self.dirs(id).vm_dir(), &self.config.runtime.vmm_view_dir())
+            }
             LaunchMode::Jailed(jailer) => VmLayout::jailed(&jailer.jail(id).root),
         }
     }
@@ -137,10 +132,11 @@ impl FirecrackerBackend {
         self.bring_up(spec, ctx, Boot::Fresh)
     }
 
-    /// Starts the sandbox from a snapshot another sandbox took ([`Self::snapshot`]), resumed,
-    /// with its vsock socket in this sandbox's place. Firecracker reopens the drives at the
-    /// paths recorded in the snapshot: jailed, those are the same inside every jail; run
-    /// directly, they are the source sandbox's files, which must still exist. A snapshot
+    /// Starts the sandbox from a snapshot another sandbox took ([`Self::save_snapshot`]),
+    /// resumed, with its vsock socket in this sandbox's place. `ctx.vm_image`'s rootfs must be
+    /// the one the snapshot's VM had mounted. Firecracker reopens the drives at the paths
+    /// recorded in the snapshot, which are the same for every VM of one launch mode (inside
+    /// its jail, or in its mount view), so each restore gets its own config drive. A snapshot
     /// Firecracker can't load (another version, say) fails with its fault message, and
     /// nothing is left behind.
     pub fn restore_vm(
@@ -226,26 +222,9 @@ impl FirecrackerBackend {
     ) -> Result<Vec<ApiCall>, FirecrackerError> {
         let id = &spec.id;
         let host_image = ctx.vm_image.as_ref().ok_or(FirecrackerError::NoImage)?;
-        check_image(host_image)?;
-        let (image, snapshot) = match &self.config.mode {
-            LaunchMode::Direct => (
-                host_image.clone(),
-                boot.snapshot().map(|s| (s.state.clone(), s.memory.clone())),
-            ),
-            LaunchMode::Jailed(jailer) => {
-                let jail = jailer.jail(id);
-                jailer.create_root(&jail)?;
-                let image = jailer.place_image(&jail, host_image)?;
-                let snapshot = match boot.snapshot() {
-                    Some(files) => Some((
-                        jailer.place(&jail, &files.state, layout::SNAPSHOT_STATE)?,
-                        jailer.place(&jail, &files.memory, layout::SNAPSHOT_MEMORY)?,
-                    )),
-                    None => None,
-                };
-                (image, snapshot)
-            }
-        };
+        if let LaunchMode::Jailed(jailer) = &self.config.mode {
+            jailer.create_root(&jailer.jail(id))?;
+        }
         let config = vm::guest_config(id.as_str(), spec.guest_seccomp.as_deref());
         self.write_vm_file(
             layout,
@@ -254,15 +233,49 @@ impl FirecrackerBackend {
         )?;
         self.write_vm_file(layout, layout::FIRECRACKER_LOG, b"")?;
         self.write_vm_file(layout, layout::METRICS, b"")?;
-        if let (Boot::Restore(_), Some((state, memory))) = (boot, snapshot) {
-            return Ok(restore_calls(layout, &state, &memory)?);
+        let record = self.new_launch_record(&spec.limits, ctx.net.is_some(), &host_image.rootfs);
+        self.write_launch_record(id, &record)?;
+        match boot {
+            Boot::Fresh => {
+                check_image(host_image)?;
+                let image = match &self.config.mode {
+                    LaunchMode::Direct => host_image.clone(),
+                    LaunchMode::Jailed(jailer) => {
+                        jailer.place_image(&jailer.jail(id), host_image)?
+                    }
+                };
+                let mut calls =
+                    BootPlan::new(layout, &image, &spec.limits, ctx.net.as_ref()).calls()?;
+                let start = InstanceAction {
+                    action_type: ActionType::InstanceStart,
+                };
+                calls.push(start.call()?);
+                Ok(calls)
+            }
+            Boot::Restore(files) => {
+                // The kernel and initramfs are in the saved memory; the drives are reopened at
+                // the paths the snapshot recorded, which `place` reproduces.
+                if !host_image.rootfs.is_file() {
+                    return Err(FirecrackerError::ImageFileMissing {
+                        path: host_image.rootfs.clone(),
+                    });
+                }
+                self.place(id, &host_image.rootfs, layout::ROOTFS)?;
+                let state = self.place(id, &files.state, layout::SNAPSHOT_STATE)?;
+                let memory = self.place(id, &files.memory, layout::SNAPSHOT_MEMORY)?;
+                Ok(restore_calls(layout, &state, &memory)?)
+            }
         }
-        let mut calls = BootPlan::new(layout, &image, &spec.limits, ctx.net.as_ref()).calls()?;
-        let start = InstanceAction {
-            action_type: ActionType::InstanceStart,
-        };
-        calls.push(start.call()?);
-        Ok(calls)
+    }
+
+    /// Makes host file `from` visible to the VMM; returns its path as the VMM names it. Run
+    /// directly, the VMM sees the host's files where they are; jailed, the file is linked or
+    /// copied into the jail as `name`.
+    fn place(&self, id: &SandboxId, from: &Path, name: &str) -> Result<PathBuf, FirecrackerError> {
+        match &self.config.mode {
+            LaunchMode::Direct => Ok(from.to_owned()),
+            LaunchMode::Jailed(jailer) => Ok(jailer.place(&jailer.jail(id), from, name)?),
+        }
     }
 
     /// Writes the VMM's seccomp filter; returns its path as the VMM sees it, if there is one.
@@ -283,7 +296,7 @@ impl FirecrackerBackend {
         layout: &VmLayout,
         filter: Option<&Path>,
     ) -> Result<Option<Pidfd>, FirecrackerError> {
-        let child = self.command(&spec.id, ctx, layout, filter, spec).spawn()?;
+        let child = self.command(&spec.id, ctx, layout, filter, spec)?.spawn()?;
         let pid = child.id();
         self.children().insert(spec.id.clone(), child);
         let pid_file = ctx.dirs.vm_pid_file();
@@ -310,8 +323,8 @@ impl FirecrackerBackend {
         layout: &VmLayout,
         filter: Option<&Path>,
         spec: &SandboxSpec,
-    ) -> VmmCommand {
-        match &self.config.mode {
+    ) -> Result<VmmCommand, FirecrackerError> {
+        Ok(match &self.config.mode {
             LaunchMode::Direct => {
                 let mut args: Vec<OsString> = vec![
                     "--api-sock".into(),
@@ -328,6 +341,10 @@ impl FirecrackerBackend {
                     args,
                     netns: Some(ctx.netns_path.clone()),
                     log: ctx.dirs.vm_log(),
+                    view: Some(MountView {
+                        host_dir: ctx.dirs.vm_dir(),
+                        mount_point: self.config.runtime.create_vmm_view_dir()?,
+                    }),
                 }
             }
             LaunchMode::Jailed(jailer) => VmmCommand {
@@ -335,8 +352,9 @@ impl FirecrackerBackend {
                 args: jailer.argv(&jailer.jail(id), &ctx.netns_path, spec.limits.cpus, filter),
                 netns: None,
                 log: ctx.dirs.vm_log(),
+                view: None,
             },
-        }
+        })
     }
 
     /// Waits for the API socket, then sends the calls in order. A VMM that dies on the way is

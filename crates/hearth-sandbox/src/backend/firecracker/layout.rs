@@ -1,7 +1,7 @@
 //! Where one VM's files live, as the host sees them and as Firecracker sees them.
 //!
-//! Run directly, Firecracker sees the host's paths: its files are in the sandbox's `vm/` dir.
-//! Under the jailer it is chrooted into `<chroot base>/<exec name>/<id>/root`, so the same files
+//! Run directly, Firecracker's files are in the sandbox's `vm/` dir, which it sees bind-mounted
+//! on one fixed path in a mount namespace of its own (see `process::MountView`). Under the jailer it is chrooted into `<chroot base>/<exec name>/<id>/root`, so the same files
 //! live there and the API is given paths relative to that root (`/api.sock`). Only the pid file
 //! stays in `vm/` either way: it belongs to hearth, not to the jailed VMM.
 
@@ -38,11 +38,16 @@ pub struct VmLayout {
 }
 
 impl VmLayout {
-    /// Firecracker run directly: both views are the sandbox's `vm/` dir.
+    /// Firecracker run directly, seeing the host's paths: both views are the sandbox's `vm/` dir.
     pub fn direct(vm_dir: &Path) -> Self {
+        Self::viewed(vm_dir, vm_dir)
+    }
+
+    /// Firecracker run directly in a mount namespace where `vm_dir` is mounted on `view`.
+    pub fn viewed(vm_dir: &Path, view: &Path) -> Self {
         Self {
             host_root: vm_dir.to_owned(),
-            vmm_root: vm_dir.to_owned(),
+            vmm_root: view.to_owned(),
         }
     }
 
@@ -63,10 +68,6 @@ impl VmLayout {
     pub fn vmm(&self, name: &str) -> PathBuf {
         self.vmm_root.join(name)
     }
-
-    pub fn is_jailed(&self) -> bool {
-        self.host_root != self.vmm_root
-    }
 }
 
 #[cfg(test)]
@@ -81,9 +82,19 @@ mod tests {
             Path::new("/run/hearth/jail/firecracker/sb-1/root/api.sock")
         );
         assert_eq!(jail.vmm(API_SOCKET), Path::new("/api.sock"));
-        assert!(jail.is_jailed());
         let direct = VmLayout::direct(Path::new("/run/hearth/sandboxes/sb-1/vm"));
         assert_eq!(direct.host(VSOCK_SOCKET), direct.vmm(VSOCK_SOCKET));
-        assert!(!direct.is_jailed());
+        let viewed = VmLayout::viewed(
+            Path::new("/run/hearth/sandboxes/sb-1/vm"),
+            Path::new("/run/hearth/vmm-view"),
+        );
+        assert_eq!(
+            viewed.host(CONFIG_IMAGE),
+            Path::new("/run/hearth/sandboxes/sb-1/vm/config.img")
+        );
+        assert_eq!(
+            viewed.vmm(CONFIG_IMAGE),
+            Path::new("/run/hearth/vmm-view/config.img")
+        );
     }
 }

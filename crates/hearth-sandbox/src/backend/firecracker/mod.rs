@@ -55,7 +55,10 @@ pub mod vsock;
 
 mod backend;
 
-pub use backend::{FirecrackerBackend, FirecrackerConfig, LaunchMode, SnapshotFiles, VmmExit};
+pub use backend::{
+    saved_files, FirecrackerBackend, FirecrackerConfig, LaunchKind, LaunchMode, SnapshotFiles,
+    SnapshotManifest, VmmExit,
+};
 pub use client::{ApiClient, ApiError};
 pub use jailer::{JailerConfig, JailerError};
 pub use process::ProcessError;
@@ -119,6 +122,25 @@ pub enum FirecrackerError {
     },
     #[error("sandbox {id} has no running VMM")]
     NotRunning { id: SandboxId },
+    #[error("snapshot directory {path} already exists")]
+    SnapshotExists { path: PathBuf },
+    #[error("snapshot file {path}: {source}")]
+    SnapshotFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unreadable snapshot manifest {path}: {source}")]
+    SnapshotManifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("snapshot {path} was taken with {field} {snapshot}, but this host has {here}; restore it where it was taken")]
+    SnapshotMismatch {
+        path: PathBuf,
+        field: &'static str,
+        snapshot: String,
+        here: String,
+    },
 }
 
 /// Overrides where Firecracker's upstream files (API spec, seccomp filters, kernel config) are

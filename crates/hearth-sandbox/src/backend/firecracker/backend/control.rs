@@ -119,16 +119,20 @@ impl FirecrackerBackend {
             .await?)
     }
 
-    /// Pauses, takes a full snapshot into the VM's directory, and resumes (also when the
-    /// snapshot failed, so a failed snapshot does not leave the sandbox frozen).
+    /// Takes a full snapshot into the VM's directory: pauses the VM if it runs, and resumes it
+    /// afterwards (also when the snapshot failed, so a failed snapshot does not leave the
+    /// sandbox frozen). A paused VM stays paused.
     pub async fn snapshot(&self, id: &SandboxId) -> Result<SnapshotFiles, FirecrackerError> {
         let client = self.running_client(id)?;
         let layout = self.layout(id);
-        client
-            .send(&Vm {
-                state: VmState::Paused,
-            })
-            .await?;
+        let was_paused = client.instance_info().await?.state == "Paused";
+        if !was_paused {
+            client
+                .send(&Vm {
+                    state: VmState::Paused,
+                })
+                .await?;
+        }
         let created = client
             .send(&SnapshotCreate {
                 snapshot_path: layout.vmm(layout::SNAPSHOT_STATE),
@@ -136,11 +140,15 @@ impl FirecrackerBackend {
                 snapshot_type: SnapshotType::Full,
             })
             .await;
-        let resumed = client
-            .send(&Vm {
-                state: VmState::Resumed,
-            })
-            .await;
+        let resumed = if was_paused {
+            Ok(())
+        } else {
+            client
+                .send(&Vm {
+                    state: VmState::Resumed,
+                })
+                .await
+        };
         created?;
         resumed?;
         Ok(SnapshotFiles {
