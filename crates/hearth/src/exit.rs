@@ -118,7 +118,7 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         | SandboxError::BackendMissing { .. }
         | SandboxError::Image(_)
         | SandboxError::FirecrackerImage(_) => HOST,
-        SandboxError::NotAVm { .. } => BAD_INPUT,
+        SandboxError::NotAVm { .. } | SandboxError::WorkspaceUnsupported(_) => BAD_INPUT,
         SandboxError::Guest(guest) => guest_code(guest),
         SandboxError::Supervisor(_) => SANDBOX_FAILED,
         SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,

@@ -302,6 +302,36 @@ fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
 }
 
 #[test]
+fn a_workspace_is_refused_in_one_line_since_firecracker_shares_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = fake_firecracker(tmp.path(), &[]);
+    let out = fc_cmd(
+        &fc,
+        &[
+            "sandbox",
+            "create",
+            "--id",
+            "fc-ws",
+            "--backend",
+            "firecracker",
+            "--workspace",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--workspace"), "{err}");
+    assert!(leftovers("fc-ws").is_empty(), "{:?}", leftovers("fc-ws"));
+    let out = run(&["sandbox", "ls", "--json"]);
+    assert!(
+        !stdout(&out).contains("fc-ws"),
+        "no record: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit() {
     fake_images();
     let tmp = tempfile::tempdir().unwrap();

@@ -111,6 +111,7 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
             | DirsError::Symlink { .. },
         )
         | SandboxError::Net(hearth_sandbox::net::FirewallError::Policy(_))
+        | SandboxError::WorkspaceUnsupported(_)
         | SandboxError::Backend(BackendError::Oci(OciError::Bundle(
             BundleError::WorkspaceNotDir { .. },
         ))) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -109,7 +109,8 @@ pub struct CreateArgs {
     /// snapshot's].
     #[arg(long)]
     pub(super) pids: Option<u32>,
-    /// Host directory mounted read-write at /workspace (default: an empty private one).
+    /// Host directory mounted read-write at /workspace (default: an empty private one). Not
+    /// with Firecracker, which shares no host directory.
     #[arg(long, value_name = "DIR")]
     pub(super) workspace: Option<PathBuf>,
     /// Network: none (loopback only), gateway (only hearth's gateway and resolver; the

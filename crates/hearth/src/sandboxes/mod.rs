@@ -71,6 +71,8 @@ pub enum SandboxError {
     BackendMissing { kind: BackendKind, reason: String },
     #[error(transparent)]
     FirecrackerImage(#[from] crate::firecracker::FirecrackerImageError),
+    #[error("a {0} sandbox cannot share a host directory (Firecracker has no shared filesystem); leave out --workspace and copy files with `hearth sandbox cp`, or use --backend qemu or oci")]
+    WorkspaceUnsupported(BackendKind),
     #[error("sandbox {id} runs on {backend}; only microVM sandboxes can {action}")]
     NotAVm {
         id: SandboxId,
@@ -132,6 +134,10 @@ impl SandboxManager {
         spec: &SandboxSpec,
         restore: Option<snapshot::Restore>,
     ) -> Result<SandboxRecord, SandboxError> {
+        if spec.backend == BackendKind::Firecracker && spec.workspace.is_some() {
+            // Silently giving the VM an empty /workspace instead would look like lost files.
+            return Err(SandboxError::WorkspaceUnsupported(spec.backend));
+        }
         // Shared with other creates, exclusive with reconciliation: a reconcile must never see
         // this sandbox's objects on the host before its record is there to claim them.
         let _creating = self
