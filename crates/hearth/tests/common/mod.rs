@@ -11,27 +11,46 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub struct TestEnv {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     pub runtime_dir: PathBuf,
     pub state_dir: PathBuf,
 }
 
+static ENV: OnceLock<TestEnv> = OnceLock::new();
+
 pub fn env() -> &'static TestEnv {
-    static ENV: OnceLock<TestEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        // Under cargo's per-target temp dir rather than /tmp, so leftovers of runs stay with
-        // the build (statics are never dropped, so the dir outlives the test binary).
+        // Under cargo's per-target temp dir rather than /tmp, so what a failed run leaves stays
+        // with the build.
         let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         let root = tempfile::Builder::new()
             .prefix("hearth-test-")
             .tempdir_in(base)
             .expect("tempdir");
+        // Statics are never dropped: the root goes when the test binary exits instead.
+        // SAFETY: atexit only stores a pointer to an `extern "C" fn` that lives for the whole
+        // program.
+        let registered = unsafe { libc::atexit(remove_test_root) };
+        assert_eq!(registered, 0, "atexit");
         TestEnv {
             runtime_dir: root.path().join("run"),
             state_dir: root.path().join("state"),
-            _root: root,
+            root,
         }
     })
+}
+
+/// Removes the shared test root at exit, unless a sandbox a failed test left is still around
+/// (its supervisor or VMM could still be writing there): then it stays for a look.
+extern "C" fn remove_test_root() {
+    let Some(env) = ENV.get() else {
+        return;
+    };
+    let sandboxes = env.runtime_dir.join("sandboxes");
+    let left = std::fs::read_dir(&sandboxes).map_or(0, |entries| entries.count());
+    if left == 0 {
+        let _ = std::fs::remove_dir_all(env.root.path());
+    }
 }
 
 pub fn hearth_bin() -> PathBuf {
