@@ -222,8 +222,10 @@ impl Fixture {
     /// A backend whose `firecracker` is a shell script with this body.
     fn backend_running(&self, body: &str, start_timeout: Duration) -> FirecrackerBackend {
         let script = self.tmp.path().join("firecracker");
+        // `--version` as Firecracker answers it (a snapshot restores only on the same one).
         let text = format!(
-            "#!/bin/sh\nexport {RECORD}='{}'\n{body}",
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Firecracker v1.17.0-dev'; exit 0; }}\n\
+             export {RECORD}='{}'\n{body}",
             self.record.display()
         );
         std::fs::write(&script, text).unwrap();
@@ -522,7 +524,22 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
     let id = fx.spec.id.clone();
     tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx())).unwrap();
     let dest = fx.tmp.path().join("snap");
+    // One snapshot of a VM at a time (another process holding the lock stands for a second
+    // `hearth sandbox snapshot`): refused before anything is made.
+    let lock = std::fs::File::create(fx.dirs.vm_dir().join("snapshot.lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let err = backend.save_snapshot(&id, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::SnapshotBusy { .. }),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    drop(held);
     let manifest = backend.save_snapshot(&id, &dest).await.unwrap();
+    assert_eq!(
+        manifest.firecracker_version, "1.17.0-dev",
+        "the running VMM's"
+    );
     assert_eq!(
         manifest.launch,
         hearth_sandbox::backend::firecracker::LaunchKind::Direct

@@ -106,8 +106,13 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         ))) => BAD_INPUT,
         SandboxError::Backend(
             BackendError::Qemu(QemuError::SnapshotMismatch { .. })
-            | BackendError::Firecracker(FirecrackerError::SnapshotMismatch { .. }),
+            | BackendError::Firecracker(
+                FirecrackerError::SnapshotMismatch { .. } | FirecrackerError::NoLaunchRecord { .. },
+            ),
         ) => BAD_INPUT,
+        SandboxError::Backend(BackendError::Firecracker(FirecrackerError::VersionUnknown {
+            ..
+        })) => HOST,
         SandboxError::Backend(_) => SANDBOX_FAILED,
         SandboxError::SnapshotNotFound(_) => NOT_FOUND,
         SandboxError::SnapshotExists(_) => EXISTS,

@@ -33,6 +33,8 @@ const ROOT: &str = "HEARTH_TEST_FAKE_FC_ROOT";
 const RECORD_DIR: &str = "HEARTH_TEST_FAKE_FC_RECORD_DIR";
 /// Where the fake answers and logs the guest's thaw (see `Behaviour::thaw_log`).
 const THAW_LOG: &str = "HEARTH_TEST_FAKE_FC_THAW_LOG";
+/// An API path the fake refuses with a 400 and a fault message, as Firecracker does.
+const FAIL_AT: &str = "HEARTH_TEST_FAKE_FC_FAIL_AT";
 
 /// The fake VMM's entry point; a no-op unless hearth started this binary as `firecracker`.
 #[test]
@@ -82,7 +84,9 @@ fn fake_firecracker_vmm() {
     let mut api = FakeApi::new(Behaviour {
         guest: Some(guest_sock),
         thaw_log: std::env::var_os(THAW_LOG).map(PathBuf::from),
-        ..Behaviour::default()
+        fail: std::env::var(FAIL_AT)
+            .map(|path| [(path, "Refused by the fake for this test".to_owned())].into())
+            .unwrap_or_default(),
     });
     // Direct: `--id ID`; through the (fake) jailer: `--id=ID`.
     let id = args
@@ -729,7 +733,7 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     let out = with(&["sandbox", "create", "--id", src, "--backend", "firecracker"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let _cleanup_src = common::Sandbox { id: src.to_owned() };
-    let _cleanup_snapshots = Snapshots(vec!["fcj-snap"]);
+    let _cleanup_snapshots = Snapshots(vec!["fcj-snap", "fcj-snap-again"]);
     let out = with(&["sandbox", "snapshot", src, "--name", "fcj-snap"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let jail = |id: &str| env().runtime_dir.join("jail/firecracker").join(id);
@@ -764,14 +768,15 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     assert!(out.status.success(), "{}", stderr(&out));
     let _cleanup_dst = common::Sandbox { id: dst.to_owned() };
     // The snapshot was placed in the new jail next to its own rootfs and config drive.
-    for name in [
-        "snapshot.state",
-        "snapshot.mem",
-        "rootfs.ext4",
-        "config.img",
-    ] {
+    for name in ["restore.state", "restore.mem", "rootfs.ext4", "config.img"] {
         assert!(jail(dst).join("root").join(name).exists(), "{name}");
     }
+    // The restored VM's memory stays mapped from restore.mem: a snapshot of it writes
+    // elsewhere, and leaves that file alone.
+    let out = with(&["sandbox", "snapshot", dst, "--name", "fcj-snap-again"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(jail(dst).join("root/restore.mem").exists());
+    ok(&["sandbox", "snapshot-rm", "fcj-snap-again"]);
     assert!(std::fs::read_to_string(&thaws).unwrap().contains(dst));
     let out = with(&["sandbox", "exec", dst, "--cwd", "/", "--", "echo", "jailed"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -792,4 +797,56 @@ impl Drop for Snapshots {
             let _ = run(&["sandbox", "snapshot-rm", name]);
         }
     }
+}
+
+#[test]
+fn a_failed_snapshot_leaves_no_files_and_the_vm_running() {
+    fake_images();
+    let tmp = tempfile::tempdir().unwrap();
+    let records = tmp.path().join("records");
+    std::fs::create_dir(&records).unwrap();
+    let fc = fake_firecracker(
+        tmp.path(),
+        &[
+            (RECORD_DIR, records.to_str().unwrap()),
+            (FAIL_AT, "/snapshot/create"),
+        ],
+    );
+    let id = "fc-snap-fail";
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "create", "--id", id, "--backend", "firecracker"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _cleanup = common::Sandbox { id: id.to_owned() };
+    let _cleanup_snapshots = Snapshots(vec!["fc-snap-refused"]);
+    let out = fc_cmd(
+        &fc,
+        &["sandbox", "snapshot", id, "--name", "fc-snap-refused"],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("Refused by the fake"), "{err}");
+    assert!(!env().state_dir.join("snapshots/fc-snap-refused").exists());
+    let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
+    assert!(!vm.join("snapshot.state").exists() && !vm.join("snapshot.mem").exists());
+    let list = fc_cmd(&fc, &["sandbox", "snapshots", "--json"]);
+    assert!(
+        !stdout(&list).contains("fc-snap-refused"),
+        "{}",
+        stdout(&list)
+    );
+    // Paused for the attempt, resumed after it: the sandbox runs on.
+    let last_vm = requests(&records, id)
+        .into_iter()
+        .rfind(|(call, _)| call == "PATCH /vm")
+        .unwrap()
+        .1;
+    assert_eq!(last_vm["state"], "Resumed");
+    let out = fc_cmd(&fc, &["sandbox", "exec", id, "--cwd", "/", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fc_cmd(&fc, &["sandbox", "rm", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
 }

@@ -102,9 +102,11 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
         SandboxError::AlreadyExists(_) | SandboxError::Dirs(DirsError::SandboxExists { .. }) => {
             (StatusCode::CONFLICT, "conflict")
         }
-        SandboxError::Status { .. } | SandboxError::NotAVm { .. } => {
-            (StatusCode::CONFLICT, "conflict")
-        }
+        SandboxError::Status { .. }
+        | SandboxError::NotAVm { .. }
+        | SandboxError::Backend(BackendError::Firecracker(
+            hearth_sandbox::backend::FirecrackerError::SnapshotBusy { .. },
+        )) => (StatusCode::CONFLICT, "conflict"),
         SandboxError::Dirs(
             DirsError::SocketPathTooLong { .. }
             | DirsError::TooOpen { .. }

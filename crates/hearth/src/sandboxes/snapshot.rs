@@ -25,6 +25,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hearth_proto::{VmNetIdentity, VmThaw};
 use hearth_sandbox::backend::firecracker::SnapshotManifest as FirecrackerManifest;
@@ -122,7 +123,8 @@ impl SandboxManager {
         let dest = self.snapshots_dir()?.join(name.as_str());
         let saved = match record.spec.backend {
             BackendKind::Firecracker => self.save_firecracker(id, &dest).await,
-            _ => self.save_qemu(id, &dest).await,
+            BackendKind::Qemu => self.save_qemu(id, &dest).await,
+            BackendKind::Oci => unreachable!("refused above"),
         };
         let (hearth_version, vmm_version) = match saved {
             Err(SandboxError::Backend(
@@ -192,8 +194,16 @@ impl SandboxManager {
         match firecracker.save_snapshot(id, dest).await {
             Ok(manifest) => Ok((manifest.hearth_version, manifest.firecracker_version)),
             Err(err) => {
-                self.note_vmm_gone(id, super::firecracker::EXIT_GRACE)
-                    .await?;
+                // An API call that failed may have been the VMM dying (of its own filter, say).
+                if matches!(
+                    err,
+                    FirecrackerError::Api(_) | FirecrackerError::NotRunning { .. }
+                ) {
+                    let grace = super::firecracker::EXIT_GRACE;
+                    if let Err(note) = self.note_vmm_gone(id, grace).await {
+                        tracing::warn!(%id, error = %note, "cannot tell whether the VMM is gone");
+                    }
+                }
                 Err(BackendError::from(err).into())
             }
         }
@@ -250,8 +260,28 @@ impl SandboxManager {
         };
         let saved = match spec.backend {
             BackendKind::Firecracker => {
-                let firecracker = self.firecracker_backend()?;
-                match firecracker.check_snapshot(&dir) {
+                let firecracker = Arc::clone(
+                    self.firecracker
+                        .as_ref()
+                        .ok_or_else(|| self.backends.unavailable(BackendKind::Firecracker))?,
+                );
+                // Runs `firecracker --version`.
+                let checked = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || firecracker.check_snapshot(&dir)
+                })
+                .await?;
+                match checked {
+                    Ok(manifest) if !shape_matches(&manifest, spec) => {
+                        return Err(SandboxError::SnapshotConflict(format!(
+                            "snapshot {name} has {} MiB and {} vCPUs, the sandbox to restore {} \
+                             MiB and {} CPUs",
+                            manifest.memory_mib,
+                            manifest.vcpus,
+                            spec.limits.memory.0 >> 20,
+                            spec.limits.cpus.0
+                        )));
+                    }
                     Ok(manifest) => SavedVm::Firecracker(manifest),
                     Err(err) => {
                         let missing = matches!(&err, FirecrackerError::SnapshotFile { source, .. }
@@ -260,7 +290,7 @@ impl SandboxManager {
                     }
                 }
             }
-            _ => {
+            BackendKind::Qemu => {
                 let qemu = match &self.qemu {
                     Some(qemu) => qemu.clone(),
                     None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
@@ -279,6 +309,11 @@ impl SandboxManager {
                         return Err(not_found(missing, err));
                     }
                 }
+            }
+            BackendKind::Oci => {
+                return Err(SandboxError::SnapshotConflict(format!(
+                    "snapshot {name} is not of a microVM"
+                )))
             }
         };
         let restore = Restore { dir, saved };
@@ -381,6 +416,13 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(work)
         .await?
         .map_err(BackendError::from)?)
+}
+
+/// Whether the sandbox to restore has the saved VM's memory and vCPUs (the CLI takes them
+/// from the snapshot's record; the manifest is what the VM really had).
+fn shape_matches(manifest: &FirecrackerManifest, spec: &SandboxSpec) -> bool {
+    manifest.memory_mib == spec.limits.memory.0 >> 20
+        && manifest.vcpus == hearth_sandbox::backend::firecracker::boot::vcpus(&spec.limits)
 }
 
 /// Bytes of the regular files directly in `dir` (a snapshot has no subdirectories).

@@ -135,10 +135,11 @@ impl FirecrackerBackend {
     /// Starts the sandbox from a snapshot another sandbox took ([`Self::save_snapshot`]),
     /// resumed, with its vsock socket in this sandbox's place. `ctx.vm_image`'s rootfs must be
     /// the one the snapshot's VM had mounted. Firecracker reopens the drives at the paths
-    /// recorded in the snapshot, which are the same for every VM of one launch mode (inside
-    /// its jail, or in its mount view), so each restore gets its own config drive. A snapshot
-    /// Firecracker can't load (another version, say) fails with its fault message, and
-    /// nothing is left behind.
+    /// recorded in the snapshot. Jailed, those are `/rootfs.ext4` and `/config.img` in every
+    /// jail; run directly, the config drive is in the VMM's mount view (the same path for
+    /// every VM) and the rootfs is the image's own host path. So each restore gets its own
+    /// config drive. A snapshot Firecracker can't load (another version, say) fails with its
+    /// fault message, and nothing is left behind.
     pub fn restore_vm(
         &self,
         spec: &SandboxSpec,
@@ -261,8 +262,8 @@ impl FirecrackerBackend {
                     });
                 }
                 self.place(id, &host_image.rootfs, layout::ROOTFS)?;
-                let state = self.place(id, &files.state, layout::SNAPSHOT_STATE)?;
-                let memory = self.place(id, &files.memory, layout::SNAPSHOT_MEMORY)?;
+                let state = self.place(id, &files.state, layout::RESTORE_STATE)?;
+                let memory = self.place(id, &files.memory, layout::RESTORE_MEMORY)?;
                 Ok(restore_calls(layout, &state, &memory)?)
             }
         }

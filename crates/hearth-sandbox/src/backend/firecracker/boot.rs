@@ -167,7 +167,7 @@ pub fn restore_calls(
 }
 
 /// Whole vCPUs covering the CPU allowance (0.5 CPUs is one vCPU), within Firecracker's range.
-pub(crate) fn vcpus(limits: &ResourceLimits) -> u8 {
+pub fn vcpus(limits: &ResourceLimits) -> u8 {
     let wanted = limits.cpus.0.ceil().clamp(1.0, f64::from(MAX_VCPUS));
     // Clamped to 1..=32 just above, so the cast is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -1,7 +1,8 @@
 //! Where one VM's files live, as the host sees them and as Firecracker sees them.
 //!
-//! Run directly, Firecracker's files are in the sandbox's `vm/` dir, which it sees bind-mounted
-//! on one fixed path in a mount namespace of its own (see `process::MountView`). Under the jailer it is chrooted into `<chroot base>/<exec name>/<id>/root`, so the same files
+//! Run directly, Firecracker's files are in the sandbox's `vm/` dir, which it sees
+//! bind-mounted on one fixed path in a mount namespace of its own (see `process::MountView`).
+//! Under the jailer it is chrooted into `<chroot base>/<exec name>/<id>/root`, so the same files
 //! live there and the API is given paths relative to that root (`/api.sock`). Only the pid file
 //! stays in `vm/` either way: it belongs to hearth, not to the jailed VMM.
 
@@ -27,6 +28,10 @@ pub const ROOTFS: &str = "rootfs.ext4";
 /// Snapshot state and memory files (written by `PUT /snapshot/create`).
 pub const SNAPSHOT_STATE: &str = "snapshot.state";
 pub const SNAPSHOT_MEMORY: &str = "snapshot.mem";
+/// A restore's input, placed in the jail: other names than a snapshot's output, because the
+/// restored VM's memory stays mapped from its file, which a later snapshot must not overwrite.
+pub const RESTORE_STATE: &str = "restore.state";
+pub const RESTORE_MEMORY: &str = "restore.mem";
 
 /// One VM's file locations.
 #[derive(Debug, Clone, PartialEq, Eq)]

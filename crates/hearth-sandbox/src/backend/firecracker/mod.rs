@@ -124,6 +124,12 @@ pub enum FirecrackerError {
     NotRunning { id: SandboxId },
     #[error("snapshot directory {path} already exists")]
     SnapshotExists { path: PathBuf },
+    #[error("a snapshot of sandbox {id} is already being taken; try again when it is done")]
+    SnapshotBusy { id: SandboxId },
+    #[error("sandbox {id} was started by an older hearth that did not record what a snapshot needs; recreate it to snapshot it")]
+    NoLaunchRecord { id: SandboxId },
+    #[error("cannot tell the version of {binary} (`--version` failed); a snapshot can only be restored by the Firecracker that took it")]
+    VersionUnknown { binary: PathBuf },
     #[error("snapshot file {path}: {source}")]
     SnapshotFile {
         path: PathBuf,

@@ -31,8 +31,13 @@ pub enum ProcessError {
     View { path: PathBuf, source: io::Error },
     #[error("open VMM log {path}: {source}")]
     Log { path: PathBuf, source: io::Error },
-    #[error("spawn {program}: {source}")]
-    Spawn { program: PathBuf, source: io::Error },
+    #[error("spawn {program}{setup}: {source}")]
+    Spawn {
+        program: PathBuf,
+        /// What the child did before exec, which the error may come from.
+        setup: &'static str,
+        source: io::Error,
+    },
     #[error("{path}: {source}")]
     PidFile { path: PathBuf, source: io::Error },
     #[error("read /proc/{pid}/stat: {source}")]
@@ -146,8 +151,14 @@ impl VmmCommand {
                 Ok(())
             });
         }
+        let setup = match (&self.netns, &self.view) {
+            (_, Some(_)) => " (joining the sandbox's netns, a mount namespace of its own)",
+            (Some(_), None) => " (joining the sandbox's netns)",
+            (None, None) => "",
+        };
         command.spawn().map_err(|source| ProcessError::Spawn {
             program: self.program.clone(),
+            setup,
             source,
         })
     }

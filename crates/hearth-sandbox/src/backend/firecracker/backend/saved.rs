@@ -35,6 +35,8 @@ pub const SAVED_STATE: &str = "vm.state";
 pub const SAVED_MEMORY: &str = "vm.mem";
 /// What a VM was started with, in its `vm/` dir: a snapshot's manifest is made from it.
 const LAUNCH_RECORD: &str = "launch.json";
+/// Held while a snapshot of the VM is taken, in its `vm/` dir.
+const SNAPSHOT_LOCK: &str = "snapshot.lock";
 
 /// How the VMM was run, which fixes the paths it saw its files at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +87,13 @@ impl FirecrackerBackend {
         }
     }
 
-    fn firecracker_version(&self) -> String {
-        tool_version(&self.config.firecracker).map_or_else(|| "unknown".to_owned(), |v| v.version)
+    /// The version of the `firecracker` binary a restore would run, or why it is unknown.
+    fn firecracker_version(&self) -> Result<String, FirecrackerError> {
+        tool_version(&self.config.firecracker)
+            .map(|v| v.version)
+            .ok_or_else(|| FirecrackerError::VersionUnknown {
+                binary: self.config.firecracker.clone(),
+            })
     }
 
     /// Writes the launch record into the new VM's `vm/` dir.
@@ -116,14 +123,28 @@ impl FirecrackerBackend {
 
     /// Takes a full snapshot of a running (or paused) VM into the new directory `dest` (0700,
     /// its files 0600: the memory holds the workload's secrets). The VM goes on as it was.
-    /// On failure `dest` and the VM dir's snapshot files are removed.
+    /// On failure `dest` and the VM dir's snapshot files are removed. One snapshot of a VM at
+    /// a time: a second is refused while the first runs (they would share its files and its
+    /// pause).
     pub async fn save_snapshot(
         &self,
         id: &SandboxId,
         dest: &Path,
     ) -> Result<SnapshotManifest, FirecrackerError> {
-        let record_path = self.dirs(id).vm_dir().join(LAUNCH_RECORD);
-        let record: LaunchRecord = read_json(&record_path)?;
+        let vm_dir = self.dirs(id).vm_dir();
+        let record: LaunchRecord = match read_json(&vm_dir.join(LAUNCH_RECORD)) {
+            Err(FirecrackerError::SnapshotFile { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(if self.vm_running(id)? {
+                    FirecrackerError::NoLaunchRecord { id: id.clone() }
+                } else {
+                    FirecrackerError::NotRunning { id: id.clone() }
+                });
+            }
+            other => other?,
+        };
+        let _one_at_a_time = lock_snapshots(&vm_dir, id)?;
         match DirBuilder::new().mode(0o700).create(dest) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -146,25 +167,39 @@ impl FirecrackerBackend {
         dest: &Path,
         record: LaunchRecord,
     ) -> Result<SnapshotManifest, FirecrackerError> {
+        // The version of the VMM that writes the snapshot, not of whatever binary this call
+        // was given: only that one can load it.
+        let running = self.api_client(id).instance_info().await?;
         let taken = self.snapshot(id).await;
         // Whatever happened, nothing of the snapshot stays in the VM's dir (or jail).
+        let layout = self.layout(id);
+        let leftovers = [
+            layout.host(crate::backend::firecracker::layout::SNAPSHOT_STATE),
+            layout.host(crate::backend::firecracker::layout::SNAPSHOT_MEMORY),
+        ];
         let moved = match &taken {
-            Ok(files) => move_file(&files.state, &dest.join(SAVED_STATE))
-                .and_then(|()| move_file(&files.memory, &dest.join(SAVED_MEMORY))),
+            Ok(files) => {
+                let moves = [
+                    (files.state.clone(), dest.join(SAVED_STATE)),
+                    (files.memory.clone(), dest.join(SAVED_MEMORY)),
+                ];
+                // Gigabytes of guest memory: off the async threads.
+                tokio::task::spawn_blocking(move || {
+                    moves.iter().try_for_each(|(from, to)| move_file(from, to))
+                })
+                .await
+                .unwrap_or_else(|err| Err(FirecrackerError::Runtime(std::io::Error::other(err))))
+            }
             Err(_) => Ok(()),
         };
-        let layout = self.layout(id);
-        for name in [
-            crate::backend::firecracker::layout::SNAPSHOT_STATE,
-            crate::backend::firecracker::layout::SNAPSHOT_MEMORY,
-        ] {
-            let _ = std::fs::remove_file(layout.host(name));
+        for file in leftovers {
+            let _ = std::fs::remove_file(file);
         }
         taken?;
         moved?;
         let manifest = SnapshotManifest {
             hearth_version: env!("CARGO_PKG_VERSION").to_owned(),
-            firecracker_version: self.firecracker_version(),
+            firecracker_version: running.vmm_version,
             launch: record.launch,
             memory_mib: record.memory_mib,
             vcpus: record.vcpus,
@@ -194,7 +229,7 @@ impl FirecrackerBackend {
         if saved.hearth_version != hearth {
             return mismatch("hearth", saved.hearth_version, hearth.to_owned());
         }
-        let firecracker = self.firecracker_version();
+        let firecracker = self.firecracker_version()?;
         if saved.firecracker_version != firecracker {
             return mismatch("Firecracker", saved.firecracker_version, firecracker);
         }
@@ -216,6 +251,27 @@ pub fn saved_files(dir: &Path) -> SnapshotFiles {
         state: dir.join(SAVED_STATE),
         memory: dir.join(SAVED_MEMORY),
     }
+}
+
+/// Takes `vm/snapshot.lock` for the caller's lifetime, or says another snapshot holds it.
+fn lock_snapshots(
+    vm_dir: &Path,
+    id: &SandboxId,
+) -> Result<nix::fcntl::Flock<File>, FirecrackerError> {
+    let path = vm_dir.join(SNAPSHOT_LOCK);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| file_error(&path, source))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => FirecrackerError::SnapshotBusy { id: id.clone() },
+            other => file_error(&path, other.into()),
+        },
+    )
 }
 
 fn file_error(path: &Path, source: std::io::Error) -> FirecrackerError {
