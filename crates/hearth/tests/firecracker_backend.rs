@@ -224,6 +224,29 @@ fn fake_images() {
     std::fs::write(kernels.join("current"), &key).unwrap();
 }
 
+/// Asserts that a hearth run succeeded and returns its output.
+fn ok_output(out: std::process::Output) -> std::process::Output {
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
+/// `fc_cmd`, which must succeed.
+fn fc_ok(firecracker: &Path, args: &[&str]) -> std::process::Output {
+    ok_output(fc_cmd(firecracker, args))
+}
+
+/// hearth with the fake Firecracker under the fake jailer.
+fn jailed_cmd(firecracker: &Path, jailer: &Path, args: &[&str]) -> std::process::Output {
+    hearth()
+        .arg("--firecracker-bin")
+        .arg(firecracker)
+        .arg("--jailer-bin")
+        .arg(jailer)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn fc_cmd(firecracker: &Path, args: &[&str]) -> std::process::Output {
     hearth()
         .arg("--firecracker-bin")
@@ -341,18 +364,17 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
     let tmp = tempfile::tempdir().unwrap();
     let fc = fake_firecracker(tmp.path(), &[]);
     let id = "fc-cli";
-    let out = fc_cmd(
+    let out = fc_ok(
         &fc,
         &["sandbox", "create", "--id", id, "--backend", "firecracker"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), id);
     // Removed on failure too (without --firecracker-bin: removal needs no binary).
     let _cleanup = common::Sandbox { id: id.to_owned() };
 
     // exec goes CLI -> guest socket -> supervisor's relay -> CONNECT 1024 -> guest.
     // The stand-in guest runs on the host, where there is no /workspace.
-    let out = fc_cmd(
+    let out = fc_ok(
         &fc,
         &[
             "sandbox",
@@ -366,7 +388,6 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
             "echo through-vsock",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "through-vsock\n");
     let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
     assert!(vm.join("api.sock").exists() && vm.join("vsock.sock").exists());
@@ -404,8 +425,7 @@ fn create_exec_pause_resume_and_rm_through_the_vmm_and_a_fault_reaches_the_audit
         format!("{id} running")
     );
     assert!(!fake_vmms(id).is_empty(), "the fake VMM runs");
-    let out = fc_cmd(&fc, &["sandbox", "rm", id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    fc_ok(&fc, &["sandbox", "rm", id]);
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
     assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
 
@@ -479,18 +499,15 @@ fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail
     let fc = fake_firecracker(tmp.path(), &[]);
     let jailer = fake_jailer(tmp.path());
     let id = "fcj";
-    let with = |args: &[&str]| {
-        hearth()
-            .arg("--firecracker-bin")
-            .arg(&fc)
-            .arg("--jailer-bin")
-            .arg(&jailer)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = with(&["sandbox", "create", "--id", id, "--backend", "firecracker"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let with = |args: &[&str]| jailed_cmd(&fc, &jailer, args);
+    ok_output(with(&[
+        "sandbox",
+        "create",
+        "--id",
+        id,
+        "--backend",
+        "firecracker",
+    ]));
     let _cleanup = common::Sandbox { id: id.to_owned() };
     let root = env()
         .runtime_dir
@@ -501,11 +518,11 @@ fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail
     assert!(root.join("vsock.sock").exists() && root.join("vmlinux").exists());
     let vm = env().runtime_dir.join("sandboxes").join(id).join("vm");
     assert!(!vm.join("vsock.sock").exists());
-    let out = with(&["sandbox", "exec", id, "--cwd", "/", "--", "echo", "jailed"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok_output(with(&[
+        "sandbox", "exec", id, "--cwd", "/", "--", "echo", "jailed",
+    ]));
     assert_eq!(stdout(&out), "jailed\n");
-    let out = with(&["sandbox", "rm", id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&["sandbox", "rm", id]));
     assert!(!root.parent().unwrap().exists(), "the jail is removed");
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
     assert!(fake_vmms(id).is_empty(), "{:?}", fake_vmms(id));
@@ -546,21 +563,19 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
         ],
     );
     let (src, dst) = ("fc-snap-src", "fc-snap-dst");
-    let out = fc_cmd(
+    fc_ok(
         &fc,
         &["sandbox", "create", "--id", src, "--backend", "firecracker"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let _cleanup_src = common::Sandbox { id: src.to_owned() };
     let _cleanup_snapshots = Snapshots(vec!["fc-snap-1", "fc-snap-2"]);
 
     // A running VM: paused for the snapshot, resumed after; the files were written where the
     // VMM sees its own dir (the mount view), and moved out of the VM's dir.
-    let out = fc_cmd(
+    let out = fc_ok(
         &fc,
         &["sandbox", "snapshot", src, "--name", "fc-snap-1", "--json"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let record = json_of(&out);
     assert_eq!(record["backend"], "firecracker", "{record}");
     assert_eq!(record["vmm_version"], "1.17.0-dev", "{record}");
@@ -624,9 +639,8 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
 
     // The source goes; its snapshot restores as a new sandbox. The VMM reopens the drives at
     // the saved paths (the view's), where the new VM has its own config drive.
-    let out = fc_cmd(&fc, &["sandbox", "rm", src]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = fc_cmd(
+    fc_ok(&fc, &["sandbox", "rm", src]);
+    fc_ok(
         &fc,
         &[
             "sandbox",
@@ -637,7 +651,6 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
             "fc-snap-1",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let _cleanup_dst = common::Sandbox { id: dst.to_owned() };
     let calls: Vec<String> = requests(&records, dst)
         .into_iter()
@@ -662,13 +675,12 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
         thaw["net"]["address"].as_str(),
         "{net} {thaw}"
     );
-    let out = fc_cmd(
+    let out = fc_ok(
         &fc,
         &[
             "sandbox", "exec", dst, "--cwd", "/", "--", "echo", "restored",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "restored\n");
 
     // What can't be restored is refused before anything is made.
@@ -704,8 +716,7 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
     refused(&["--from-snapshot", "fc-snap-1"], 3, "Firecracker 1.16.0");
     std::fs::write(&manifest, text).unwrap();
 
-    let out = fc_cmd(&fc, &["sandbox", "rm", dst]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    fc_ok(&fc, &["sandbox", "rm", dst]);
     assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
     assert!(fake_vmms(dst).is_empty(), "{:?}", fake_vmms(dst));
     ok(&["sandbox", "snapshot-rm", "fc-snap-1", "fc-snap-2"]);
@@ -719,27 +730,22 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     let thaws = tmp.path().join("thaws.jsonl");
     let fc = fake_firecracker(tmp.path(), &[(THAW_LOG, thaws.to_str().unwrap())]);
     let jailer = fake_jailer(tmp.path());
-    let with = |args: &[&str]| {
-        hearth()
-            .arg("--firecracker-bin")
-            .arg(&fc)
-            .arg("--jailer-bin")
-            .arg(&jailer)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let with = |args: &[&str]| jailed_cmd(&fc, &jailer, args);
     let (src, dst) = ("fcj-snap-src", "fcj-snap-dst");
-    let out = with(&["sandbox", "create", "--id", src, "--backend", "firecracker"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&[
+        "sandbox",
+        "create",
+        "--id",
+        src,
+        "--backend",
+        "firecracker",
+    ]));
     let _cleanup_src = common::Sandbox { id: src.to_owned() };
     let _cleanup_snapshots = Snapshots(vec!["fcj-snap", "fcj-snap-again"]);
-    let out = with(&["sandbox", "snapshot", src, "--name", "fcj-snap"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&["sandbox", "snapshot", src, "--name", "fcj-snap"]));
     let jail = |id: &str| env().runtime_dir.join("jail/firecracker").join(id);
     assert!(!jail(src).join("root/snapshot.mem").exists());
-    let out = with(&["sandbox", "rm", src]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&["sandbox", "rm", src]));
 
     // The saved drives are `/config.img` and `/rootfs.ext4`: a direct VMM has no such files.
     let out = fc_cmd(
@@ -757,15 +763,14 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     assert!(stderr(&out).contains("launch mode"), "{}", stderr(&out));
     assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
 
-    let out = with(&[
+    ok_output(with(&[
         "sandbox",
         "create",
         "--id",
         dst,
         "--from-snapshot",
         "fcj-snap",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ]));
     let _cleanup_dst = common::Sandbox { id: dst.to_owned() };
     // The snapshot was placed in the new jail next to its own rootfs and config drive.
     for name in ["restore.state", "restore.mem", "rootfs.ext4", "config.img"] {
@@ -773,16 +778,21 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     }
     // The restored VM's memory stays mapped from restore.mem: a snapshot of it writes
     // elsewhere, and leaves that file alone.
-    let out = with(&["sandbox", "snapshot", dst, "--name", "fcj-snap-again"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&[
+        "sandbox",
+        "snapshot",
+        dst,
+        "--name",
+        "fcj-snap-again",
+    ]));
     assert!(jail(dst).join("root/restore.mem").exists());
     ok(&["sandbox", "snapshot-rm", "fcj-snap-again"]);
     assert!(std::fs::read_to_string(&thaws).unwrap().contains(dst));
-    let out = with(&["sandbox", "exec", dst, "--cwd", "/", "--", "echo", "jailed"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok_output(with(&[
+        "sandbox", "exec", dst, "--cwd", "/", "--", "echo", "jailed",
+    ]));
     assert_eq!(stdout(&out), "jailed\n");
-    let out = with(&["sandbox", "rm", dst]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok_output(with(&["sandbox", "rm", dst]));
     assert!(!jail(dst).exists(), "the jail is removed");
     assert!(leftovers(dst).is_empty(), "{:?}", leftovers(dst));
     assert!(fake_vmms(dst).is_empty(), "{:?}", fake_vmms(dst));
@@ -813,11 +823,10 @@ fn a_failed_snapshot_leaves_no_files_and_the_vm_running() {
         ],
     );
     let id = "fc-snap-fail";
-    let out = fc_cmd(
+    fc_ok(
         &fc,
         &["sandbox", "create", "--id", id, "--backend", "firecracker"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     let _cleanup = common::Sandbox { id: id.to_owned() };
     let _cleanup_snapshots = Snapshots(vec!["fc-snap-refused"]);
     let out = fc_cmd(
@@ -844,9 +853,7 @@ fn a_failed_snapshot_leaves_no_files_and_the_vm_running() {
         .unwrap()
         .1;
     assert_eq!(last_vm["state"], "Resumed");
-    let out = fc_cmd(&fc, &["sandbox", "exec", id, "--cwd", "/", "--", "true"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = fc_cmd(&fc, &["sandbox", "rm", id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    fc_ok(&fc, &["sandbox", "exec", id, "--cwd", "/", "--", "true"]);
+    fc_ok(&fc, &["sandbox", "rm", id]);
     assert!(leftovers(id).is_empty(), "{:?}", leftovers(id));
 }
