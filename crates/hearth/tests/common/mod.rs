@@ -27,7 +27,13 @@ pub fn env() -> &'static TestEnv {
             .prefix("hearth-test-")
             .tempdir_in(base)
             .expect("tempdir");
-        // Statics are never dropped: the root goes when the test binary exits instead.
+        // Statics are never dropped: the root goes when the test binary exits instead, unless
+        // a test failed (its logs are the evidence).
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            A_TEST_FAILED.store(true, std::sync::atomic::Ordering::SeqCst);
+            report(info);
+        }));
         // SAFETY: atexit only stores a pointer to an `extern "C" fn` that lives for the whole
         // program.
         let registered = unsafe { libc::atexit(remove_test_root) };
@@ -40,12 +46,19 @@ pub fn env() -> &'static TestEnv {
     })
 }
 
-/// Removes the shared test root at exit, unless a sandbox a failed test left is still around
-/// (its supervisor or VMM could still be writing there): then it stays for a look.
+/// Set by the first panic: a failed test's root (its logs) is kept.
+static A_TEST_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Removes the shared test root at exit, unless a test failed or a sandbox is still around (its
+/// supervisor or VMM could still be writing there): then it stays for a look.
 extern "C" fn remove_test_root() {
     let Some(env) = ENV.get() else {
         return;
     };
+    if A_TEST_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("the test root is kept: {}", env.root.path().display());
+        return;
+    }
     let sandboxes = env.runtime_dir.join("sandboxes");
     let left = std::fs::read_dir(&sandboxes).map_or(0, |entries| entries.count());
     if left == 0 {
@@ -135,8 +148,33 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_logs(&self.id);
+        }
         let _ = run(&["sandbox", "rm", "--force", &self.id]);
     }
+}
+
+/// Copies a sandbox's logs (supervisor, guest, VMM, console) to `<test root>/failed/<id>/`
+/// before its removal takes them, and says where they are.
+fn keep_logs(id: &str) {
+    let from = env().runtime_dir.join("sandboxes").join(id);
+    let to = env().root.path().join("failed").join(id);
+    if std::fs::create_dir_all(&to).is_err() {
+        return;
+    }
+    for dir in [from.clone(), from.join("vm")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "log") {
+                let _ = std::fs::copy(&path, to.join(entry.file_name()));
+            }
+        }
+    }
+    eprintln!("logs of sandbox {id} kept in {}", to.display());
 }
 
 /// Every trace a sandbox could leave on the host, as a list of what is still there. The kernel
