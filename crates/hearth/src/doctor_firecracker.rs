@@ -64,8 +64,8 @@ pub fn checks(settings: &Settings) -> Vec<Check> {
         Check::fail(
             "fc-backend",
             format!(
-                "--backend firecracker cannot run here: no {}",
-                missing.join(", no ")
+                "--backend firecracker cannot run here; missing: {}",
+                missing.join(", ")
             ),
             "fix the checks above; microVMs can use --backend qemu meanwhile",
             false,
