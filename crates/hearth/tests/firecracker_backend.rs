@@ -709,6 +709,37 @@ fn a_snapshot_restores_as_a_new_sandbox_after_its_source_is_gone() {
         "with a network",
     );
     refused(&["--from-snapshot", "no-such-snap"], 4, "no-such-snap");
+    // A VMM that can't load it: the sandbox's VM, tap, netns and dirs are all removed again.
+    let failing_dir = tmp.path().join("failing");
+    std::fs::create_dir(&failing_dir).unwrap();
+    let failing = fake_firecracker(&failing_dir, &[(FAIL_AT, "/snapshot/load")]);
+    let out = fc_cmd(
+        &failing,
+        &[
+            "sandbox",
+            "create",
+            "--id",
+            "fc-snap-x",
+            "--from-snapshot",
+            "fc-snap-1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Refused by the fake"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        leftovers("fc-snap-x").is_empty(),
+        "{:?}",
+        leftovers("fc-snap-x")
+    );
+    assert!(
+        fake_vmms("fc-snap-x").is_empty(),
+        "{:?}",
+        fake_vmms("fc-snap-x")
+    );
     // A snapshot from another Firecracker (its format is version-bound).
     let manifest = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
