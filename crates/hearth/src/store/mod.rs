@@ -24,6 +24,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::ConnectOptions as _;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,10 @@ impl Store {
             .filename(&path)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // sqlx warns about statements over 1 s on the CLI's stderr, which a busy disk
+            // makes happen and which breaks one-line errors: that is debugging detail.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .connect_with(options)

@@ -292,11 +292,26 @@ impl Mux {
                 self.discard(None).await;
                 match failed.take_message() {
                     Some(req) => Ok(Err(req)),
-                    None => Err(format!("HTTP/2 exchange: {}", failed.into_error())),
+                    None => Err(format!(
+                        "HTTP/2 exchange: {}",
+                        with_causes(&failed.into_error())
+                    )),
                 }
             }
         }
     }
+}
+
+/// An error and its causes, `: `-joined (hyper's own text is only "http2 error").
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Serves one local HTTP/1.1 connection, passing each request to the guest over the mux.
