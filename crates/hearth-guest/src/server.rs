@@ -222,6 +222,18 @@ async fn serve_serial(node: PathBuf, state: Arc<State>) {
                     break;
                 }
             };
+            // The session starts on a fresh open of the port (see `reopen_with`).
+            let session = match port.reopen_with(session, &node) {
+                Ok((reopened, session)) => {
+                    port = reopened;
+                    session
+                }
+                Err(err) => {
+                    tracing::warn!(port = %node.display(), %err, "virtio-serial reopen failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            };
             tracing::info!(port = %node.display(), "HTTP/2 session started");
             match serve_connection(Arc::clone(&state), session, true).await {
                 Ok(()) => tracing::info!(port = %node.display(), "HTTP/2 session ended"),

@@ -3,10 +3,12 @@
 //!
 //! A virtio-serial port is one byte stream for the VM's whole life, so it carries a single
 //! HTTP/2 connection that multiplexes the host relay's requests. When a session ends (the host
-//! went away, or sent something broken) the guest keeps the port open and discards bytes until
-//! the next HTTP/2 client preface, where a fresh session starts: host disconnects and connects
-//! are not ordered with the data around them, so a new client's first bytes can reach the old
-//! session, and closing the port would throw away whatever the kernel buffered.
+//! went away, or sent something broken) the guest discards bytes until the next HTTP/2 client
+//! preface, where a fresh session starts: host disconnects and connects are not ordered with
+//! the data around them, so a new client's first bytes can reach the old session. Once a
+//! preface is found, the port is closed and opened again (what was queued is read first) so
+//! that the guest's open follows the host's connect, the only order in which the guest's
+//! writes keep flowing (see [`FdStream::reopen_with`]).
 //! Unix and vsock sockets take one HTTP/1.1 connection per request.
 
 use std::io;
@@ -130,6 +132,61 @@ impl FdStream {
                 n => window.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+}
+
+impl FdStream {
+    /// Closes and reopens this port under `session` (which came from its
+    /// [`Self::next_h2_session`]) so that the guest's open follows the host's connect; returns
+    /// the port and the session on the new descriptor.
+    ///
+    /// A host that connects to QEMU's chardev after the guest has opened the port gets the
+    /// session's first write and then nothing: the guest's later writes stay queued (EAGAIN,
+    /// the port reporting the host as gone) until the host connects again, when they reach
+    /// the new client as garbage. A host connected before the guest opens the port works. So
+    /// each session starts on a fresh open. Bytes already queued in the guest are read first
+    /// and kept for the session; while the port is closed QEMU holds back what the host sends.
+    /// On error the port is closed and must be opened again.
+    pub fn reopen_with(self, session: FdStream, node: &Path) -> io::Result<(FdStream, FdStream)> {
+        let FdStream {
+            fd,
+            replay: port_replay,
+            takeover: port_takeover,
+        } = self;
+        let FdStream {
+            fd: session_fd,
+            mut replay,
+            takeover,
+        } = session;
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            match nix::unistd::read(fd.get_ref().as_raw_fd(), &mut chunk) {
+                Ok(0) | Err(nix::errno::Errno::EAGAIN) => break,
+                Ok(n) => replay.extend_from_slice(&chunk[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // Both handles must go for the port to close (the kernel allows one open at a time).
+        drop(session_fd);
+        drop(fd);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(node)?;
+        let fresh = std::sync::Arc::new(register(OwnedFd::from(file))?);
+        let port = FdStream {
+            fd: std::sync::Arc::clone(&fresh),
+            replay: port_replay,
+            takeover: port_takeover,
+        };
+        let session = FdStream {
+            fd: fresh,
+            replay,
+            takeover,
+        };
+        Ok((port, session))
     }
 }
 
@@ -401,6 +458,30 @@ mod tests {
 
     /// Garbage (a dead session's tail) before the preface is skipped; the preface and what
     /// follows it reach the new session intact, even when split across reads.
+    /// A reopened port keeps what was already read and what was still queued, and the
+    /// session goes on reading on the new descriptor (a FIFO stands in for the port: it
+    /// can be closed and opened again by path, and keeps its data while a writer holds it).
+    #[tokio::test]
+    async fn a_reopened_session_keeps_every_byte() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("port");
+        nix::unistd::mkfifo(&node, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let port = open_serial_port(&node).unwrap();
+        let mut host = std::fs::OpenOptions::new().write(true).open(&node).unwrap();
+        host.write_all(H2_PREFACE).unwrap();
+        host.write_all(b"SETTINGS").unwrap();
+        let mut port = port;
+        let session = port.next_h2_session().await.unwrap();
+        host.write_all(b"+queued").unwrap();
+        let (_port, mut session) = port.reopen_with(session, &node).unwrap();
+        host.write_all(b"+after").unwrap();
+        let mut got = vec![0u8; H2_PREFACE.len() + b"SETTINGS+queued+after".len()];
+        session.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..H2_PREFACE.len()], H2_PREFACE);
+        assert_eq!(&got[H2_PREFACE.len()..], b"SETTINGS+queued+after");
+    }
+
     #[tokio::test]
     async fn a_new_session_starts_at_the_next_preface() {
         let (a, b) = socket::socketpair(
