@@ -174,6 +174,27 @@ struct Fixture {
     record: PathBuf,
 }
 
+impl Drop for Fixture {
+    /// A test that failed before removing its VM leaves the fake VMM running: kill every
+    /// process started with a path under this fixture's temp dir.
+    fn drop(&mut self) {
+        let mine = self.tmp.path().display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+            if pid != me && String::from_utf8_lossy(&cmdline).contains(mine.as_str()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl Fixture {
     fn new(id: &str) -> Self {
         let tmp = tempfile::tempdir().unwrap();

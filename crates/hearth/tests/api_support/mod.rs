@@ -84,12 +84,11 @@ impl Daemon {
         nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap())
     }
 
+    /// SIGKILLs the daemon (its temp dir goes with it); returns a fresh dir for the next one.
     pub fn kill9(mut self) -> tempfile::TempDir {
         nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
         self.child.wait().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::forget(self); // no SIGTERM to a dead daemon
-        dir
+        tempfile::tempdir().unwrap()
     }
 
     /// A request with the daemon's token; returns (status, body).
@@ -160,8 +159,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
+        // A reaped daemon's pid may already be someone else's: signal only a live child.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
     }
 }
 
