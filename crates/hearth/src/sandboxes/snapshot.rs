@@ -251,65 +251,9 @@ impl SandboxManager {
         let snapshot = self.get_snapshot(name).await?;
         debug_assert_eq!(spec.backend, snapshot.spec.backend);
         let dir = self.snapshots_dir()?.join(name.as_str());
-        let not_found = |missing: bool, err: SandboxError| {
-            if missing {
-                SandboxError::SnapshotNotFound(name.clone())
-            } else {
-                err
-            }
-        };
         let saved = match spec.backend {
-            BackendKind::Firecracker => {
-                let firecracker = Arc::clone(
-                    self.firecracker
-                        .as_ref()
-                        .ok_or_else(|| self.backends.unavailable(BackendKind::Firecracker))?,
-                );
-                // Runs `firecracker --version`.
-                let checked = tokio::task::spawn_blocking({
-                    let dir = dir.clone();
-                    move || firecracker.check_snapshot(&dir)
-                })
-                .await?;
-                match checked {
-                    Ok(manifest) if !shape_matches(&manifest, spec) => {
-                        return Err(SandboxError::SnapshotConflict(format!(
-                            "snapshot {name} has {} MiB and {} vCPUs, the sandbox to restore {} \
-                             MiB and {} CPUs",
-                            manifest.memory_mib,
-                            manifest.vcpus,
-                            spec.limits.memory.0 >> 20,
-                            spec.limits.cpus.0
-                        )));
-                    }
-                    Ok(manifest) => SavedVm::Firecracker(manifest),
-                    Err(err) => {
-                        let missing = matches!(&err, FirecrackerError::SnapshotFile { source, .. }
-                            if source.kind() == std::io::ErrorKind::NotFound);
-                        return Err(not_found(missing, BackendError::from(err).into()));
-                    }
-                }
-            }
-            BackendKind::Qemu => {
-                let qemu = match &self.qemu {
-                    Some(qemu) => qemu.clone(),
-                    None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
-                };
-                let checked = blocking({
-                    let dir = dir.clone();
-                    move || qemu.check_snapshot(&dir)
-                })
-                .await;
-                match checked {
-                    Ok(manifest) => SavedVm::Qemu(manifest),
-                    Err(err) => {
-                        let missing = matches!(&err,
-                            SandboxError::Backend(BackendError::Qemu(QemuError::File { source, .. }))
-                                if source.kind() == std::io::ErrorKind::NotFound);
-                        return Err(not_found(missing, err));
-                    }
-                }
-            }
+            BackendKind::Firecracker => self.check_firecracker_snapshot(&dir, spec, name).await?,
+            BackendKind::Qemu => self.check_qemu_snapshot(&dir, name).await?,
             BackendKind::Oci => {
                 return Err(SandboxError::SnapshotConflict(format!(
                     "snapshot {name} is not of a microVM"
@@ -332,6 +276,72 @@ impl SandboxManager {
         // The VM's size and guest policy come from the saved VM; the CLI fills them in.
         debug_assert_eq!(spec.guest_seccomp, snapshot.spec.guest_seccomp);
         self.create_with(spec, Some(restore)).await
+    }
+
+    /// Firecracker's manifest of snapshot `name`, checked against this host and against the
+    /// size `spec` asks for. Off the async threads: it runs `firecracker --version`.
+    async fn check_firecracker_snapshot(
+        &self,
+        dir: &Path,
+        spec: &SandboxSpec,
+        name: &SnapshotName,
+    ) -> Result<SavedVm, SandboxError> {
+        let firecracker = Arc::clone(
+            self.firecracker
+                .as_ref()
+                .ok_or_else(|| self.backends.unavailable(BackendKind::Firecracker))?,
+        );
+        let checked = tokio::task::spawn_blocking({
+            let dir = dir.to_owned();
+            move || firecracker.check_snapshot(&dir)
+        })
+        .await?;
+        let manifest = match checked {
+            Ok(manifest) => manifest,
+            Err(FirecrackerError::SnapshotFile { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(SandboxError::SnapshotNotFound(name.clone()))
+            }
+            Err(err) => return Err(BackendError::from(err).into()),
+        };
+        if !shape_matches(&manifest, spec) {
+            return Err(SandboxError::SnapshotConflict(format!(
+                "snapshot {name} has {} MiB and {} vCPUs, the sandbox to restore {} MiB and {} \
+                 CPUs",
+                manifest.memory_mib,
+                manifest.vcpus,
+                spec.limits.memory.0 >> 20,
+                spec.limits.cpus.0
+            )));
+        }
+        Ok(SavedVm::Firecracker(manifest))
+    }
+
+    /// QEMU's manifest of snapshot `name`, checked against this host's QEMU.
+    async fn check_qemu_snapshot(
+        &self,
+        dir: &Path,
+        name: &SnapshotName,
+    ) -> Result<SavedVm, SandboxError> {
+        let qemu = match &self.qemu {
+            Some(qemu) => qemu.clone(),
+            None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
+        };
+        let checked = blocking({
+            let dir = dir.to_owned();
+            move || qemu.check_snapshot(&dir)
+        })
+        .await;
+        match checked {
+            Ok(manifest) => Ok(SavedVm::Qemu(manifest)),
+            Err(SandboxError::Backend(BackendError::Qemu(QemuError::File { source, .. })))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(SandboxError::SnapshotNotFound(name.clone()))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Starts the VMM of a restore on the saved VM (blocking: QMP and the tap ioctls).
