@@ -43,8 +43,17 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Unix socket to listen on (created with mode 0600; a stale socket is replaced).
-    #[arg(long, default_value = "/.hearth/guest.sock")]
+    #[arg(
+        long,
+        default_value = "/.hearth/guest.sock",
+        conflicts_with = "listen_fd"
+    )]
     listen: PathBuf,
+    /// Serve on this inherited, already listening Unix socket instead of binding one (how an
+    /// OCI sandbox gets its channel: the socket file stays on the host, out of the sandbox's
+    /// reach).
+    #[arg(long, value_name = "FD")]
+    listen_fd: Option<i32>,
     /// Bytes of stdout and of stderr kept per exec; the rest is counted and dropped.
     /// Accepts K/M/G suffixes (binary).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
@@ -113,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Init => vm_init(),
     };
     init_logging();
+    protect_from_workload();
     let seccomp = match &args.seccomp_bpf {
         Some(path) => {
             let filters = seccomp::GuestFilters::load(path)?;
@@ -121,13 +131,17 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let listen = transport::Listen::Unix(args.listen.clone());
+    let listen = match args.listen_fd {
+        Some(fd) => transport::Listen::UnixFd(fd),
+        None => transport::Listen::Unix(args.listen.clone()),
+    };
     run_server(config(args, listen, seccomp))
 }
 
 /// Boots the VM, serves until SIGTERM, powers off. Never returns.
 fn vm_init() -> ! {
     init_logging();
+    protect_from_workload();
     let booted = match vm::boot() {
         Ok(Some(booted)) => booted,
         Ok(None) => {
@@ -155,6 +169,17 @@ fn vm_init() -> ! {
         eprintln!("hearth-guest: {err:#}");
     }
     vm::power_off();
+}
+
+/// Makes this process non-dumpable: without `CAP_SYS_PTRACE` (which no workload has) nothing
+/// can ptrace it, `pidfd_getfd` its fds (the host's channel among them), or open its
+/// `/proc/<pid>/mem`, `fd/` or `environ`, even a workload running as the same uid. Children get
+/// their own dumpable flag back when they exec.
+fn protect_from_workload() {
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        // Only a kernel without prctl could refuse; say so, since the channel is then exposed.
+        tracing::error!(%err, "cannot make hearth-guest non-dumpable");
+    }
 }
 
 fn config(

@@ -100,7 +100,7 @@ pub enum ServeError {
     Transport(#[from] TransportError),
     #[error("seccomp audit log: {0}")]
     Audit(#[from] hearth_seccomp::audit::AuditError),
-    #[error("{path} exists and is not a socket; refusing to replace it")]
+    #[error("{path} is not a listening socket; refusing to serve on it")]
     NotASocket { path: PathBuf },
     #[error("{op} {path}: {source}")]
     Socket {
@@ -157,6 +157,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let server = match &listen {
         Listen::Unix(path) => tokio::spawn(accept_unix(bind(path)?, Arc::clone(&state))),
+        Listen::UnixFd(fd) => tokio::spawn(accept_unix(inherited(*fd)?, Arc::clone(&state))),
         Listen::Vsock(port) => {
             let listener = transport::VsockListener::bind(*port)?;
             tokio::spawn(accept_vsock(listener, Arc::clone(&state)))
@@ -404,6 +405,34 @@ fn version() -> Response<RespBody> {
         protocol_version: PROTOCOL_VERSION,
     };
     json(StatusCode::OK, &info)
+}
+
+/// Takes over the listening Unix socket the host passed as `fd`. It must be one: anything else
+/// (a closed fd, a file, a socket that does not listen) stops the guest rather than serving
+/// nothing.
+fn inherited(fd: i32) -> Result<UnixListener, ServeError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let path = PathBuf::from(format!("inherited fd {fd}"));
+    let sock_err = |op, source: io::Error| ServeError::Socket {
+        op,
+        path: path.clone(),
+        source,
+    };
+    // Children must not inherit the host's channel; this also fails for a closed fd.
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| sock_err("fcntl", e.into()))?;
+    // SAFETY: `fd` is open (F_SETFD succeeded) and was handed to this process for the guest
+    // alone: nothing else here knows the number, so taking sole ownership is sound.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let listening = nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(|e| sock_err("getsockopt SO_ACCEPTCONN", e.into()))?;
+    if !listening {
+        return Err(ServeError::NotASocket { path });
+    }
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| sock_err("set nonblocking", e))?;
+    UnixListener::from_std(listener).map_err(|e| sock_err("register", e))
 }
 
 /// Binds the socket with mode 0600, replacing a stale socket but nothing else.

@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     Unix(PathBuf),
+    /// A Unix socket the host bound and listens on, inherited as this fd (OCI sandboxes: the
+    /// socket file stays on the host, where nothing in the sandbox can replace it).
+    UnixFd(i32),
     /// A virtio-serial port by its name (`/sys/class/virtio-ports/*/name`).
     VirtioSerial(String),
     Vsock(u32),
@@ -35,6 +38,7 @@ impl std::fmt::Display for Listen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+            Listen::UnixFd(fd) => write!(f, "unix-fd:{fd}"),
             Listen::VirtioSerial(name) => write!(f, "virtio-serial:{name}"),
             Listen::Vsock(port) => write!(f, "vsock:{port}"),
         }
