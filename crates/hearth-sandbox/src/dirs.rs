@@ -3,25 +3,33 @@
 //! Layout (`ROOT` defaults to `/run/hearth`):
 //!
 //! ```text
-//! ROOT/                     0700, owned by hearth's user
-//!   runtime/                state dir of the OCI runtime (`runc --root`)
-//!   sandboxes/ID/           0700, one per sandbox, removed whole on destroy
-//!     bundle/config.json    the OCI bundle
-//!     bundle/rootfs/        mount points only; the content is bind mounts
+//! ROOT/                     0711: others may pass through to their own sandbox dir, not list
+//!   runtime/                0700, state dir of the OCI runtime (`runc --root`)
+//!   sandboxes/              0711, like ROOT
+//!   sandboxes/ID/           0710 root:<sandbox gid>, one per sandbox, removed whole on destroy
+//!     bundle/config.json    the OCI bundle (bundle/ 0710 like its parent)
+//!     bundle/rootfs/        mount points only (owned by the sandbox's root); the content is
+//!                           bind mounts
 //!     etc/                  the sandbox's minimal /etc (mounted read-only)
-//!     guest/                mounted at /.hearth: hearth-guest's socket lives here
-//!     workspace/            /workspace when the user gave no --workspace
+//!     guest/                mounted read-only at /.hearth: hearth-guest, and the raw BPF
+//!                           `hearth-guest --seccomp-bpf` reads when asked for
+//!     guest.sock            the host end of the guest channel (0600; never inside the sandbox)
+//!     workspace/            what the sandbox sees at /workspace: a mount (see `workspace`)
+//!     workspace.img         the private workspace's filesystem image, when it has one
+//!     sys/                  the sandbox's own sysfs (OCI), mounted from its network namespace
 //!     runtime.log           the OCI runtime's own log
 //!     guest.log             hearth-guest's stdout and stderr
 //!     seccomp.sock          the seccomp supervisor's listener (`listenerPath`)
 //!     supervisor.pid/.log   the seccomp supervisor's pid and start time, and its stderr
-//!     guest-seccomp.bpf     raw BPF for `hearth-guest --seccomp-bpf`, when asked for
 //!     vm/                   0700, VM backends only: qmp.sock, guest-serial.sock, vsock.sock,
 //!                           api.sock, config.img, vmm.log, vmm.pid, console.log
 //! ```
 //!
-//! Every directory is created exclusively (`mkdir` fails if the name exists) with mode 0700, and
-//! the root is checked not to be a symlink, so nothing here follows a link an attacker planted.
+//! Every directory is created exclusively (`mkdir` fails if the name exists), and the root is
+//! checked not to be a symlink, so nothing here follows a link an attacker planted. A sandbox
+//! whose root maps to an unprivileged host id (see [`crate::userns`]) must reach its bundle and
+//! the sources of its mounts, so its directory is group-owned by that id's group with mode
+//! 0710, and the two dirs above it are 0711 (traversable, not listable). Nobody else gets in.
 
 use std::fs::{self, DirBuilder};
 use std::io;
@@ -29,6 +37,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::id::SandboxId;
+use crate::userns::HostIds;
 
 /// Longest path `bind(2)` accepts for a Unix socket (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -52,6 +61,10 @@ pub enum DirsError {
     SandboxExists { path: PathBuf },
     #[error("cannot remove {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
+    #[error("cannot set mode or group of {path}: {source}")]
+    Chmod { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Mounts(#[from] crate::mounts::MountsError),
     #[error("socket path {path} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets; choose a shorter --runtime-dir")]
     SocketPathTooLong { path: PathBuf, len: usize },
 }
@@ -68,8 +81,10 @@ impl RuntimeDirs {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DirsError> {
         let root = root.into();
         ensure_private_dir(&root)?;
+        set_mode(&root, TRAVERSABLE)?;
         let dirs = Self { root };
         ensure_private_dir(&dirs.sandboxes_dir())?;
+        set_mode(&dirs.sandboxes_dir(), TRAVERSABLE)?;
         ensure_private_dir(&dirs.runtime_state_dir())?;
         Ok(dirs)
     }
@@ -109,8 +124,13 @@ impl RuntimeDirs {
     }
 
     /// Creates a sandbox's directory tree. Fails if the sandbox directory already exists, so two
-    /// creates of the same id can never share one.
-    pub fn create_sandbox(&self, id: &SandboxId) -> Result<SandboxDirs, DirsError> {
+    /// creates of the same id can never share one. With `ids`, the sandbox's root (that host
+    /// uid's group) may pass through the directory to its bundle and mount sources.
+    pub fn create_sandbox(
+        &self,
+        id: &SandboxId,
+        ids: Option<HostIds>,
+    ) -> Result<SandboxDirs, DirsError> {
         let dirs = self.sandbox(id);
         let socket = dirs.guest_socket();
         let len = socket.as_os_str().len();
@@ -125,12 +145,10 @@ impl RuntimeDirs {
             }
             other => other?,
         }
-        for sub in [dirs.bundle(), dirs.rootfs(), dirs.etc(), dirs.guest_dir()] {
-            if let Err(err) = mkdir_private(&sub) {
-                // Leave nothing half-made behind.
-                let _ = dirs.remove();
-                return Err(err);
-            }
+        if let Err(err) = dirs.make_tree(ids) {
+            // Leave nothing half-made behind.
+            let _ = dirs.remove();
+            return Err(err);
         }
         Ok(dirs)
     }
@@ -161,7 +179,39 @@ pub struct SandboxDirs {
     base: PathBuf,
 }
 
+/// Mode of the dirs a sandbox's root passes through on its way to its own (no listing).
+const TRAVERSABLE: u32 = 0o711;
+/// Mode of the sandbox's own dirs on that way: its root's group may pass, nobody else.
+const GROUP_TRAVERSABLE: u32 = 0o710;
+/// Mode of dirs whose content the sandbox reads (through read-only mounts).
+const READABLE: u32 = 0o755;
+
 impl SandboxDirs {
+    fn make_tree(&self, ids: Option<HostIds>) -> Result<(), DirsError> {
+        for sub in [self.bundle(), self.rootfs(), self.etc(), self.guest_dir()] {
+            mkdir_private(&sub)?;
+        }
+        let Some(ids) = ids else {
+            return Ok(());
+        };
+        for dir in [self.base.clone(), self.bundle()] {
+            set_group(&dir, ids.root())?;
+            set_mode(&dir, GROUP_TRAVERSABLE)?;
+        }
+        for dir in [self.etc(), self.guest_dir()] {
+            set_mode(&dir, READABLE)?;
+        }
+        // The runtime makes the mount points inside the (later read-only) root as the
+        // sandbox's root, so that root owns the directory.
+        std::os::unix::fs::chown(self.rootfs(), Some(ids.root()), Some(ids.root())).map_err(
+            |source| DirsError::Chmod {
+                path: self.rootfs(),
+                source,
+            },
+        )?;
+        Ok(())
+    }
+
     pub fn base(&self) -> &Path {
         &self.base
     }
@@ -178,8 +228,22 @@ impl SandboxDirs {
     pub fn guest_dir(&self) -> PathBuf {
         self.base.join("guest")
     }
+    /// The host end of the guest channel: outside every directory the sandbox can write, so a
+    /// workload can neither replace it nor point hearth at another socket.
     pub fn guest_socket(&self) -> PathBuf {
-        self.guest_dir().join("guest.sock")
+        self.base.join("guest.sock")
+    }
+    /// The mount point of the sandbox's `/workspace` (see [`crate::workspace`]).
+    pub fn workspace(&self) -> PathBuf {
+        self.base.join("workspace")
+    }
+    /// The private workspace's filesystem image.
+    pub fn workspace_image(&self) -> PathBuf {
+        self.base.join("workspace.img")
+    }
+    /// Where the sandbox's own sysfs is mounted (bound to `/sys` in an OCI sandbox).
+    pub fn sysfs(&self) -> PathBuf {
+        self.base.join("sys")
     }
     /// Where the seccomp notification listener waits for the OCI runtime.
     pub fn seccomp_socket(&self) -> PathBuf {
@@ -192,13 +256,6 @@ impl SandboxDirs {
     /// `PID STARTTIME` of the seccomp supervisor, written once when it is started.
     pub fn supervisor_pid_file(&self) -> PathBuf {
         self.base.join("supervisor.pid")
-    }
-    /// The raw BPF file `hearth-guest --seccomp-bpf` reads (mounted read-only in the sandbox).
-    pub fn guest_seccomp_bpf(&self) -> PathBuf {
-        self.base.join("guest-seccomp.bpf")
-    }
-    pub fn default_workspace(&self) -> PathBuf {
-        self.base.join("workspace")
     }
     pub fn runtime_log(&self) -> PathBuf {
         self.base.join("runtime.log")
@@ -251,17 +308,29 @@ impl SandboxDirs {
         Ok(path)
     }
 
-    /// Creates the default workspace directory (0700; the sandbox's root user owns it).
-    pub fn create_default_workspace(&self) -> Result<PathBuf, DirsError> {
-        let path = self.default_workspace();
+    /// Creates the workspace mount point (0700 until something is mounted on it).
+    pub fn create_workspace_mount_point(&self) -> Result<PathBuf, DirsError> {
+        let path = self.workspace();
+        mkdir_private(&path)?;
+        Ok(path)
+    }
+
+    /// Creates the sysfs mount point.
+    pub fn create_sysfs_mount_point(&self) -> Result<PathBuf, DirsError> {
+        let path = self.sysfs();
         mkdir_private(&path)?;
         Ok(path)
     }
 
     /// Removes the whole sandbox directory. A directory that is already gone is not an error.
-    /// `remove_dir_all` does not follow symlinks inside the tree, so a link planted by a workload
-    /// in its workspace cannot make this delete anything outside.
+    /// Everything mounted inside (the workspace, which may be a view of a user's directory, and
+    /// sysfs) is detached first, and nothing is deleted while a mount remains; `remove_dir_all`
+    /// does not follow symlinks, so a link planted by a workload cannot make this delete
+    /// anything outside.
     pub fn remove(&self) -> Result<(), DirsError> {
+        if self.base.exists() {
+            crate::mounts::unmount_under(&self.base)?;
+        }
         match fs::remove_dir_all(&self.base) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -271,6 +340,20 @@ impl SandboxDirs {
             }),
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), DirsError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| DirsError::Chmod {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn set_group(path: &Path, gid: u32) -> Result<(), DirsError> {
+    std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| DirsError::Chmod {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn mkdir_private(path: &Path) -> Result<(), DirsError> {
@@ -344,9 +427,10 @@ mod tests {
     fn creates_private_tree_and_removes_it() {
         let tmp = tempfile::tempdir().unwrap();
         let dirs = RuntimeDirs::open(tmp.path().join("root")).unwrap();
-        assert_eq!(mode_of(dirs.root()), 0o700);
+        assert_eq!(mode_of(dirs.root()), 0o711);
+        assert_eq!(mode_of(&dirs.runtime_state_dir()), 0o700);
         let id = SandboxId::parse("dirs-test").unwrap();
-        let sb = dirs.create_sandbox(&id).unwrap();
+        let sb = dirs.create_sandbox(&id, None).unwrap();
         for path in [
             sb.base().to_owned(),
             sb.bundle(),
@@ -371,11 +455,63 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dirs = RuntimeDirs::open(tmp.path()).unwrap();
         let id = SandboxId::parse("twice").unwrap();
-        dirs.create_sandbox(&id).unwrap();
+        dirs.create_sandbox(&id, None).unwrap();
         assert!(matches!(
-            dirs.create_sandbox(&id),
+            dirs.create_sandbox(&id, None),
             Err(DirsError::SandboxExists { .. })
         ));
+    }
+
+    #[test]
+    fn a_sandbox_with_host_ids_lets_only_its_group_through() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = RuntimeDirs::open(tmp.path().join("root")).unwrap();
+        let ids = HostIds::block(3).unwrap();
+        let sb = dirs
+            .create_sandbox(&SandboxId::parse("grouped").unwrap(), Some(ids))
+            .unwrap();
+        for dir in [sb.base().to_owned(), sb.bundle()] {
+            let meta = fs::metadata(&dir).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o710);
+            assert_eq!((meta.uid(), meta.gid()), (0, ids.root()));
+        }
+        assert_eq!(mode_of(&sb.etc()), 0o755);
+        assert_eq!(mode_of(&dirs.sandboxes_dir()), 0o711);
+        sb.remove().unwrap();
+    }
+
+    /// The workspace mount point may carry a view of a user's directory: removing the sandbox
+    /// detaches it and never deletes through it.
+    #[test]
+    fn remove_detaches_a_mounted_workspace_instead_of_deleting_through_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (mount)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let users = tmp.path().join("users-repo");
+        fs::create_dir(&users).unwrap();
+        fs::write(users.join("precious"), b"x").unwrap();
+        let dirs = RuntimeDirs::open(tmp.path().join("root")).unwrap();
+        let sb = dirs
+            .create_sandbox(&SandboxId::parse("mounted").unwrap(), None)
+            .unwrap();
+        let point = sb.create_workspace_mount_point().unwrap();
+        nix::mount::mount(
+            Some(&users),
+            &point,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        sb.remove().unwrap();
+        assert!(!sb.base().exists());
+        assert!(users.join("precious").exists());
     }
 
     #[test]
@@ -405,7 +541,7 @@ mod tests {
         fs::write(outside.join("keep"), b"x").unwrap();
         let dirs = RuntimeDirs::open(tmp.path().join("root")).unwrap();
         let sb = dirs
-            .create_sandbox(&SandboxId::parse("plant").unwrap())
+            .create_sandbox(&SandboxId::parse("plant").unwrap(), None)
             .unwrap();
         std::os::unix::fs::symlink(&outside, sb.guest_dir().join("escape")).unwrap();
         sb.remove().unwrap();
@@ -419,7 +555,7 @@ mod tests {
         let dirs = RuntimeDirs::open(&deep).unwrap();
         let id = SandboxId::parse(&"a".repeat(64)).unwrap();
         assert!(matches!(
-            dirs.create_sandbox(&id),
+            dirs.create_sandbox(&id, None),
             Err(DirsError::SocketPathTooLong { .. })
         ));
         assert!(dirs.list_sandbox_dirs().unwrap().is_empty());

@@ -22,6 +22,19 @@ use tokio::net::UnixStream;
 /// Longest accepted line of the exec event stream; guest lines are at most ~90 KiB.
 const MAX_EVENT_LINE: usize = 4 * 1024 * 1024;
 
+// Everything read from a guest is bounded: a compromised guest (or whatever answers on its
+// socket) cannot make hearth hold more than these, whatever it sends.
+
+/// Largest file [`GuestClient::read_file`] accepts: `hearth-guest`'s own `--max-file`.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Output accepted per stream of one exec: `hearth-guest`'s own `--max-output` (it reports
+/// what it dropped beyond that; a guest that sends more is cut off).
+pub const MAX_STREAM_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest JSON answer (an audit page, a directory listing).
+const MAX_JSON_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest error body read (only its start is shown).
+const MAX_ERROR_BYTES: u64 = 64 * 1024;
+
 /// Everything that can go wrong talking to a guest.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestClientError {
@@ -30,6 +43,8 @@ pub enum GuestClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing guest socket {path}: {why}")]
+    Untrusted { path: PathBuf, why: String },
     #[error("HTTP exchange over guest socket {path}: {source}")]
     Http { path: PathBuf, source: hyper::Error },
     /// The guest answered with its JSON error body.
@@ -48,6 +63,8 @@ pub enum GuestClientError {
     },
     #[error("exec event line longer than {MAX_EVENT_LINE} bytes")]
     EventTooLong,
+    #[error("the guest sent more than {limit} bytes of {what}; cut off there")]
+    TooLarge { what: &'static str, limit: u64 },
     #[error("exec stream ended without an exit event")]
     NoExit,
     #[error("guest failed during exec ({kind}): {message}")]
@@ -142,6 +159,26 @@ impl GuestClient {
             .await?;
         let mut body = check_status(resp).await?.into_body();
         let mut buf = BytesMut::new();
+        let mut received = [0u64; 2];
+        let mut on_output = |chunk: OutputChunk| -> Result<(), GuestClientError> {
+            let (slot, what, len) = match &chunk {
+                OutputChunk::Stdout(data) => (0, "stdout", data.len()),
+                OutputChunk::Stderr(data) => (1, "stderr", data.len()),
+                OutputChunk::Truncated { .. } => {
+                    on_output(chunk);
+                    return Ok(());
+                }
+            };
+            received[slot] += u64::try_from(len).unwrap_or(u64::MAX);
+            if received[slot] > MAX_STREAM_BYTES {
+                return Err(GuestClientError::TooLarge {
+                    what,
+                    limit: MAX_STREAM_BYTES,
+                });
+            }
+            on_output(chunk);
+            Ok(())
+        };
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.http_err(e))?;
             let Ok(data) = frame.into_data() else {
@@ -161,13 +198,30 @@ impl GuestClient {
         Err(GuestClientError::NoExit)
     }
 
-    /// The whole file at `path` (absolute, inside the sandbox).
+    /// The whole file at `path` (absolute, inside the sandbox), at most [`MAX_FILE_BYTES`].
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, GuestClientError> {
+        self.read_file_limited(path, MAX_FILE_BYTES).await
+    }
+
+    /// The whole file at `path`, refused (`TooLarge`) past `limit` bytes, however the guest
+    /// announces or streams it.
+    pub async fn read_file_limited(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, GuestClientError> {
         let uri = format!("/v1/files?path={}", query::encode(path));
         let resp = self.send(Method::GET, uri, Bytes::new()).await?;
-        let body = check_status(resp).await?.into_body();
-        let bytes = body.collect().await.map_err(|e| self.http_err(e))?;
-        Ok(bytes.to_bytes().to_vec())
+        let resp = check_status(resp).await?;
+        read_body(resp, limit, "file content")
+            .await
+            .map_err(|err| match err {
+                BodyError::TooLarge => GuestClientError::TooLarge {
+                    what: "file content",
+                    limit,
+                },
+                BodyError::Http(e) => self.http_err(e),
+            })
     }
 
     /// Atomically replaces the file at `path` with `data` and permission bits `mode`.
@@ -237,12 +291,7 @@ impl GuestClient {
         uri: String,
         body: Bytes,
     ) -> Result<Response<Incoming>, GuestClientError> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
-            GuestClientError::Connect {
-                path: self.socket.clone(),
-                source,
-            }
-        })?;
+        let stream = connect_checked(&self.socket).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.http_err(e))?;
@@ -267,10 +316,57 @@ impl GuestClient {
     }
 }
 
+/// Connects to the guest socket at `path` only if it is what hearth made: a socket (not a
+/// symlink to one) owned by hearth's own uid. The check and the connect use the same inode: the
+/// path is opened once with `O_PATH | O_NOFOLLOW`, and the connect goes through that fd's
+/// `/proc/self/fd` name, so a swap of the path in between changes nothing.
+async fn connect_checked(path: &Path) -> Result<UnixStream, GuestClientError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let connect_err = |source| GuestClientError::Connect {
+        path: path.to_owned(),
+        source,
+    };
+    let untrusted = |why: String| GuestClientError::Untrusted {
+        path: path.to_owned(),
+        why,
+    };
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| match err.raw_os_error() {
+            // O_PATH|O_NOFOLLOW on a symlink opens the link itself; ELOOP comes from others.
+            Some(libc::ELOOP) => untrusted("it is a symlink".into()),
+            _ => connect_err(err),
+        })?;
+    let meta = handle.metadata().map_err(connect_err)?;
+    if !meta.file_type().is_socket() {
+        return Err(untrusted(format!(
+            "it is not a socket ({})",
+            if meta.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                "another kind of file"
+            }
+        )));
+    }
+    let own = nix::unistd::geteuid().as_raw();
+    if meta.uid() != own {
+        return Err(untrusted(format!(
+            "it belongs to uid {}, not to hearth's uid {own}",
+            meta.uid()
+        )));
+    }
+    let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+    let stream = UnixStream::connect(&by_fd).await.map_err(connect_err)?;
+    drop(handle);
+    Ok(stream)
+}
+
 /// Passes output to the callback; returns the exit status once the `exit` event arrives.
 fn handle_event(
     line: &[u8],
-    on_output: &mut impl FnMut(OutputChunk),
+    on_output: &mut impl FnMut(OutputChunk) -> Result<(), GuestClientError>,
 ) -> Result<Option<ExitStatus>, GuestClientError> {
     if line.is_empty() {
         return Ok(None);
@@ -282,15 +378,15 @@ fn handle_event(
         })?;
     match event {
         ExecEvent::Started { .. } => {}
-        ExecEvent::Stdout { data } => on_output(OutputChunk::Stdout(data)),
-        ExecEvent::Stderr { data } => on_output(OutputChunk::Stderr(data)),
+        ExecEvent::Stdout { data } => on_output(OutputChunk::Stdout(data))?,
+        ExecEvent::Stderr { data } => on_output(OutputChunk::Stderr(data))?,
         ExecEvent::Truncated {
             stream,
             dropped_bytes,
         } => on_output(OutputChunk::Truncated {
             stream,
             dropped_bytes,
-        }),
+        })?,
         ExecEvent::Exit(status) => return Ok(Some(status)),
         ExecEvent::Error(info) => {
             return Err(GuestClientError::ExecFailed {
@@ -308,12 +404,9 @@ async fn check_status(resp: Response<Incoming>) -> Result<Response<Incoming>, Gu
     if status.is_success() {
         return Ok(resp);
     }
-    // Error bodies are small JSON; whatever cannot be read is reported as empty.
-    let body = resp
-        .into_body()
-        .collect()
+    // Error bodies are small JSON; whatever cannot be read (or is too long) counts as empty.
+    let body = read_body(resp, MAX_ERROR_BYTES, "error body")
         .await
-        .map(|b| b.to_bytes())
         .unwrap_or_default();
     Err(match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(ErrorBody { error }) => GuestClientError::Guest {
@@ -333,10 +426,16 @@ async fn decode<T: DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, GuestClientError> {
     let status = resp.status().as_u16();
-    let body = match resp.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        // A JSON answer is tiny; failing to read it means the guest dropped the connection.
-        Err(err) => {
+    let body = match read_body(resp, MAX_JSON_BYTES, what).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return Err(GuestClientError::TooLarge {
+                what,
+                limit: MAX_JSON_BYTES,
+            })
+        }
+        // A JSON answer is small; failing to read it means the guest dropped the connection.
+        Err(BodyError::Http(err)) => {
             return Err(GuestClientError::UnexpectedStatus {
                 status,
                 body: format!("(body unreadable: {err})"),
@@ -344,4 +443,40 @@ async fn decode<T: DeserializeOwned>(
         }
     };
     serde_json::from_slice(&body).map_err(|source| GuestClientError::Decode { what, source })
+}
+
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Http(hyper::Error),
+}
+
+/// Reads a response body, stopping (and dropping the connection) as soon as it passes `limit`
+/// bytes: a `Content-Length` over the limit is refused before anything is read.
+async fn read_body(
+    resp: Response<Incoming>,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, BodyError> {
+    let announced = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit) {
+        tracing::debug!(what, ?announced, limit, "guest announced an oversized body");
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Http)?;
+        if let Ok(data) = frame.into_data() {
+            if u64::try_from(out.len() + data.len()).unwrap_or(u64::MAX) > limit {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }

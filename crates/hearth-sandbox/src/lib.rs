@@ -7,10 +7,13 @@ pub mod dirs;
 pub mod guest_client;
 pub mod id;
 pub mod image;
+pub mod mounts;
 pub mod net;
 pub mod pidfd;
 pub mod process_stamp;
 pub mod spec;
+pub mod userns;
 pub mod vmm_cgroup;
+pub mod workspace;
 
 pub use id::{IdError, SandboxId, SandboxNames};

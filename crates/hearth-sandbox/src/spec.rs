@@ -97,12 +97,21 @@ impl Cpus {
     }
 }
 
-/// Resource limits enforced by the sandbox's cgroup.
+/// Resource limits: memory, CPU and processes by the sandbox's cgroup, disk by the size of its
+/// private workspace's filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ResourceLimits {
     pub memory: MemoryBytes,
     pub cpus: Cpus,
     pub pids: u32,
+    /// Size of the private workspace (sizes parse like memory's); records from before this
+    /// field get the default.
+    #[serde(default = "default_disk")]
+    pub disk: MemoryBytes,
+}
+
+fn default_disk() -> MemoryBytes {
+    MemoryBytes(crate::workspace::DEFAULT_DISK_BYTES)
 }
 
 impl Default for ResourceLimits {
@@ -111,6 +120,7 @@ impl Default for ResourceLimits {
             memory: MemoryBytes(DEFAULT_MEMORY_BYTES),
             cpus: Cpus(DEFAULT_CPUS),
             pids: DEFAULT_PIDS,
+            disk: default_disk(),
         }
     }
 }

@@ -58,6 +58,7 @@ fn every_call(vm_dir: &Path) -> Vec<ApiCall> {
         memory: MemoryBytes(1 << 30),
         cpus: Cpus(2.5),
         pids: 256,
+        ..ResourceLimits::default()
     };
     let mut calls = Vec::new();
     for layout in [VmLayout::direct(vm_dir), VmLayout::jailed(vm_dir)] {

@@ -58,7 +58,7 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
     // Another sandbox resumes it: logger, metrics, then the load of the saved files.
     assert_eq!(backend.check_snapshot(&dest).unwrap(), manifest);
     let other = SandboxId::parse("fc-restored").unwrap();
-    let dirs = fx.runtime.create_sandbox(&other).unwrap();
+    let dirs = fx.runtime.create_sandbox(&other, None).unwrap();
     let spec = SandboxSpec {
         id: other.clone(),
         ..fx.spec.clone()
@@ -125,7 +125,7 @@ async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing()
     let snapshot = backend.snapshot(&source).await.unwrap();
 
     let clone_id = SandboxId::parse("fc-clone").unwrap();
-    let clone_dirs = fx.runtime.create_sandbox(&clone_id).unwrap();
+    let clone_dirs = fx.runtime.create_sandbox(&clone_id, None).unwrap();
     let clone_spec = SandboxSpec {
         id: clone_id.clone(),
         ..fx.spec.clone()

@@ -66,6 +66,9 @@ pub struct LaunchContext<'a> {
     pub net: Option<GuestNet>,
     /// The guest image a VM boots (VM backends only).
     pub vm_image: Option<VmImagePaths>,
+    /// The host ids the sandbox's root maps to (OCI: its user namespace); `None` runs it as
+    /// host root, as sandboxes made before hearth had user namespaces did.
+    pub ids: Option<crate::userns::HostIds>,
 }
 
 /// Errors of any backend.

@@ -200,7 +200,7 @@ impl Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let runtime = RuntimeDirs::open(tmp.path().join("root")).unwrap();
         let id = SandboxId::parse(id).unwrap();
-        let dirs = runtime.create_sandbox(&id).unwrap();
+        let dirs = runtime.create_sandbox(&id, None).unwrap();
         let images = tmp.path().join("images");
         std::fs::create_dir(&images).unwrap();
         for name in ["vmlinux", "initramfs.cpio.gz", "rootfs.ext4"] {
@@ -334,6 +334,7 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
                 initrd: images.join("initramfs.cpio.gz"),
                 rootfs: images.join("rootfs.ext4"),
             }),
+            ids: None,
         }
     }
 

@@ -243,6 +243,7 @@ mod tests {
             memory: MemoryBytes(256 << 20),
             cpus: Cpus(1.5),
             pids: 64,
+            ..ResourceLimits::default()
         };
         let plan = BootPlan::new(&layout, &image, &limits, Some(&net()));
         assert_eq!(plan.machine.vcpu_count, 2);

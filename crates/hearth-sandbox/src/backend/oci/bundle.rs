@@ -2,8 +2,16 @@
 //!
 //! The root filesystem needs no image, so a fresh offline machine can run sandboxes: it is an
 //! empty, read-only directory whose content is bind mounts of the host's system directories
-//! (read-only), a minimal generated `/etc`, tmpfs for `/tmp`, `/run` and `/root`, and a writable
-//! `/workspace`. `hearth-guest` comes in read-only at `/.hearth/hearth-guest`.
+//! (read-only), a minimal generated `/etc`, tmpfs for `/tmp`, `/run` and `/root` (each smaller
+//! than the sandbox's memory), and a writable `/workspace`. `hearth-guest` comes in read-only at
+//! `/.hearth/hearth-guest`; `/.hearth` is read-only as a whole.
+//!
+//! With host ids (see [`crate::userns`]) the container gets a user namespace mapping its uid and
+//! gid 0 to the sandbox's own unprivileged host block, and a sysfs mounted from its own network
+//! namespace (the kernel does not let a user namespace mount sysfs for a network namespace it
+//! does not own; hearth keeps the network namespace owned by the host, so the workload can never
+//! hold a capability over its own firewall). The guest channel is a socket hearth binds on the
+//! host and hands to PID 1 as fd 3: it has no name inside the sandbox at all.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -11,20 +19,25 @@ use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::backend::LaunchContext;
 use crate::spec::SandboxSpec;
+use crate::userns::IDS_PER_SANDBOX;
 
-/// Where `hearth-guest` and its socket appear inside the sandbox.
+/// Where `hearth-guest` and its files appear inside the sandbox (read-only).
 pub const GUEST_DIR_IN_SANDBOX: &str = "/.hearth";
-/// The guest's socket path inside the sandbox.
-pub const GUEST_SOCKET_IN_SANDBOX: &str = "/.hearth/guest.sock";
 const GUEST_BINARY_IN_SANDBOX: &str = "/.hearth/hearth-guest";
+/// The fd PID 1 finds the guest channel's listening socket on (`runc run --preserve-fds 1`).
+pub const GUEST_LISTEN_FD: i32 = 3;
+/// Open files per process: the sandbox's pids limit times this is its fd budget, kept near
+/// [`FD_BUDGET`] (the kernel has no per-cgroup fd limit; the memory cgroup also charges every
+/// open file).
+const FD_BUDGET: u64 = 262_144;
 /// Where the guest's own seccomp filters appear (read-only), when the spec has them.
 const GUEST_SECCOMP_IN_SANDBOX: &str = "/.hearth/seccomp.bpf";
 const CFS_PERIOD_US: u64 = 100_000;
@@ -37,13 +50,16 @@ const HOST_SYSTEM_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "lib
 
 /// Host files and dirs under /etc that programs need to run (dynamic linker cache, alternatives
 /// symlinks, CA certificates); everything else in the host's /etc stays out of the sandbox.
+/// Only the public half of `/etc/ssl`: the host's private keys (`/etc/ssl/private`) stay out.
 const HOST_ETC_ENTRIES: &[&str] = &[
     "ld.so.cache",
     "ld.so.conf",
     "ld.so.conf.d",
     "alternatives",
-    "ssl",
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates",
+    "ca-certificates.conf",
 ];
 
 /// Errors while writing a bundle.
@@ -53,8 +69,6 @@ pub enum BundleError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read host path {path}: {source}")]
     HostPath { path: PathBuf, source: io::Error },
-    #[error("workspace {path} is not a directory")]
-    WorkspaceNotDir { path: PathBuf },
     #[error("guest binary {path} does not exist; build it with `cargo build -p hearth-guest` or pass --guest-binary")]
     GuestBinaryMissing { path: PathBuf },
     #[error("invalid OCI spec: {0}")]
@@ -70,17 +84,11 @@ pub fn write_bundle(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<PathB
             path: ctx.guest_binary.clone(),
         });
     }
-    let workspace = match &spec.workspace {
-        Some(dir) if !dir.is_dir() => {
-            return Err(BundleError::WorkspaceNotDir { path: dir.clone() })
-        }
-        Some(dir) => dir.clone(),
-        None => ctx.dirs.default_workspace(),
-    };
-    let mut mounts = prepare_rootfs(ctx)?;
-    mounts.push(bind(&workspace, "/workspace", false));
+    // The workspace was made on the host (a private filesystem or a view of the user's dir).
+    let mut mounts = prepare_rootfs(spec, ctx)?;
+    mounts.push(bind(&ctx.dirs.workspace(), "/workspace", false));
     if let Some(bpf) = &spec.guest_seccomp {
-        mounts.push(guest_seccomp_mount(ctx, bpf)?);
+        write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), bpf, 0o444)?;
     }
     write_etc(&ctx.dirs.etc(), spec.id.as_str(), ctx.resolver)?;
     let config = build_spec(spec, ctx, mounts)?;
@@ -109,8 +117,8 @@ fn build_spec(
     let rlimits = vec![
         PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .soft(4096u64)
-            .hard(4096u64)
+            .soft(open_files_per_process(spec.limits.pids))
+            .hard(open_files_per_process(spec.limits.pids))
             .build()?,
         PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitCore)
@@ -131,22 +139,26 @@ fn build_spec(
         .build()?;
 
     let mut spec_linux = oci_spec::runtime::Linux::default();
-    let namespaces = [
+    let mut own_namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Cgroup,
-    ]
-    .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-    .chain(std::iter::once(
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Network)
-            .path(ctx.netns_path.clone())
-            .build(),
-    ))
-    .collect::<Result<Vec<_>, _>>()?;
+    ];
+    if ctx.ids.is_some() {
+        own_namespaces.push(LinuxNamespaceType::User);
+    }
+    let namespaces = own_namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .chain(std::iter::once(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(ctx.netns_path.clone())
+                .build(),
+        ))
+        .collect::<Result<Vec<_>, _>>()?;
     let limits = spec.limits;
     #[allow(clippy::cast_possible_wrap)] // memory is at most a few TiB, far below i64::MAX
     let memory_limit = limits.memory.0 as i64;
@@ -164,7 +176,16 @@ fn build_spec(
                 .build()?,
         )
         .build()?;
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(ids) = ctx.ids {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(ids.root())
+            .size(IDS_PER_SANDBOX)
+            .build()?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(spec.id.names().cgroup))
@@ -173,6 +194,19 @@ fn build_spec(
         .build()?;
 
     let mut all_mounts = oci_spec::runtime::get_default_mounts();
+    if ctx.ids.is_some() {
+        // The sandbox's own sysfs (see the module docs), read-only like the default one.
+        for mount in &mut all_mounts {
+            if mount.destination() == Path::new("/sys") {
+                *mount = bind(&ctx.dirs.sysfs(), "/sys", true);
+                mount.set_options(Some(
+                    ["rbind", "nosuid", "nodev", "noexec", "ro"]
+                        .map(str::to_owned)
+                        .into(),
+                ));
+            }
+        }
+    }
     all_mounts.extend(mounts);
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -193,8 +227,8 @@ fn guest_args(spec: &SandboxSpec) -> Vec<String> {
     let mut args: Vec<String> = [
         GUEST_BINARY_IN_SANDBOX,
         "serve",
-        "--listen",
-        GUEST_SOCKET_IN_SANDBOX,
+        "--listen-fd",
+        &GUEST_LISTEN_FD.to_string(),
     ]
     .map(str::to_owned)
     .into();
@@ -207,17 +241,29 @@ fn guest_args(spec: &SandboxSpec) -> Vec<String> {
     args
 }
 
-/// Writes the guest's filters beside the bundle and mounts them read-only over a placeholder in
-/// the (writable) guest dir, so nothing in the sandbox can swap them before the guest reads them.
-fn guest_seccomp_mount(ctx: &LaunchContext<'_>, bpf: &[u8]) -> Result<Mount, BundleError> {
-    let host = ctx.dirs.guest_seccomp_bpf();
-    write_new_file(&host, bpf, 0o400)?;
-    write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), b"", 0o400)?;
-    Ok(bind(&host, GUEST_SECCOMP_IN_SANDBOX, true))
+/// `RLIMIT_NOFILE` for a sandbox of `pids` processes: its share of [`FD_BUDGET`], at least
+/// 256 (what small tools assume) and at most 4096.
+fn open_files_per_process(pids: u32) -> u64 {
+    (FD_BUDGET / u64::from(pids.max(1))).clamp(256, 4096)
+}
+
+/// tmpfs sizes well under the memory limit, whose cgroup pays for their pages: together
+/// `/tmp`, `/run` and `/root` can take at most seven eighths of it, so filling them leaves
+/// room for processes, and hearth-guest keeps working to report what happened.
+fn tmpfs_sizes(memory: u64) -> [(&'static str, String); 3] {
+    let kib = |bytes: u64| format!("size={}k", (bytes / 1024).max(64));
+    [
+        ("/tmp", format!("mode=1777,{}", kib(memory / 2))),
+        (
+            "/run",
+            format!("mode=755,{}", kib((memory / 8).min(64 << 20))),
+        ),
+        ("/root", format!("mode=700,{}", kib(memory / 4))),
+    ]
 }
 
 /// Lays out the rootfs directory and returns the bind mounts that fill it.
-fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
+fn prepare_rootfs(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
     let rootfs = ctx.dirs.rootfs();
     let mut mounts = vec![bind(Path::new("/usr"), "/usr", true)];
     for name in HOST_SYSTEM_DIRS {
@@ -245,17 +291,14 @@ fn prepare_rootfs(ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
             mounts.push(bind(&host, &format!("/etc/{name}"), true));
         }
     }
-    for (dest, options) in [
-        ("/tmp", "mode=1777,size=1g"),
-        ("/run", "mode=755,size=64m"),
-        ("/root", "mode=700,size=1g"),
-    ] {
-        mounts.push(tmpfs(dest, options));
+    for (dest, options) in tmpfs_sizes(spec.limits.memory.0) {
+        mounts.push(tmpfs(dest, &options));
     }
-    // The guest dir first, then the binary on top of a placeholder inside it.
-    mounts.push(bind(&ctx.dirs.guest_dir(), GUEST_DIR_IN_SANDBOX, false));
+    // The guest dir first, then the binary on top of a placeholder inside it; the workload
+    // can change neither.
+    mounts.push(bind(&ctx.dirs.guest_dir(), GUEST_DIR_IN_SANDBOX, true));
     let placeholder = ctx.dirs.guest_dir().join("hearth-guest");
-    write_new_file(&placeholder, b"", 0o500)?;
+    write_new_file(&placeholder, b"", 0o555)?;
     mounts.push(bind(&ctx.guest_binary, GUEST_BINARY_IN_SANDBOX, true));
     Ok(mounts)
 }
@@ -282,6 +325,12 @@ fn write_etc(
     for name in HOST_ETC_ENTRIES {
         let host = Path::new("/etc").join(name);
         let inside = etc.join(name);
+        if let Some(parent) = inside.parent().filter(|p| !p.exists()) {
+            fs::create_dir_all(parent).map_err(|source| BundleError::Write {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
         if host.is_dir() {
             fs::create_dir(&inside).map_err(|source| BundleError::Write {
                 path: inside,

@@ -10,6 +10,13 @@ pub mod runtime;
 pub use bundle::BundleError;
 pub use runtime::{OciRuntime, OciRuntimeKind, RuntimeError};
 
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
 use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
 use crate::id::SandboxId;
 use crate::spec::SandboxSpec;
@@ -21,6 +28,52 @@ pub enum OciError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("cannot {op} the guest socket {path}: {source}")]
+    GuestSocket {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot mount the sandbox's sysfs on {path}: {source}")]
+    Sysfs {
+        path: PathBuf,
+        source: nix::errno::Errno,
+    },
+    #[error(transparent)]
+    Dirs(#[from] crate::dirs::DirsError),
+    #[error(transparent)]
+    Netns(#[from] crate::net::netns::NetError),
+}
+
+/// Binds the host end of the guest channel (mode 0600, in the sandbox's own dir, which the
+/// sandbox cannot write), to be handed to PID 1.
+fn bind_guest_socket(path: &Path) -> Result<UnixListener, OciError> {
+    let socket_err = |op| {
+        move |source| OciError::GuestSocket {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let listener = UnixListener::bind(path).map_err(socket_err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(socket_err("chmod"))?;
+    Ok(listener)
+}
+
+/// Mounts a sysfs made in the sandbox's network namespace, so `/sys/class/net` shows its own
+/// links, on `dirs.sysfs()` for the bundle to bind read-only.
+fn mount_own_sysfs(ctx: &LaunchContext<'_>) -> Result<(), OciError> {
+    let target = ctx.dirs.create_sysfs_mount_point()?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    crate::net::netns::in_netns(&ctx.netns_path, |_| {
+        mount(Some("sysfs"), &target, Some("sysfs"), flags, None::<&str>).map_err(|source| {
+            OciError::Sysfs {
+                path: target.clone(),
+                source,
+            }
+        })
+    })
 }
 
 /// Runs sandboxes as OCI containers.
@@ -43,6 +96,10 @@ impl OciBackend {
         spec: &SandboxSpec,
         ctx: &LaunchContext<'_>,
     ) -> Result<GuestEndpoint, OciError> {
+        if ctx.ids.is_some() {
+            mount_own_sysfs(ctx)?;
+        }
+        let listener = bind_guest_socket(&ctx.dirs.guest_socket())?;
         bundle::write_bundle(spec, ctx)?;
         let container = spec.id.names().container;
         let started = self.runtime.run_detached(
@@ -50,7 +107,10 @@ impl OciBackend {
             &ctx.dirs.bundle(),
             &ctx.dirs.runtime_log(),
             &ctx.dirs.guest_log(),
+            Some(listener.as_fd()),
         );
+        // PID 1 holds the listener now; hearth only ever connects.
+        drop(listener);
         if let Err(err) = started {
             // runc removes what it made when `run` fails early, but not always after the
             // container exists (e.g. a failing start hook): make sure.

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
@@ -161,13 +163,15 @@ impl OciRuntime {
     }
 
     /// `run --detach`: creates and starts the container; the runtime exits once PID 1 runs.
-    /// PID 1's stdout and stderr go to `stdio_log`.
+    /// PID 1's stdout and stderr go to `stdio_log`; `pass_fd` reaches PID 1 as fd 3
+    /// (`--preserve-fds 1`).
     pub fn run_detached(
         &self,
         container: &str,
         bundle: &Path,
         runtime_log: &Path,
         stdio_log: &Path,
+        pass_fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), RuntimeError> {
         let log = File::options()
             .create(true)
@@ -186,9 +190,20 @@ impl OciRuntime {
             .arg(runtime_log)
             .arg("--log-format")
             .arg("json");
-        cmd.args(["run", "--detach", "--bundle"])
-            .arg(bundle)
-            .arg(container);
+        cmd.args(["run", "--detach"]);
+        if let Some(fd) = pass_fd {
+            let raw = fd.as_raw_fd();
+            cmd.args(["--preserve-fds", "1"]);
+            // SAFETY: between fork and exec only dup2 runs, an async-signal-safe call on fds
+            // the child inherited; dup2 leaves fd 3 without close-on-exec, as runc needs.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::dup2(raw, 3)?;
+                    Ok(())
+                });
+            }
+        }
+        cmd.arg("--bundle").arg(bundle).arg(container);
         cmd.stdout(log).stderr(log_err);
         let status = cmd.status().map_err(|source| RuntimeError::Spawn {
             binary: self.binary.clone(),

@@ -203,11 +203,9 @@ impl QemuBackend {
                 },
             )
         };
-        let workspace = Some(
-            spec.workspace
-                .clone()
-                .unwrap_or_else(|| dirs.default_workspace()),
-        );
+        // What the workspace is (a private filesystem, or a view of the user's directory) was
+        // settled on the host before the VM starts: the VM shares the mount point.
+        let workspace = Some(dirs.workspace());
         let mib = spec.limits.memory.0.div_ceil(1024 * 1024);
         // Bounded to 1024 by the spec's validation, so the cast cannot truncate.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

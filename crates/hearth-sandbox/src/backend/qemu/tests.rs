@@ -53,8 +53,8 @@ impl Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let runtime = RuntimeDirs::open(tmp.path().join("run")).unwrap();
         let id = SandboxId::parse(&format!("qemu-{tag}")).unwrap();
-        let sandbox = runtime.create_sandbox(&id).unwrap();
-        sandbox.create_default_workspace().unwrap();
+        let sandbox = runtime.create_sandbox(&id, None).unwrap();
+        sandbox.create_workspace_mount_point().unwrap();
         let netns_name = format!("hearthtest-qemu-{tag}-{}", std::process::id());
         let netns_path = netns::create(&netns_name).unwrap();
         let images = tmp.path().join("images");
@@ -101,6 +101,7 @@ impl Fixture {
             resolver: None,
             net: None,
             vm_image: Some(self.image.clone()),
+            ids: None,
         }
     }
 
