@@ -21,6 +21,7 @@ use hearth_sandbox::backend::{BackendError, FirecrackerError};
 use hearth_sandbox::dirs::DirsError;
 use hearth_sandbox::guest_client::GuestClientError;
 use hearth_sandbox::net::FirewallError;
+use hearth_sandbox::workspace::WorkspaceError;
 
 use crate::sandboxes::SandboxError;
 
@@ -93,7 +94,6 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Backend(BackendError::Oci(OciError::Bundle(bundle))) => {
             use hearth_sandbox::backend::oci::BundleError;
             match bundle {
-                BundleError::WorkspaceNotDir { .. } => BAD_INPUT,
                 BundleError::GuestBinaryMissing { .. } => HOST,
                 _ => SANDBOX_FAILED,
             }
@@ -125,6 +125,11 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         | SandboxError::FirecrackerImage(_) => HOST,
         SandboxError::NotAVm { .. } | SandboxError::WorkspaceUnsupported(_) => BAD_INPUT,
         SandboxError::Guest(guest) => guest_code(guest),
+        SandboxError::Workspace(
+            WorkspaceError::NotADirectory { .. } | WorkspaceError::Inspect { .. },
+        ) => BAD_INPUT,
+        SandboxError::Workspace(WorkspaceError::Spawn { .. }) => HOST,
+        SandboxError::Workspace(_) | SandboxError::NoHostIds(_) => SANDBOX_FAILED,
         SandboxError::Supervisor(_) => SANDBOX_FAILED,
         SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,
         SandboxError::Net(_) => HOST,
@@ -135,6 +140,9 @@ fn sandbox_code(err: &SandboxError) -> u8 {
 
 fn guest_code(err: &GuestClientError) -> u8 {
     use hearth_proto::ErrorKind;
+    if matches!(err, GuestClientError::TooLarge { .. }) {
+        return TOO_LARGE;
+    }
     match err.guest_kind() {
         Some(ErrorKind::NotFound) => NOT_FOUND,
         Some(ErrorKind::TooLarge) => TOO_LARGE,

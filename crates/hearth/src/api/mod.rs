@@ -94,9 +94,9 @@ impl ApiError {
 
 /// Sorted by cause as the CLI's exit codes are (exit.rs), so both front ends agree.
 fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
-    use hearth_sandbox::backend::oci::{BundleError, OciError};
     use hearth_sandbox::backend::BackendError;
     use hearth_sandbox::dirs::DirsError;
+    use hearth_sandbox::workspace::WorkspaceError;
     match err {
         SandboxError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         SandboxError::AlreadyExists(_) | SandboxError::Dirs(DirsError::SandboxExists { .. }) => {
@@ -114,9 +114,9 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
         )
         | SandboxError::Net(hearth_sandbox::net::FirewallError::Policy(_))
         | SandboxError::WorkspaceUnsupported(_)
-        | SandboxError::Backend(BackendError::Oci(OciError::Bundle(
-            BundleError::WorkspaceNotDir { .. },
-        ))) => (StatusCode::BAD_REQUEST, "bad_request"),
+        | SandboxError::Workspace(
+            WorkspaceError::NotADirectory { .. } | WorkspaceError::Inspect { .. },
+        ) => (StatusCode::BAD_REQUEST, "bad_request"),
         SandboxError::Guest(guest) => guest_status(guest),
         // The host lacks it: the request can't succeed here as it stands.
         SandboxError::BackendUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unavailable"),
@@ -131,6 +131,12 @@ fn guest_status(
     err: &hearth_sandbox::guest_client::GuestClientError,
 ) -> (StatusCode, &'static str) {
     use hearth_proto::ErrorKind;
+    if matches!(
+        err,
+        hearth_sandbox::guest_client::GuestClientError::TooLarge { .. }
+    ) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    }
     match err.guest_kind() {
         Some(ErrorKind::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
         Some(ErrorKind::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),

@@ -47,6 +47,8 @@ pub struct CreateSandbox {
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<u32>,
+    /// Size of the private workspace: `4G`, `512M` or bytes.
+    disk: Option<String>,
     workspace: Option<PathBuf>,
     /// `none`, `gateway` (the default) or `allowlist`.
     net: Option<String>,
@@ -81,6 +83,12 @@ pub async fn create(
             None => defaults.cpus,
         },
         pids: body.pids.unwrap_or(defaults.pids),
+        disk: match &body.disk {
+            Some(raw) => raw
+                .parse::<MemoryBytes>()
+                .map_err(|e| invalid("disk", e.to_string()))?,
+            None => defaults.disk,
+        },
     };
     limits
         .validate()

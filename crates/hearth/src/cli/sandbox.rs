@@ -109,6 +109,11 @@ pub struct CreateArgs {
     /// snapshot's].
     #[arg(long)]
     pub(super) pids: Option<u32>,
+    /// Size of the private workspace, e.g. 2G [default: 4G]: /workspace is a filesystem of
+    /// its own, so a workload can fill it and nothing more of the host's disk. (A --workspace
+    /// DIR is the host's own directory, limited only by its filesystem.)
+    #[arg(long, value_name = "SIZE")]
+    pub(super) disk: Option<MemoryBytes>,
     /// Host directory mounted read-write at /workspace (default: an empty private one). Not
     /// with Firecracker, which shares no host directory.
     #[arg(long, value_name = "DIR")]
@@ -234,6 +239,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
         memory: args.memory.unwrap_or(defaults.memory),
         cpus: args.cpus.unwrap_or(defaults.cpus),
         pids: args.pids.unwrap_or(defaults.pids),
+        disk: args.disk.unwrap_or(defaults.disk),
     };
     limits
         .validate()

@@ -187,6 +187,7 @@ mod tests {
                 memory: MemoryBytes(256 << 20),
                 cpus: Cpus(2.0),
                 pids: 100,
+                ..ResourceLimits::default()
             },
             workspace: None,
             seccomp: None,

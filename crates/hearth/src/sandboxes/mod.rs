@@ -24,6 +24,8 @@ use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
 use hearth_sandbox::net::{FirewallError, FirewallManager};
 use hearth_sandbox::spec::SandboxSpec;
+use hearth_sandbox::userns::HostIds;
+use hearth_sandbox::workspace::{self, WorkspaceSource};
 use hearth_sandbox::SandboxId;
 
 use crate::store::{SandboxRecord, SandboxStatus, StatusError, Store, StoreError};
@@ -81,6 +83,10 @@ pub enum SandboxError {
     },
     #[error("{0} (build one with: hearth image build)")]
     Image(#[from] hearth_sandbox::image::ImageError),
+    #[error(transparent)]
+    Workspace(#[from] hearth_sandbox::workspace::WorkspaceError),
+    #[error("sandbox {0} has no host id block to run as")]
+    NoHostIds(SandboxId),
     #[error("removing sandbox {id} left errors: {}", .errors.join("; "))]
     Cleanup { id: SandboxId, errors: Vec<String> },
     #[error("no snapshot named {0} (see hearth sandbox snapshots)")]
@@ -154,7 +160,7 @@ impl SandboxManager {
             }
             other => other?,
         };
-        match self.bring_up(spec, restore.as_ref()).await {
+        match self.bring_up(spec, record.host_ids, restore.as_ref()).await {
             Ok(()) => {
                 debug_assert!(record.status.can_mark_running());
                 self.store
@@ -177,12 +183,21 @@ impl SandboxManager {
     async fn bring_up(
         &self,
         spec: &SandboxSpec,
+        ids: Option<HostIds>,
         restore: Option<&snapshot::Restore>,
     ) -> Result<(), SandboxError> {
         let started = std::time::Instant::now();
-        let dirs = self.dirs.create_sandbox(&spec.id)?;
-        if spec.workspace.is_none() {
-            dirs.create_default_workspace()?;
+        let dirs = self.dirs.create_sandbox(&spec.id, ids)?;
+        if spec.backend != BackendKind::Firecracker {
+            let ids = ids.ok_or_else(|| SandboxError::NoHostIds(spec.id.clone()))?;
+            let source = match &spec.workspace {
+                Some(dir) => WorkspaceSource::Host(dir.clone()),
+                None => WorkspaceSource::Private {
+                    disk_bytes: spec.limits.disk.0,
+                },
+            };
+            let dirs = dirs.clone();
+            tokio::task::spawn_blocking(move || workspace::prepare(&dirs, &source, ids)).await??;
         }
         let network = self
             .with_firewall({
@@ -243,6 +258,7 @@ impl SandboxManager {
                 .filter(|_| is_vm)
                 .map(GuestNet::from_link),
             vm_image,
+            ids,
         };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
         let backend = self.backends.get(spec.backend)?;

@@ -18,6 +18,7 @@ pub use tasks::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -46,6 +47,8 @@ pub enum StoreError {
     SnapshotExists(String),
     #[error("stored record of sandbox {id} is corrupt: {problem}")]
     Corrupt { id: String, problem: String },
+    #[error("all {max} host id blocks are in use: remove sandboxes first")]
+    IdBlocksExhausted { max: u32 },
 }
 
 /// hearth's database.
@@ -77,6 +80,13 @@ impl Store {
                 path: state_dir.to_owned(),
                 source,
             })?;
+        // Also a state dir an older hearth made 0755: task workspaces and snapshots live here.
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| StoreError::StateDir {
+                path: state_dir.to_owned(),
+                source,
+            },
+        )?;
         let path = state_dir.join("hearth.db");
         // Create the file ourselves so its mode is 0600; SQLite gives its -wal and -shm files
         // the same mode as the database.

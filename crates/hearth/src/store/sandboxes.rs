@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_sandbox::spec::SandboxSpec;
+use hearth_sandbox::userns::{HostIds, MAX_SANDBOX_BLOCKS};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 use sqlx::Row;
@@ -110,6 +111,9 @@ pub struct SandboxRecord {
     pub spec: SandboxSpec,
     /// The hearth process that created the sandbox (to detect a creator that crashed).
     pub owner_pid: u32,
+    /// The host ids the sandbox's root runs as; `None` for sandboxes from before hearth had
+    /// user namespaces.
+    pub host_ids: Option<HostIds>,
     /// Unix milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
@@ -138,9 +142,16 @@ impl Store {
             problem: err.to_string(),
         })?;
         let owner_pid = std::process::id();
+        // The lowest free id block, chosen inside the INSERT: SQLite runs it as one write, so
+        // two creates can never take the same block (the unique index says so too).
         let result = sqlx::query(
-            "INSERT INTO sandboxes (id, status, backend, runtime, spec, owner_pid, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sandboxes (id, status, backend, runtime, spec, owner_pid, created_at, updated_at, id_block) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, \
+               (SELECT MIN(candidate) FROM \
+                  (SELECT 0 AS candidate UNION ALL \
+                   SELECT id_block + 1 FROM sandboxes WHERE id_block IS NOT NULL) \
+                WHERE candidate NOT IN (SELECT id_block FROM sandboxes WHERE id_block IS NOT NULL))) \
+             RETURNING id_block",
         )
         .bind(spec.id.as_str())
         .bind(SandboxStatus::Creating.as_str())
@@ -150,15 +161,24 @@ impl Store {
         .bind(i64::from(owner_pid))
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await;
-        match result {
-            Ok(_) => {}
+        let block: i64 = match result {
+            Ok(row) => row.try_get("id_block")?,
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 return Err(StoreError::SandboxExists(spec.id.to_string()));
             }
             Err(err) => return Err(err.into()),
-        }
+        };
+        let host_ids = match u32::try_from(block).map(HostIds::block) {
+            Ok(Ok(ids)) => ids,
+            _ => {
+                self.delete_sandbox(&spec.id).await?;
+                return Err(StoreError::IdBlocksExhausted {
+                    max: MAX_SANDBOX_BLOCKS,
+                });
+            }
+        };
         Ok(SandboxRecord {
             id: spec.id.clone(),
             status: SandboxStatus::Creating,
@@ -166,6 +186,7 @@ impl Store {
             runtime: runtime.to_owned(),
             spec: spec.clone(),
             owner_pid,
+            host_ids: Some(host_ids),
             created_at: now,
             updated_at: now,
             error: None,
@@ -225,6 +246,15 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRecord, Store
     let status: String = row.try_get("status")?;
     let spec: String = row.try_get("spec")?;
     let owner_pid: i64 = row.try_get("owner_pid")?;
+    let block: Option<i64> = row.try_get("id_block")?;
+    let host_ids = block
+        .map(|block| {
+            u32::try_from(block)
+                .ok()
+                .and_then(|block| HostIds::block(block).ok())
+                .ok_or_else(|| corrupt(format!("id block {block} is out of range")))
+        })
+        .transpose()?;
     Ok(SandboxRecord {
         id,
         status: status.parse().map_err(corrupt)?,
@@ -232,6 +262,7 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SandboxRecord, Store
         runtime: row.try_get("runtime")?,
         spec: serde_json::from_str(&spec).map_err(|err| corrupt(err.to_string()))?,
         owner_pid: u32::try_from(owner_pid).map_err(|err| corrupt(err.to_string()))?,
+        host_ids,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         error: row.try_get("error")?,
@@ -303,6 +334,32 @@ mod tests {
         assert_eq!(store.list_sandboxes().await.unwrap().len(), 1);
         store.delete_sandbox(&rec.id).await.unwrap();
         assert!(store.get_sandbox(&rec.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn every_sandbox_gets_its_own_id_block_and_frees_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state")).await.unwrap();
+        let mut blocks = Vec::new();
+        for id in ["a", "b", "c"] {
+            let rec = store
+                .insert_sandbox(&spec(id), "oci", "runc")
+                .await
+                .unwrap();
+            blocks.push(rec.host_ids.unwrap().index());
+        }
+        assert_eq!(blocks, vec![0, 1, 2]);
+        store
+            .delete_sandbox(&SandboxId::parse("b").unwrap())
+            .await
+            .unwrap();
+        let again = store
+            .insert_sandbox(&spec("d"), "oci", "runc")
+            .await
+            .unwrap();
+        assert_eq!(again.host_ids.unwrap().index(), 1, "the lowest free block");
+        let read = store.get_sandbox(&again.id).await.unwrap().unwrap();
+        assert_eq!(read.host_ids, again.host_ids);
     }
 
     #[tokio::test]

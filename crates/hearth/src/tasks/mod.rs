@@ -3,6 +3,7 @@
 
 mod agent_files;
 pub mod diff;
+pub mod handback;
 pub mod model;
 pub mod params;
 pub mod queue;
@@ -37,4 +38,6 @@ pub enum TaskError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Guest(#[from] hearth_sandbox::guest_client::GuestClientError),
+    #[error("handing the workspace back: {0}")]
+    Handback(#[from] handback::HandbackError),
 }

@@ -1,5 +1,6 @@
 //! Running one agent task: sandbox, gateway token, agent, result, diff, cleanup.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,17 +13,21 @@ use tokio::sync::watch;
 
 use super::agent_files::AGENT_FILES;
 use super::diff::{snapshot, unified_diff};
+use super::handback::copy_out;
 use super::model::ModelBackend;
 use super::security::SecurityFeed;
 use super::TaskError;
 use crate::sandboxes::SandboxManager;
 use crate::store::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
-/// Where the agent lives inside the sandbox (the guest dir is writable only by the sandbox).
-const AGENT_DIR: &str = "/.hearth/agent";
-const TASK_FILE: &str = "/.hearth/task.json";
-const RESULT_FILE: &str = "/.hearth/result.json";
-const TRAJECTORY_FILE: &str = "/.hearth/trajectory.jsonl";
+/// Where the agent and its files live inside the sandbox: its own tmpfs (`/.hearth`, where
+/// hearth-guest lives, is read-only to the sandbox).
+const AGENT_DIR: &str = "/run/hearth/agent";
+const TASK_FILE: &str = "/run/hearth/task.json";
+const RESULT_FILE: &str = "/run/hearth/result.json";
+const TRAJECTORY_FILE: &str = "/run/hearth/trajectory.jsonl";
+/// The agent's result is a small JSON document; more is a lie, and is not read.
+const MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
 /// Extra time the host gives the agent past its own wall-clock limit to write its result.
 const AGENT_GRACE: Duration = Duration::from_secs(30);
 /// How often the runner copies the sandbox's new denials and drops into the timeline.
@@ -117,13 +122,20 @@ impl TaskRunner<'_> {
             return Err(TaskError::NotStartable(id.clone()));
         }
         let task_dir = self.tasks_dir.join(id.as_str());
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .create(&task_dir)
-            .map_err(|source| TaskError::Dir {
-                path: task_dir.clone(),
-                source,
-            })?;
+        // Task dirs hold what untrusted code wrote: readable by root only, like the tasks dir.
+        for dir in [&self.tasks_dir, &task_dir] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|source| TaskError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         let outcome = tokio::select! {
             outcome = self.run_in_sandbox(id, request, &task_dir, &mut on_progress) => outcome,
             stop = stop => Ok(Ended { status: stop.status, outcome: TaskOutcome { reason: Some(stop.reason), ..TaskOutcome::default() } }),
@@ -159,15 +171,6 @@ impl TaskRunner<'_> {
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<Ended, TaskError> {
         let store = &self.manager.store;
-        let workspace = self.workspace(request, task_dir)?;
-        let baseline = task_dir.join("baseline");
-        let have_baseline = match snapshot(&workspace, &baseline) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(task = %id, error = %err, "no diff for this task");
-                false
-            }
-        };
         let mut net = request.net.clone();
         if net.mode == NetMode::None {
             // The agent must reach the gateway; `none` would leave it no way to the model.
@@ -178,7 +181,9 @@ impl TaskRunner<'_> {
         let spec = SandboxSpec {
             id: id.sandbox_id(),
             limits: request.limits,
-            workspace: Some(workspace.clone()),
+            // Without one of the user's, the task works on a private filesystem of its disk
+            // quota, copied out when it ends.
+            workspace: request.workspace.clone(),
             seccomp: Some(seccomp),
             guest_seccomp: None,
             backend: hearth_sandbox::backend::BackendKind::Oci,
@@ -200,6 +205,23 @@ impl TaskRunner<'_> {
             .map_err(|err| TaskError::Gateway(err.to_string()))?;
         let gateway_url = format!("http://{}", listener.local_addr());
         let client = self.manager.guest(&spec.id).await?;
+        let live = self.manager.dirs.sandbox(&spec.id).workspace();
+        if request.workspace.is_none() && self.model.scripted.is_some() {
+            // The scripted upstream replays the demo fixture, which works on the demo files.
+            seed_demo_files(&client).await?;
+        }
+        let baseline = task_dir.join("baseline");
+        let have_baseline = match snapshot(&live, &baseline) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(task = %id, error = %err, "no diff for this task");
+                false
+            }
+        };
+        let workspace = match &request.workspace {
+            Some(dir) => dir.clone(),
+            None => task_dir.join("workspace"),
+        };
         install_agent(&client).await?;
         let task_json = json!({
             "prompt": request.prompt, "model": request.model, "gateway_url": gateway_url,
@@ -227,10 +249,19 @@ impl TaskRunner<'_> {
             .run_agent(id, &client, request.timeout + AGENT_GRACE, on_progress)
             .await?;
         drop(listener);
-        let result: Value = match client.read_file(RESULT_FILE).await {
+        let result: Value = match client
+            .read_file_limited(RESULT_FILE, MAX_RESULT_BYTES)
+            .await
+        {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            Err(_) => Value::Null,
+            Err(err) => {
+                tracing::warn!(task = %id, error = %err, "no result from the agent");
+                Value::Null
+            }
         };
+        if request.workspace.is_none() {
+            self.hand_back(id, &live, &workspace).await?;
+        }
         let diff = if have_baseline {
             unified_diff(&baseline, &workspace).ok()
         } else {
@@ -239,23 +270,20 @@ impl TaskRunner<'_> {
         Ok(Ended::from_agent(&result, status, diff))
     }
 
-    fn workspace(&self, request: &TaskRequest, task_dir: &Path) -> Result<PathBuf, TaskError> {
-        if let Some(dir) = &request.workspace {
-            return Ok(dir.clone());
+    /// Copies the private workspace out of the sandbox (see [`super::handback`]) and records
+    /// what was left out.
+    async fn hand_back(&self, id: &TaskId, live: &Path, to: &Path) -> Result<(), TaskError> {
+        let (from, dest) = (live.to_owned(), to.to_owned());
+        let report = tokio::task::spawn_blocking(move || copy_out(&from, &dest))
+            .await
+            .map_err(|err| TaskError::Gateway(format!("workspace copy: {err}")))??;
+        if report.skipped + report.stripped > 0 || report.truncated {
+            self.manager
+                .store
+                .append_event(id, "workspace", &json!({"handback": report}))
+                .await?;
         }
-        let dir = task_dir.join("workspace");
-        std::fs::create_dir_all(&dir).map_err(|source| TaskError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
-        if self.model.scripted.is_some() {
-            // The scripted upstream replays the demo fixture, which works on the demo files.
-            for (name, content) in hearth_gateway::scripted::DEMO_WORKSPACE_FILES {
-                let path = dir.join(name);
-                std::fs::write(&path, content).map_err(|source| TaskError::Dir { path, source })?;
-            }
-        }
-        Ok(dir)
+        Ok(())
     }
 
     /// The gateway listens on the sandbox's host-side address, the one destination its firewall
@@ -377,6 +405,20 @@ async fn copy_security(feed: &mut SecurityFeed, on_progress: &mut impl FnMut(Pro
 /// The gateway's own task id type carries the same string.
 fn gateway_task_id(id: &TaskId) -> hearth_gateway::TaskId {
     hearth_gateway::TaskId::parse(id.as_str()).expect("hearth task ids are valid gateway task ids")
+}
+
+/// Writes the demo fixture's files into the sandbox's workspace, as the sandbox's root.
+async fn seed_demo_files(client: &GuestClient) -> Result<(), TaskError> {
+    for (name, content) in hearth_gateway::scripted::DEMO_WORKSPACE_FILES {
+        client
+            .write_file(
+                &format!("/workspace/{name}"),
+                content.as_bytes().to_vec(),
+                0o644,
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Copies the embedded agent into the sandbox.
