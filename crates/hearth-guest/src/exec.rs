@@ -50,7 +50,11 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
             ),
         ));
     }
-    let spawn::Prepared { mut cmd, handoff } = spawn::build(&req, state.config.seccomp.as_ref())?;
+    let spawn::Prepared { mut cmd, handoff } = spawn::build(
+        &req,
+        state.config.seccomp.as_ref(),
+        state.config.workload_cgroup.as_ref(),
+    )?;
     let oom_before = oom::oom_kills(&state.config.cgroup_root);
     let (mut child, waiter) = state.children.spawn_with(|| {
         cmd.spawn().map_err(|source| SpawnError::Spawn {
@@ -59,6 +63,7 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
         })
     })?;
     let pid = child.id();
+    oom::make_killable(pid);
     if let Some(handoff) = handoff {
         match handoff.receive() {
             Ok(listener) => state.audit.serve(listener, pid),

@@ -54,6 +54,11 @@ struct ServeArgs {
     /// reach).
     #[arg(long, value_name = "FD")]
     listen_fd: Option<i32>,
+    /// An inherited fd open for writing on the workload's own memory cgroup's `cgroup.procs`:
+    /// every process the guest starts is moved there, so the workload's OOMs stay among its
+    /// own processes and the guest keeps the memory the host reserved for it.
+    #[arg(long, value_name = "FD")]
+    workload_cgroup_fd: Option<i32>,
     /// Bytes of stdout and of stderr kept per exec; the rest is counted and dropped.
     /// Accepts K/M/G suffixes (binary).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
@@ -131,17 +136,26 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let workload_cgroup = args
+        .workload_cgroup_fd
+        .map(oom::WorkloadCgroup::inherit)
+        .transpose()?;
     let listen = match args.listen_fd {
         Some(fd) => transport::Listen::UnixFd(fd),
         None => transport::Listen::Unix(args.listen.clone()),
     };
-    run_server(config(args, listen, seccomp))
+    run_server(server::Config {
+        workload_cgroup,
+        ..config(args, listen, seccomp)
+    })
 }
 
 /// Boots the VM, serves until SIGTERM, powers off. Never returns.
 fn vm_init() -> ! {
     init_logging();
     protect_from_workload();
+    // PID 1 of a VM is real root: it can take itself out of the OOM killer's reach.
+    oom::protect_self();
     let booted = match vm::boot() {
         Ok(Some(booted)) => booted,
         Ok(None) => {
@@ -196,6 +210,7 @@ fn config(
         cgroup_root: args.cgroup_root,
         seccomp,
         vm_workspace: None,
+        workload_cgroup: None,
     }
 }
 

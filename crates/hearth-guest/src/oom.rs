@@ -6,13 +6,86 @@
 
 use std::path::Path;
 
+/// hearth-guest's own `oom_score_adj`: never chosen by the OOM killer, so an OOM in the
+/// sandbox kills the workload's process and hearth-guest lives to report it.
+pub const GUEST_OOM_SCORE_ADJ: i32 = -1000;
+/// What every process hearth-guest starts gets instead: preferred victims.
+pub const WORKLOAD_OOM_SCORE_ADJ: i32 = 500;
+
+/// Makes this process unkillable by the OOM killer (microVMs, where PID 1 is root; in an OCI
+/// sandbox nothing can lower a score, and the workload's own cgroup protects the guest).
+pub fn protect_self() {
+    if let Err(err) = std::fs::write("/proc/self/oom_score_adj", GUEST_OOM_SCORE_ADJ.to_string()) {
+        tracing::warn!(%err, "cannot protect hearth-guest from the OOM killer");
+    }
+}
+
+/// Gives a just-started child the workload's score, above hearth-guest's own (children inherit
+/// the guest's, which in a microVM is -1000: unkillable). Written from here rather than
+/// between fork and exec, which would cost the `posix_spawn` fast path, so the child runs its
+/// first instructions with the guest's score.
+pub fn make_killable(pid: u32) {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    if let Err(err) = std::fs::write(&path, WORKLOAD_OOM_SCORE_ADJ.to_string()) {
+        // The child may already be gone; anything else leaves it protected, which the log says.
+        tracing::debug!(pid, %err, "cannot set the child's oom_score_adj");
+    }
+}
+
+/// The workload's memory cgroup (see `hearth_sandbox::backend::oci::workload_cgroup`): its
+/// `cgroup.procs`, inherited open for writing.
+#[derive(Debug)]
+pub struct WorkloadCgroup {
+    procs: std::fs::File,
+}
+
+impl WorkloadCgroup {
+    /// Takes over inherited fd `fd`; refuses one that is not open.
+    pub fn inherit(fd: i32) -> anyhow::Result<std::sync::Arc<Self>> {
+        use anyhow::Context as _;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .with_context(|| format!("--workload-cgroup-fd {fd} is not open"))?;
+        // SAFETY: the fd is open (F_SETFD succeeded) and was handed to this process for this
+        // purpose alone, so taking sole ownership is sound.
+        let procs = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(std::sync::Arc::new(Self { procs }))
+    }
+
+    /// The `cgroup.procs` fd, for [`join_in_child`].
+    pub fn procs_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.procs)
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `fd` ("0" means
+/// the writer). Async-signal-safe: one write, no allocation; meant for a `pre_exec` hook.
+pub fn join_in_child(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: writes one byte from a static buffer to an fd the parent keeps open.
+    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    if written != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// v1's workload cgroup, whose OOM counter v1 does not add up into its parent's.
+const V1_WORKLOAD_OOM_CONTROL: &str = "memory/workload/memory.oom_control";
+
 /// `oom_kill` of the cgroup mounted at `root` (v2 `memory.events`, else v1
-/// `memory/memory.oom_control`); `None` when neither exists or has the key, i.e. unknown.
+/// `memory/memory.oom_control`, the workload cgroup's when there is one); `None` when none
+/// exists or has the key, i.e. unknown.
 pub fn oom_kills(root: &Path) -> Option<u64> {
-    ["memory.events", "memory/memory.oom_control"]
-        .iter()
-        .find_map(|file| std::fs::read_to_string(root.join(file)).ok())
-        .and_then(|text| parse_counter(&text, "oom_kill"))
+    [
+        "memory.events",
+        V1_WORKLOAD_OOM_CONTROL,
+        "memory/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|file| std::fs::read_to_string(root.join(file)).ok())
+    .and_then(|text| parse_counter(&text, "oom_kill"))
 }
 
 fn parse_counter(text: &str, key: &str) -> Option<u64> {

@@ -84,10 +84,13 @@ pub struct Prepared {
 }
 
 /// Validates `req` and builds its command; stdin is piped only when the request carries some.
-/// With `seccomp`, the child installs those filters right before exec.
+/// With `seccomp`, the child installs those filters right before exec; with `workload_cgroup`,
+/// it first moves itself into that cgroup (before it runs a single instruction of the
+/// workload, so nothing it forks can stay behind in hearth-guest's cgroup).
 pub fn build(
     req: &ExecRequest,
     seccomp: Option<&Arc<GuestFilters>>,
+    workload_cgroup: Option<&Arc<crate::oom::WorkloadCgroup>>,
 ) -> Result<Prepared, SpawnError> {
     let argv0 = req.argv.first().ok_or(SpawnError::EmptyArgv)?;
     if req.argv.iter().any(|a| a.contains('\0')) {
@@ -120,6 +123,14 @@ pub fn build(
         .stderr(Stdio::piped());
     if !req.env.contains_key("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
+    }
+    if let Some(cgroup) = workload_cgroup {
+        let fd = cgroup.procs_fd();
+        // SAFETY: the hook runs between fork and exec and makes one write(2) of a static
+        // buffer to an fd the parent keeps open for the guest's whole life.
+        unsafe {
+            cmd.pre_exec(move || crate::oom::join_in_child(fd));
+        }
     }
     let mut handoff = None;
     if let Some(filters) = seccomp {
@@ -215,21 +226,21 @@ mod tests {
             ..ExecRequest::default()
         };
         assert!(matches!(
-            build(&req(&[], None), None),
+            build(&req(&[], None), None, None),
             Err(SpawnError::EmptyArgv)
         ));
         assert!(matches!(
-            build(&req(&["true"], Some("tmp")), None),
+            build(&req(&["true"], Some("tmp")), None, None),
             Err(SpawnError::RelativeCwd(_))
         ));
         assert!(matches!(
-            build(&req(&["true"], Some("/etc/passwd")), None),
+            build(&req(&["true"], Some("/etc/passwd")), None, None),
             Err(SpawnError::CwdNotDir(_))
         ));
         let mut bad_env = req(&["true"], None);
         bad_env.env.insert("A=B".into(), "x".into());
         assert!(matches!(
-            build(&bad_env, None),
+            build(&bad_env, None, None),
             Err(SpawnError::BadEnvName(_))
         ));
     }

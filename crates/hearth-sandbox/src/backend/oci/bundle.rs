@@ -78,7 +78,12 @@ pub enum BundleError {
 }
 
 /// Writes `config.json`, the rootfs skeleton and the sandbox's `/etc`.
-pub fn write_bundle(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<PathBuf, BundleError> {
+/// With `workload_cgroup`, PID 1 is told that fd 4 is its workload cgroup's `cgroup.procs`.
+pub fn write_bundle(
+    spec: &SandboxSpec,
+    ctx: &LaunchContext<'_>,
+    workload_cgroup: bool,
+) -> Result<PathBuf, BundleError> {
     if !ctx.guest_binary.is_file() {
         return Err(BundleError::GuestBinaryMissing {
             path: ctx.guest_binary.clone(),
@@ -91,7 +96,7 @@ pub fn write_bundle(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<PathB
         write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), bpf, 0o444)?;
     }
     write_etc(&ctx.dirs.etc(), spec.id.as_str(), ctx.resolver)?;
-    let config = build_spec(spec, ctx, mounts)?;
+    let config = build_spec(spec, ctx, mounts, workload_cgroup)?;
     let mut value = serde_json::to_value(&config)?;
     if let Some(seccomp) = &spec.seccomp {
         value["linux"]["seccomp"] = seccomp.clone();
@@ -105,6 +110,7 @@ fn build_spec(
     spec: &SandboxSpec,
     ctx: &LaunchContext<'_>,
     mounts: Vec<Mount>,
+    workload_cgroup: bool,
 ) -> Result<Spec, BundleError> {
     let no_caps = Capabilities::new();
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -129,13 +135,15 @@ fn build_spec(
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
-        .args(guest_args(spec))
+        .args(guest_args(spec, workload_cgroup))
         .env(vec![format!("PATH={DEFAULT_PATH}")])
         .cwd("/")
         .capabilities(capabilities)
         .rlimits(rlimits)
         .no_new_privileges(true)
-        .oom_score_adj(500)
+        // hearth-guest gives its children more (its `oom` module); the real protection is the
+        // workload's own memory cgroup (see `workload_cgroup`).
+        .oom_score_adj(0)
         .build()?;
 
     let mut spec_linux = oci_spec::runtime::Linux::default();
@@ -223,7 +231,7 @@ fn build_spec(
         .build()?)
 }
 
-fn guest_args(spec: &SandboxSpec) -> Vec<String> {
+fn guest_args(spec: &SandboxSpec, workload_cgroup: bool) -> Vec<String> {
     let mut args: Vec<String> = [
         GUEST_BINARY_IN_SANDBOX,
         "serve",
@@ -232,6 +240,12 @@ fn guest_args(spec: &SandboxSpec) -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
+    if workload_cgroup {
+        args.extend([
+            "--workload-cgroup-fd".to_owned(),
+            super::workload_cgroup::WORKLOAD_CGROUP_FD.to_string(),
+        ]);
+    }
     if spec.guest_seccomp.is_some() {
         args.extend([
             "--seccomp-bpf".to_owned(),

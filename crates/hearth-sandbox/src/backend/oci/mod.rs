@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod runtime;
+pub mod workload_cgroup;
 
 pub use bundle::BundleError;
 pub use runtime::{OciRuntime, OciRuntimeKind, RuntimeError};
@@ -43,6 +44,8 @@ pub enum OciError {
     Dirs(#[from] crate::dirs::DirsError),
     #[error(transparent)]
     Netns(#[from] crate::net::netns::NetError),
+    #[error(transparent)]
+    WorkloadCgroup(#[from] workload_cgroup::WorkloadCgroupError),
 }
 
 /// Binds the host end of the guest channel (mode 0600, in the sandbox's own dir, which the
@@ -100,23 +103,29 @@ impl OciBackend {
             mount_own_sysfs(ctx)?;
         }
         let listener = bind_guest_socket(&ctx.dirs.guest_socket())?;
-        bundle::write_bundle(spec, ctx)?;
+        let workload_cgroup = workload_cgroup::create(&spec.id, spec.limits.memory.0)?;
+        bundle::write_bundle(spec, ctx, workload_cgroup.is_some())?;
         let container = spec.id.names().container;
+        let mut fds = vec![listener.as_fd()];
+        fds.extend(workload_cgroup.as_ref().map(AsFd::as_fd));
         let started = self.runtime.run_detached(
             &container,
             &ctx.dirs.bundle(),
             &ctx.dirs.runtime_log(),
             &ctx.dirs.guest_log(),
-            Some(listener.as_fd()),
+            &fds,
         );
-        // PID 1 holds the listener now; hearth only ever connects.
+        // PID 1 holds them now; hearth only ever connects.
+        drop(fds);
         drop(listener);
+        drop(workload_cgroup);
         if let Err(err) = started {
             // runc removes what it made when `run` fails early, but not always after the
             // container exists (e.g. a failing start hook): make sure.
             if let Err(cleanup) = self.runtime.delete_force(&container) {
                 tracing::warn!(%container, error = %cleanup, "cleanup after failed start");
             }
+            workload_cgroup::remove(&spec.id);
             return Err(err.into());
         }
         Ok(GuestEndpoint::UnixSocket {
@@ -145,10 +154,13 @@ impl SandboxBackend for OciBackend {
     }
 
     fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
-        Ok(self
-            .runtime
+        self.runtime
             .stop_and_delete(&id.names().container)
-            .map_err(OciError::from)?)
+            .map_err(OciError::from)?;
+        // The runtime removes child cgroups with its own; this catches a start that failed
+        // between making the workload cgroup and making the container.
+        workload_cgroup::remove(id);
+        Ok(())
     }
 
     fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -163,15 +163,15 @@ impl OciRuntime {
     }
 
     /// `run --detach`: creates and starts the container; the runtime exits once PID 1 runs.
-    /// PID 1's stdout and stderr go to `stdio_log`; `pass_fd` reaches PID 1 as fd 3
-    /// (`--preserve-fds 1`).
+    /// PID 1's stdout and stderr go to `stdio_log`; `pass_fds` reach PID 1 as fds 3, 4, ...
+    /// (`--preserve-fds`).
     pub fn run_detached(
         &self,
         container: &str,
         bundle: &Path,
         runtime_log: &Path,
         stdio_log: &Path,
-        pass_fd: Option<BorrowedFd<'_>>,
+        pass_fds: &[BorrowedFd<'_>],
     ) -> Result<(), RuntimeError> {
         let log = File::options()
             .create(true)
@@ -191,14 +191,30 @@ impl OciRuntime {
             .arg("--log-format")
             .arg("json");
         cmd.args(["run", "--detach"]);
-        if let Some(fd) = pass_fd {
-            let raw = fd.as_raw_fd();
-            cmd.args(["--preserve-fds", "1"]);
+        // Copies numbered above every target, so placing one cannot overwrite another.
+        let sources = pass_fds
+            .iter()
+            .map(|fd| nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)))
+            .map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC just returned this fd; this Vec alone owns it.
+                raw.map(|raw| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+            })
+            .collect::<Result<Vec<OwnedFd>, _>>()
+            .map_err(|errno| RuntimeError::Spawn {
+                binary: self.binary.clone(),
+                source: errno.into(),
+            })?;
+        if !sources.is_empty() {
+            cmd.arg("--preserve-fds").arg(sources.len().to_string());
+            let raws: Vec<i32> = sources.iter().map(AsRawFd::as_raw_fd).collect();
             // SAFETY: between fork and exec only dup2 runs, an async-signal-safe call on fds
-            // the child inherited; dup2 leaves fd 3 without close-on-exec, as runc needs.
+            // the child inherited (all numbered 10 and up, the targets 3 and up); dup2 leaves
+            // the targets without close-on-exec, as the runtime needs.
             unsafe {
                 cmd.pre_exec(move || {
-                    nix::unistd::dup2(raw, 3)?;
+                    for (target, &raw) in (3..).zip(&raws) {
+                        nix::unistd::dup2(raw, target)?;
+                    }
                     Ok(())
                 });
             }
