@@ -165,7 +165,10 @@ pub(crate) async fn models(shared: &Shared, request: Request<Incoming>, peer: So
     }
 }
 
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Arc<TaskEntry>, ApiError> {
+pub(crate) fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<Arc<TaskEntry>, ApiError> {
     let value = headers.get(AUTHORIZATION).ok_or(ApiError::MissingToken)?;
     let text = value.to_str().map_err(|_| ApiError::UnknownToken)?;
     let (scheme, token) = text.split_once(' ').ok_or(ApiError::UnknownToken)?;

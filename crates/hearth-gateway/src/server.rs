@@ -113,6 +113,11 @@ async fn route(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // Nothing but a live task token gets any answer beyond 401, whatever the path.
+    if let Err(error) = proxy::authenticate(shared, request.headers()) {
+        tracing::warn!(%peer, %path, %error, "refused a request without a valid gateway token");
+        return error.reply().into_response();
+    }
     let reply = match (method, path.as_str()) {
         (Method::POST, CHAT_COMPLETIONS_PATH) => {
             proxy::chat_completions(shared, request, peer).await

@@ -64,6 +64,25 @@ async fn missing_unknown_and_revoked_tokens_get_401() {
     );
 }
 
+/// A squatter or a scanner learns nothing from the gateway: without a task token every path,
+/// known or not, is a 401 (a 404 would tell what exists).
+#[tokio::test]
+async fn without_a_token_every_path_is_401() {
+    let harness = Harness::start(Fixture::demo()).await;
+    for (method, path) in [
+        (Method::GET, "/"),
+        (Method::GET, "/no/such/path"),
+        (Method::GET, "/v1/models"),
+        (Method::DELETE, "/v1/chat/completions"),
+    ] {
+        let reply = harness
+            .client
+            .send(method.clone(), &harness.url(path), None, String::new())
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+}
+
 #[tokio::test]
 async fn a_spent_budget_is_refused_with_402_without_calling_upstream() {
     let harness = Harness::start(Fixture::demo()).await;

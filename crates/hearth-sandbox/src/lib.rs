@@ -7,6 +7,7 @@ pub mod dirs;
 pub mod guest_client;
 pub mod id;
 pub mod image;
+pub mod logs;
 pub mod mounts;
 pub mod net;
 pub mod pidfd;

@@ -86,7 +86,14 @@ fn collect(settings: &Settings) -> Vec<Check> {
         "apt-get install nftables",
         true,
     ));
+    checks.push(check_tool(
+        "mkfs.ext4",
+        &["-V"],
+        "apt-get install e2fsprogs (private workspaces are ext4 filesystems)",
+        true,
+    ));
     checks.push(check_netns());
+    checks.push(check_gateway_port());
     checks.push(check_kvm());
     checks.push(check_qemu(&settings.state_dir));
     checks.push(check_image(&settings.state_dir));
@@ -173,6 +180,36 @@ fn check_tool(name: &'static str, args: &[&str], fix: &str, required: bool) -> C
     match find_in_path(binary).and_then(|path| first_line(&path, args)) {
         Some(version) => Check::pass(name, version, required),
         None => Check::fail(name, format!("{binary} not found"), fix, required),
+    }
+}
+
+/// The gateway's port is trusted because no unprivileged user can bind it; a host that lowered
+/// the privileged range gives that away.
+fn check_gateway_port() -> Check {
+    let port = hearth_sandbox::net::firewall::DEFAULT_GATEWAY_PORT;
+    let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    match std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+    {
+        Some(start) if start > u32::from(port) => Check::pass(
+            "gateway-port",
+            format!("port {port} is privileged (unprivileged ports start at {start})"),
+            true,
+        ),
+        Some(start) => Check::fail(
+            "gateway-port",
+            format!(
+                "unprivileged users may bind ports from {start}, the gateway's {port} among them"
+            ),
+            "sysctl -w net.ipv4.ip_unprivileged_port_start=1024",
+            true,
+        ),
+        None => Check::pass(
+            "gateway-port",
+            format!("{path} unreadable; assuming 1024"),
+            true,
+        ),
     }
 }
 

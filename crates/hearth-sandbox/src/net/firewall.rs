@@ -34,8 +34,11 @@ pub const SANDBOX_IF: &str = "eth0";
 pub const DEFAULT_LOG_GROUP: u16 = 20000;
 
 /// The port hearth's LLM gateway listens on at each sandbox's host-side address (the daemon
-/// should set [`FirewallConfig::gateway_ports`] to what it really uses).
-pub const DEFAULT_GATEWAY_PORT: u16 = 4180;
+/// should set [`FirewallConfig::gateway_ports`] to what it really uses). Below 1024 on
+/// purpose: a local user without privileges cannot take it (or squat on it with a wildcard
+/// listener and be what gateway-only sandboxes reach), unless the host lowered
+/// `net.ipv4.ip_unprivileged_port_start`, which `hearth doctor` checks.
+pub const DEFAULT_GATEWAY_PORT: u16 = 418;
 
 /// Prefix of the alias hearth puts on its host-side links: `hearth:<sandbox id>`.
 pub const LINK_ALIAS_PREFIX: &str = "hearth:";

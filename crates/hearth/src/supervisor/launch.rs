@@ -107,8 +107,9 @@ fn spawn(
         None => std::env::current_exe().map_err(SupervisorError::Exe)?,
     };
     let log_path = dirs.supervisor_log();
+    // Append mode: the supervisor caps its own log by truncating it (`cap_logs`).
     let log = OpenOptions::new()
-        .write(true)
+        .append(true)
         .create_new(true)
         .mode(0o600)
         .open(&log_path)

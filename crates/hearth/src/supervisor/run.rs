@@ -20,6 +20,22 @@ use super::relay::{RelayDuty, RelayTask};
 use super::{SupervisorError, FIRST_CONNECT_TIMEOUT, FLUSH_INTERVAL};
 use crate::store::{FlushTotals, SandboxStatus, Store};
 
+/// Keeps the sandbox's host-side logs under their cap (see `hearth_sandbox::logs`).
+fn cap_logs(dirs: &hearth_sandbox::dirs::SandboxDirs) {
+    for path in [
+        dirs.guest_log(),
+        dirs.vm_console_log(),
+        dirs.vm_log(),
+        dirs.supervisor_log(),
+    ] {
+        match hearth_sandbox::logs::cap(&path, hearth_sandbox::logs::LOG_CAP_BYTES) {
+            Ok(true) => tracing::info!(path = %path.display(), "log over its cap; cut"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(path = %path.display(), %err, "cannot cap log"),
+        }
+    }
+}
+
 /// How long the exit path waits for the notify threads before leaving them to the process's end.
 const JOIN_WAIT: Duration = Duration::from_millis(20);
 /// How long one accept waits before the accept thread looks at `stop` again.
@@ -115,6 +131,7 @@ pub async fn run(
             _ = signals.usr1.recv() => flusher.flush(net.as_ref(), None).await,
             () = tokio::time::sleep(FLUSH_INTERVAL) => {
                 flusher.flush(net.as_ref(), None).await;
+                cap_logs(&dirs);
                 if let Some(reason) = finished(&servers, acceptor.is_some(), net.as_ref(), relay.is_some().then(|| dirs.base().to_path_buf()).as_deref()) {
                     break reason;
                 }

@@ -300,7 +300,11 @@ impl TaskRunner<'_> {
             .pool
             .slot(slot)
             .ok_or_else(|| TaskError::Gateway(format!("slot {slot} is outside the pool")))?;
-        let port = config.gateway_ports.first().copied().unwrap_or(4180);
+        let port = config
+            .gateway_ports
+            .first()
+            .copied()
+            .unwrap_or(hearth_sandbox::net::firewall::DEFAULT_GATEWAY_PORT);
         let listener = tokio::net::TcpListener::bind((addrs.host, port))
             .await
             .map_err(|err| {

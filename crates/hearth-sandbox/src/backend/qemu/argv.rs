@@ -174,7 +174,13 @@ pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
         "-qmp",
         path_opt("unix:", &plan.qmp_socket).with(",server=on,wait=off"),
     );
-    args.pair("-serial", path_opt("file:", &plan.console_log));
+    // Appended to, never truncated by QEMU: the supervisor caps the file by truncating it,
+    // and QEMU's next write must land at the new end, not at its old offset.
+    args.pair(
+        "-chardev",
+        path_opt("file,id=console,append=on,path=", &plan.console_log),
+    );
+    args.pair("-serial", "chardev:console");
     if plan.qemu_sandbox {
         args.pair("-sandbox", QEMU_SANDBOX);
     }
