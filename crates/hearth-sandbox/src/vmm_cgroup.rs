@@ -1,5 +1,7 @@
-//! A cgroup of its own for a VMM process (QEMU), so a microVM is held to the same memory, CPU and
-//! process limits as a container, VMM overhead included.
+//! A cgroup of its own for a process hearth starts on the host: a VMM (QEMU), so a microVM is
+//! held to the same memory, CPU and process limits as a container, VMM overhead included; and a
+//! sandbox's supervisor, so the host-side work a sandbox causes (answering its denied calls,
+//! resolving its names, logging its drops) is held to a budget of its own too.
 //!
 //! An OCI runtime makes the container's cgroup itself; a VMM hearth starts has nobody doing that.
 //! The cgroup is named like a container's (`/hearth/<id>` in each controller) and made before the
@@ -29,7 +31,25 @@ const REMOVE_WAIT: Duration = Duration::from_secs(2);
 /// The v1 controllers hearth limits a VMM with.
 const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
-/// What one VMM may use.
+/// Which tree a process cgroup lives in, under each controller's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupParent {
+    /// `/hearth/<id>`: a sandbox's VMM (the name runc gives a container's cgroup).
+    Sandboxes,
+    /// `/hearth-supervisors/<id>`: a sandbox's supervisor.
+    Supervisors,
+}
+
+impl CgroupParent {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sandboxes => "hearth",
+            Self::Supervisors => "hearth-supervisors",
+        }
+    }
+}
+
+/// What one VMM (or supervisor) may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmmLimits {
     /// Guest RAM plus the VMM's own overhead.
@@ -66,31 +86,42 @@ pub struct VmmCgroup {
 impl VmmCgroup {
     /// Makes `/hearth/<id>` under the host's cgroup root with `limits`.
     pub fn create(id: &SandboxId, limits: &VmmLimits) -> Result<Self, VmmCgroupError> {
+        Self::create_in(CgroupParent::Sandboxes, id, limits)
+    }
+
+    /// Makes `/<parent>/<id>` under the host's cgroup root with `limits`.
+    pub fn create_in(
+        parent: CgroupParent,
+        id: &SandboxId,
+        limits: &VmmLimits,
+    ) -> Result<Self, VmmCgroupError> {
         Self::create_at(
             Path::new("/sys/fs/cgroup"),
             CgroupVersion::detect(),
+            parent,
             id,
             limits,
         )
     }
 
-    /// [`VmmCgroup::create`] under another root (tests).
+    /// [`VmmCgroup::create_in`] under another root (tests).
     pub fn create_at(
         root: &Path,
         version: CgroupVersion,
+        parent: CgroupParent,
         id: &SandboxId,
         limits: &VmmLimits,
     ) -> Result<Self, VmmCgroupError> {
         // A leftover of a crashed run with the same id would carry someone else's limits.
-        Self::remove_at(root, version, id)?;
-        let dirs = dirs_for(root, version, id)?;
+        Self::remove_at(root, version, parent, id)?;
+        let dirs = dirs_for(root, version, parent, id)?;
         let mut made = Self {
             dirs: Vec::new(),
             procs: Vec::new(),
         };
         let result = (|| {
             if version == CgroupVersion::V2 {
-                enable_v2_controllers(root)?;
+                enable_v2_controllers(root, parent)?;
             }
             for (controller, dir) in &dirs {
                 make_dir(dir)?;
@@ -131,16 +162,51 @@ impl VmmCgroup {
 
     /// Removes the cgroup of `id`, if any, waiting briefly for a just-killed VMM to leave it.
     pub fn remove(id: &SandboxId) -> Result<(), VmmCgroupError> {
-        Self::remove_at(Path::new("/sys/fs/cgroup"), CgroupVersion::detect(), id)
+        Self::remove_in(CgroupParent::Sandboxes, id)
     }
 
-    /// [`VmmCgroup::remove`] under another root (tests).
+    /// Removes `/<parent>/<id>`, if any, waiting briefly for a just-killed process to leave it.
+    pub fn remove_in(parent: CgroupParent, id: &SandboxId) -> Result<(), VmmCgroupError> {
+        Self::remove_at(
+            Path::new("/sys/fs/cgroup"),
+            CgroupVersion::detect(),
+            parent,
+            id,
+        )
+    }
+
+    /// The ids with a cgroup under `parent` (in any controller), for reconciliation.
+    pub fn list_in(parent: CgroupParent) -> Vec<String> {
+        let root = Path::new("/sys/fs/cgroup");
+        let tops: Vec<PathBuf> = match CgroupVersion::detect() {
+            CgroupVersion::V2 => vec![root.join(parent.name())],
+            CgroupVersion::V1 | CgroupVersion::Hybrid => V1_CONTROLLERS
+                .iter()
+                .map(|controller| root.join(controller).join(parent.name()))
+                .collect(),
+            CgroupVersion::Unknown => Vec::new(),
+        };
+        let mut ids: Vec<String> = tops
+            .iter()
+            .filter_map(|top| fs::read_dir(top).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// [`VmmCgroup::remove_in`] under another root (tests).
     pub fn remove_at(
         root: &Path,
         version: CgroupVersion,
+        parent: CgroupParent,
         id: &SandboxId,
     ) -> Result<(), VmmCgroupError> {
-        let Ok(dirs) = dirs_for(root, version, id) else {
+        let Ok(dirs) = dirs_for(root, version, parent, id) else {
             return Ok(()); // no cgroups here: nothing can have been made
         };
         for (_, dir) in dirs {
@@ -168,10 +234,11 @@ pub fn join_in_child(fds: &[RawFd]) -> io::Result<()> {
 fn dirs_for(
     root: &Path,
     version: CgroupVersion,
+    parent: CgroupParent,
     id: &SandboxId,
 ) -> Result<Vec<(Option<&'static str>, PathBuf)>, VmmCgroupError> {
-    // `/hearth/<id>`, the same name runc gets for a container.
-    let relative = id.names().cgroup.trim_start_matches('/').to_owned();
+    // `/hearth/<id>` is the same name runc gets for a container.
+    let relative = format!("{}/{}", parent.name(), id.names().dir);
     match version {
         CgroupVersion::V2 => Ok(vec![(None, root.join(relative))]),
         CgroupVersion::V1 | CgroupVersion::Hybrid => Ok(V1_CONTROLLERS
@@ -242,9 +309,9 @@ fn write_existing(path: &Path, value: &str) -> Result<(), VmmCgroupError> {
     file.write_all(value.as_bytes()).map_err(io_err(path))
 }
 
-/// Adds `memory`, `cpu` and `pids` to the subtree control of the root and of `hearth`.
-fn enable_v2_controllers(root: &Path) -> Result<(), VmmCgroupError> {
-    let hearth = root.join("hearth");
+/// Adds `memory`, `cpu` and `pids` to the subtree control of the root and of the parent.
+fn enable_v2_controllers(root: &Path, parent: CgroupParent) -> Result<(), VmmCgroupError> {
+    let hearth = root.join(parent.name());
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -339,16 +406,16 @@ mod tests {
         let id = SandboxId::parse("sb-layout").unwrap();
         let root = Path::new("/r");
         assert_eq!(
-            dirs_for(root, CgroupVersion::V2, &id).unwrap(),
+            dirs_for(root, CgroupVersion::V2, CgroupParent::Sandboxes, &id).unwrap(),
             [(None, PathBuf::from("/r/hearth/sb-layout"))]
         );
         assert_eq!(
-            dirs_for(root, CgroupVersion::Hybrid, &id).unwrap(),
+            dirs_for(root, CgroupVersion::Hybrid, CgroupParent::Sandboxes, &id).unwrap(),
             ["memory", "cpu", "pids"]
                 .map(|c| (Some(c), PathBuf::from(format!("/r/{c}/hearth/sb-layout"))))
         );
         assert!(matches!(
-            dirs_for(root, CgroupVersion::Unknown, &id),
+            dirs_for(root, CgroupVersion::Unknown, CgroupParent::Sandboxes, &id),
             Err(VmmCgroupError::NoCgroups(_))
         ));
     }
@@ -359,9 +426,15 @@ mod tests {
         // fails and the directories made so far are removed again.
         let root = tempfile::tempdir().unwrap();
         let id = SandboxId::parse("sb-failing").unwrap();
-        let err = VmmCgroup::create_at(root.path(), CgroupVersion::V1, &id, &limits())
-            .unwrap_err()
-            .to_string();
+        let err = VmmCgroup::create_at(
+            root.path(),
+            CgroupVersion::V1,
+            CgroupParent::Sandboxes,
+            &id,
+            &limits(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("memory.limit_in_bytes"), "{err}");
         assert!(!root.path().join("memory/hearth/sb-failing").exists());
     }

@@ -340,7 +340,9 @@ impl SandboxManager {
             }
         }
         // After the container: with its filter gone the supervisor flushes and exits by itself.
-        if let Err(err) = crate::supervisor::stop(&self.dirs.sandbox(id)) {
+        if let Err(err) = crate::supervisor::stop(&self.dirs.sandbox(id))
+            .and_then(|()| crate::supervisor::remove_cgroup(id))
+        {
             errors.push(err.to_string());
         }
         let id_owned = id.clone();

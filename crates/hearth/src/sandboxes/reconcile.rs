@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use hearth_sandbox::id::OBJECT_PREFIX;
+use hearth_sandbox::vmm_cgroup::{CgroupParent, VmmCgroup};
 use hearth_sandbox::SandboxId;
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -99,6 +100,14 @@ impl SandboxManager {
         match crate::supervisor::stop_strays(self.dirs.root(), keep) {
             Ok(stopped) => report.orphan_supervisors = stopped,
             Err(err) => report.errors.push(err.to_string()),
+        }
+        // Their cgroups, also those of supervisors that died on their own.
+        for raw in VmmCgroup::list_in(CgroupParent::Supervisors) {
+            if let Some(id) = orphan(&raw) {
+                if let Err(err) = crate::supervisor::remove_cgroup(&id) {
+                    report.errors.push(err.to_string());
+                }
+            }
         }
         for dir in self.dirs.list_sandbox_dirs()? {
             if let Some(id) = orphan(&dir) {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use hearth_sandbox::dirs::SandboxDirs;
 use hearth_sandbox::pidfd::Pidfd;
 use hearth_sandbox::spec::SandboxSpec;
+use hearth_sandbox::vmm_cgroup::{CgroupParent, VmmCgroup, VmmLimits};
 use hearth_sandbox::SandboxId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -117,7 +118,17 @@ fn spawn(
             path: log_path.clone(),
             source,
         })?;
+    // The host-side work the sandbox causes is charged to a budget of its own: a flood of
+    // denied calls, lookups or drops slows the flooding sandbox, not its neighbours.
+    let cgroup = VmmCgroup::create_in(CgroupParent::Supervisors, id, &SUPERVISOR_LIMITS)
+        .map_err(SupervisorError::Cgroup)?;
+    let join = cgroup.join_fds();
     let mut cmd = Command::new(&exe);
+    // SAFETY: the hook only writes "0" to cgroup.procs fds that `cgroup` keeps open until the
+    // spawn returns (one write(2) each, no allocation).
+    unsafe {
+        cmd.pre_exec(move || hearth_sandbox::vmm_cgroup::join_in_child(&join));
+    }
     cmd.arg("--runtime-dir")
         .arg(runtime_dir)
         .arg("--state-dir")
@@ -133,8 +144,24 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(false);
-    cmd.spawn()
-        .map_err(|source| SupervisorError::Spawn { exe, source })
+    let child = cmd
+        .spawn()
+        .map_err(|source| SupervisorError::Spawn { exe, source });
+    drop(cgroup);
+    child
+}
+
+/// A supervisor's budget: a quarter of a CPU (it answers every denied call of its sandbox, so a
+/// flood of them waits on it), memory for its rings and buffers, a few threads.
+const SUPERVISOR_LIMITS: VmmLimits = VmmLimits {
+    memory_bytes: 128 << 20,
+    cpu_quota_us: 25_000,
+    pids: 64,
+};
+
+/// Removes a sandbox's supervisor cgroup once its supervisor is gone; a missing one is fine.
+pub fn remove_cgroup(id: &SandboxId) -> Result<(), SupervisorError> {
+    VmmCgroup::remove_in(CgroupParent::Supervisors, id).map_err(SupervisorError::Cgroup)
 }
 
 /// Writes `PID STARTTIME` exclusively, so teardown can tell this process from a later one

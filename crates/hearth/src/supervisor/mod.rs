@@ -47,7 +47,7 @@ use std::time::Duration;
 use hearth_sandbox::pidfd::PidfdError;
 use hearth_sandbox::SandboxId;
 
-pub use launch::{start_if_needed, stop, stop_strays};
+pub use launch::{remove_cgroup, start_if_needed, stop, stop_strays};
 
 /// How long `create` waits for the supervisor's `ready` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,4 +110,6 @@ pub enum SupervisorError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Dirs(#[from] hearth_sandbox::dirs::DirsError),
+    #[error("the supervisor's cgroup: {0}")]
+    Cgroup(#[source] hearth_sandbox::vmm_cgroup::VmmCgroupError),
 }

@@ -59,6 +59,9 @@ pub struct ResolverConfig {
     pub max_tcp_connections: usize,
     /// How long one upstream exchange may take.
     pub upstream_timeout: Duration,
+    /// Queries answered per second, on average (bursts up to a second's worth); more are
+    /// dropped unanswered, so a flood costs the host a bounded amount of work.
+    pub max_queries_per_second: u32,
 }
 
 impl ResolverConfig {
@@ -83,6 +86,7 @@ impl ResolverConfig {
             max_in_flight: 64,
             max_tcp_connections: 16,
             upstream_timeout: Duration::from_secs(3),
+            max_queries_per_second: 200,
         }
     }
 

@@ -65,6 +65,7 @@ impl SandboxResolver {
             nft: Arc::new(nft),
             queries: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             tcp_connections: Arc::new(Semaphore::new(config.max_tcp_connections.max(1))),
+            rate: std::sync::Mutex::new(TokenBucket::new(config.max_queries_per_second)),
             stats: stats.clone(),
         });
         let (stop, stopped) = oneshot::channel();
@@ -139,6 +140,8 @@ pub struct ResolverStats {
     pub malformed: u64,
     /// Queries dropped because too many were in flight.
     pub shed: u64,
+    /// Queries dropped over the rate limit.
+    pub limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +151,7 @@ struct Counters {
     failed: AtomicU64,
     malformed: AtomicU64,
     shed: AtomicU64,
+    limited: AtomicU64,
 }
 
 impl Counters {
@@ -163,6 +167,7 @@ impl Counters {
             failed: get(&self.failed),
             malformed: get(&self.malformed),
             shed: get(&self.shed),
+            limited: get(&self.limited),
         }
     }
 }
@@ -178,7 +183,41 @@ struct State {
     nft: Arc<Nft>,
     queries: Arc<Semaphore>,
     tcp_connections: Arc<Semaphore>,
+    rate: std::sync::Mutex<TokenBucket>,
     stats: Arc<Counters>,
+}
+
+/// A token bucket: `per_second` tokens a second, holding at most a second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    per_second: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            tokens: per_second,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The accept loops, until `stopped` fires (or its sender is dropped).
@@ -290,6 +329,15 @@ impl State {
 
     /// The encoded reply to `packet`, if it gets one.
     async fn answer(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let allowed = self
+            .rate
+            .lock()
+            .map(|mut bucket| bucket.take())
+            .unwrap_or(false);
+        if !allowed {
+            Counters::bump(&self.stats.limited);
+            return None;
+        }
         let (message, udp_limit) = match judge(packet, &self.grants) {
             Verdict::Ignore => {
                 Counters::bump(&self.stats.malformed);
@@ -351,5 +399,18 @@ impl State {
                 source,
             })??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+
+    #[test]
+    fn the_bucket_gives_a_seconds_worth_then_refills_with_time() {
+        let mut bucket = TokenBucket::new(5);
+        assert_eq!((0..10).filter(|_| bucket.take()).count(), 5);
+        bucket.last -= std::time::Duration::from_millis(400);
+        assert_eq!((0..10).filter(|_| bucket.take()).count(), 2);
     }
 }
