@@ -53,7 +53,7 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
     let spawn::Prepared { mut cmd, handoff } = spawn::build(
         &req,
         state.config.seccomp.as_ref(),
-        state.config.workload_cgroup.as_ref(),
+        state.config.confinement.as_ref(),
     )?;
     let oom_before = oom::oom_kills(&state.config.cgroup_root);
     let (mut child, waiter) = state.children.spawn_with(|| {

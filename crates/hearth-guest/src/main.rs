@@ -4,6 +4,7 @@
 //! requests over HTTP/1.1 + JSON on a Unix socket (see `server` for the endpoints).
 
 mod audit;
+mod confine;
 mod exec;
 mod files;
 mod http;
@@ -136,16 +137,17 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let workload_cgroup = args
+    let confinement = args
         .workload_cgroup_fd
-        .map(oom::WorkloadCgroup::inherit)
-        .transpose()?;
+        .map(confine::Confinement::inherited_cgroup)
+        .transpose()?
+        .map(std::sync::Arc::new);
     let listen = match args.listen_fd {
         Some(fd) => transport::Listen::UnixFd(fd),
         None => transport::Listen::Unix(args.listen.clone()),
     };
     run_server(server::Config {
-        workload_cgroup,
+        confinement,
         ..config(args, listen, seccomp)
     })
 }
@@ -177,6 +179,8 @@ fn vm_init() -> ! {
     let seccomp = booted.seccomp.map(std::sync::Arc::new);
     let config = server::Config {
         vm_workspace: Some(booted.workspace),
+        confinement: Some(std::sync::Arc::new(booted.confinement)),
+        cgroup_root: PathBuf::from(vm::workload_ns::WORKLOAD_CGROUP),
         ..config(defaults, booted.listen, seccomp)
     };
     if let Err(err) = run_server(config) {
@@ -210,7 +214,7 @@ fn config(
         cgroup_root: args.cgroup_root,
         seccomp,
         vm_workspace: None,
-        workload_cgroup: None,
+        confinement: None,
     }
 }
 

@@ -32,45 +32,6 @@ pub fn make_killable(pid: u32) {
     }
 }
 
-/// The workload's memory cgroup (see `hearth_sandbox::backend::oci::workload_cgroup`): its
-/// `cgroup.procs`, inherited open for writing.
-#[derive(Debug)]
-pub struct WorkloadCgroup {
-    procs: std::fs::File,
-}
-
-impl WorkloadCgroup {
-    /// Takes over inherited fd `fd`; refuses one that is not open.
-    pub fn inherit(fd: i32) -> anyhow::Result<std::sync::Arc<Self>> {
-        use anyhow::Context as _;
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .with_context(|| format!("--workload-cgroup-fd {fd} is not open"))?;
-        // SAFETY: the fd is open (F_SETFD succeeded) and was handed to this process for this
-        // purpose alone, so taking sole ownership is sound.
-        let procs = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(std::sync::Arc::new(Self { procs }))
-    }
-
-    /// The `cgroup.procs` fd, for [`join_in_child`].
-    pub fn procs_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.procs)
-    }
-}
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `fd` ("0" means
-/// the writer). Async-signal-safe: one write, no allocation; meant for a `pre_exec` hook.
-pub fn join_in_child(fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: writes one byte from a static buffer to an fd the parent keeps open.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    if written != 1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// v1's workload cgroup, whose OOM counter v1 does not add up into its parent's.
 const V1_WORKLOAD_OOM_CONTROL: &str = "memory/workload/memory.oom_control";
 

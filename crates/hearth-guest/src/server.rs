@@ -62,8 +62,8 @@ pub struct Config {
     pub seccomp: Option<Arc<crate::seccomp::GuestFilters>>,
     /// In a microVM (`init`): what /workspace is, for the snapshot endpoints. None elsewhere.
     pub vm_workspace: Option<crate::vm::cmdline::Workspace>,
-    /// Where every exec'd process is moved (`--workload-cgroup-fd`), if anywhere.
-    pub workload_cgroup: Option<Arc<crate::oom::WorkloadCgroup>>,
+    /// What every exec'd process is put in before it runs (see `confine`).
+    pub confinement: Option<Arc<crate::confine::Confinement>>,
 }
 
 impl Config {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use hearth_proto::{ErrorKind, ExecRequest};
 
+use crate::confine::Confinement;
 use crate::http::ApiError;
 use crate::seccomp::{GuestFilters, ListenerHandoff};
 
@@ -84,13 +85,13 @@ pub struct Prepared {
 }
 
 /// Validates `req` and builds its command; stdin is piped only when the request carries some.
-/// With `seccomp`, the child installs those filters right before exec; with `workload_cgroup`,
-/// it first moves itself into that cgroup (before it runs a single instruction of the
-/// workload, so nothing it forks can stay behind in hearth-guest's cgroup).
+/// With `confinement`, the child first puts itself there (before it runs a single instruction
+/// of the workload, so nothing it forks can escape it); with `seccomp`, it then installs those
+/// filters right before exec.
 pub fn build(
     req: &ExecRequest,
     seccomp: Option<&Arc<GuestFilters>>,
-    workload_cgroup: Option<&Arc<crate::oom::WorkloadCgroup>>,
+    confinement: Option<&Arc<Confinement>>,
 ) -> Result<Prepared, SpawnError> {
     let argv0 = req.argv.first().ok_or(SpawnError::EmptyArgv)?;
     if req.argv.iter().any(|a| a.contains('\0')) {
@@ -124,12 +125,16 @@ pub fn build(
     if !req.env.contains_key("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
     }
-    if let Some(cgroup) = workload_cgroup {
-        let fd = cgroup.procs_fd();
-        // SAFETY: the hook runs between fork and exec and makes one write(2) of a static
-        // buffer to an fd the parent keeps open for the guest's whole life.
+    if let Some(confinement) = confinement {
+        let confinement = Arc::clone(confinement);
+        // Built before the fork: the child may not allocate.
+        let cwd_c = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes())
+            .map_err(|_| SpawnError::NulByte("cwd"))?;
+        // SAFETY: the hook runs between fork and exec and makes only the system calls of
+        // `Confinement::in_child` (write, setns, chdir, prctl, capset) on fds and a C string
+        // that stay alive across the spawn; it allocates nothing and takes no locks.
         unsafe {
-            cmd.pre_exec(move || crate::oom::join_in_child(fd));
+            cmd.pre_exec(move || confinement.in_child(&cwd_c));
         }
     }
     let mut handoff = None;

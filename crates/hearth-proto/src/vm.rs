@@ -36,6 +36,10 @@ pub struct VmGuestConfig {
     pub env: BTreeMap<String, String>,
     /// The guest's hostname.
     pub hostname: String,
+    /// Processes and threads the workload may have inside the VM (the host's cgroup limits
+    /// only the VMM's threads); `None` sets no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u32>,
 }
 
 /// A config drive that cannot be written or read.

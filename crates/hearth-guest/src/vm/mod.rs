@@ -11,6 +11,7 @@
 pub mod cmdline;
 mod net;
 pub mod snapshot;
+pub mod workload_ns;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub struct Booted {
     /// What /workspace is, for the snapshot endpoints.
     pub workspace: Workspace,
     pub seccomp: Option<GuestFilters>,
+    /// What every exec is put in (see `crate::confine`).
+    pub confinement: crate::confine::Confinement,
 }
 
 fn mount_fs(
@@ -168,6 +171,9 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
         )?),
         None => None,
     };
+    let cgroup = workload_ns::cgroup(config.pids_max)?;
+    let confinement = crate::confine::Confinement::vm(cgroup, workload_ns::mount_ns()?)
+        .map_err(io_err("read", Path::new("/proc/sys/kernel/cap_last_cap")))?;
     tracing::info!(
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         kernel_uptime = %uptime(),
@@ -180,6 +186,7 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
             .unwrap_or(Listen::Vsock(hearth_proto::GUEST_VSOCK_PORT)),
         workspace: params.workspace,
         seccomp,
+        confinement,
     }))
 }
 

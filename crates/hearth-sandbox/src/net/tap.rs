@@ -100,6 +100,12 @@ pub fn bridge_for_vm(
     })
 }
 
+/// An fd attached to the sandbox's `tap0` (made by [`bridge_for_vm`]), for a VMM that cannot
+/// open `/dev/net/tun` itself.
+pub fn attach_vm_tap(netns: &Path) -> Result<OwnedFd, TapError> {
+    netns::in_netns(netns, |_| open_tap(TAP_IF, true, None))
+}
+
 /// Opens (creating if missing) the tap `name` in the calling thread's namespace. With
 /// `persist`, it outlives the returned fd, owned by `owner` when given.
 pub(crate) fn open_tap(

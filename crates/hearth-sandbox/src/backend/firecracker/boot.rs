@@ -219,7 +219,7 @@ mod tests {
             let policy = hearth_seccomp::profile(name).unwrap();
             let filters = hearth_seccomp::render_bpf(&policy).unwrap();
             let bpf = hearth_proto::bpf::encode(&filters.to_raw()).unwrap();
-            let config = guest_config("sb-1", Some(&bpf));
+            let config = guest_config("sb-1", Some(&bpf), None);
             let image = crate::backend::vm::config_drive_bytes(&config).unwrap();
             let end = image.iter().position(|&b| b == 0).unwrap();
             let doc: VmGuestConfig = serde_json::from_slice(&image[..end]).unwrap();

@@ -89,6 +89,9 @@ pub struct QemuPlan {
 pub struct Nic {
     pub tap: String,
     pub mac: [u8; 6],
+    /// An fd already attached to the tap, passed to QEMU (which then needs no access to
+    /// `/dev/net/tun`); `None` has QEMU open `tap` itself.
+    pub fd: Option<i32>,
 }
 
 /// QEMU's own seccomp policy: no obsolete syscalls, no setuid/setgid, no fork/exec, no
@@ -138,10 +141,11 @@ pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
         drive(&mut args, machine, "config", config);
     }
     if let Some(nic) = &plan.nic {
-        args.pair(
-            "-netdev",
-            format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap),
-        );
+        let tap = match nic.fd {
+            Some(fd) => format!("tap,id=net0,fd={fd}"),
+            None => format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap),
+        };
+        args.pair("-netdev", tap);
         let romfile = if machine == Machine::Pc {
             ",romfile="
         } else {
@@ -159,7 +163,13 @@ pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
     if let Some(workspace) = &plan.workspace {
         args.pair(
             "-fsdev",
-            path_opt("local,id=workspace,security_model=none,path=", workspace),
+            // The guest's owners and modes live in xattrs on the host files: a guest can never
+            // make a real setuid file or a file owned by another host user, and QEMU needs no
+            // privilege to record them.
+            path_opt(
+                "local,id=workspace,security_model=mapped-xattr,path=",
+                workspace,
+            ),
         );
         args.pair(
             "-device",

@@ -2,6 +2,7 @@
 //! sandbox's namespace, and the wait until QEMU answers on QMP; a failed start removes them all.
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,19 +68,31 @@ impl QemuBackend {
         plan: &QemuPlan,
         incoming: bool,
     ) -> Result<(), QemuError> {
-        let config = vm::guest_config(spec.id.as_str(), spec.guest_seccomp.as_deref());
+        let config = vm::guest_config(
+            spec.id.as_str(),
+            spec.guest_seccomp.as_deref(),
+            Some(spec.limits.pids),
+        );
         vm::write_config_drive(&ctx.dirs.vm_config_img(), &config)?;
         if let Some(net) = &ctx.net {
-            crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, None)?;
+            let owner = ctx.ids.map(|ids| ids.root());
+            crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, owner)?;
         }
         let ns = netns::open_ns(&ctx.netns_path)?;
         let log = ctx.dirs.vm_log();
-        let mut args = build_argv(plan);
+        let (mut args, unprivileged) = match ctx.ids {
+            Some(ids) => {
+                let (argv_plan, unprivileged) = unprivileged(ctx, plan, ids)?;
+                (build_argv(&argv_plan), Some(unprivileged))
+            }
+            None => (build_argv(plan), None),
+        };
         if incoming {
             args.extend(["-incoming", "defer"].map(OsString::from));
         }
         let cgroup = VmmCgroup::create(&spec.id, &vmm_limits(spec, plan))?;
-        let mut child = process::spawn_in_netns(&self.config.binary, &args, ns, &cgroup, &log)?;
+        let mut child =
+            process::spawn_in_netns(&self.config.binary, &args, ns, &cgroup, &log, unprivileged)?;
         drop(cgroup); // QEMU is in it; only removal (`remove_vm`) touches it again
         let pid = child.id();
         let recorded = VmmStamp::of(pid)
@@ -111,6 +124,78 @@ impl QemuBackend {
         }
         ready
     }
+}
+
+/// What QEMU needs to run as the sandbox's own unprivileged host root instead of as root: a user
+/// namespace that makes it that, the VM directory (where it binds its sockets and writes its
+/// console) owned by it, and the image files and config drive, which live in directories only
+/// root may enter, opened here and passed by fd. Returns the plan QEMU's argv is built from,
+/// naming those fds.
+fn unprivileged(
+    ctx: &LaunchContext<'_>,
+    plan: &QemuPlan,
+    ids: crate::userns::HostIds,
+) -> Result<(QemuPlan, process::Unprivileged), QemuError> {
+    let vm_dir = ctx.dirs.vm_dir();
+    std::os::unix::fs::chown(&vm_dir, Some(ids.root()), Some(ids.root())).map_err(|source| {
+        QemuError::File {
+            path: vm_dir.clone(),
+            source,
+        }
+    })?;
+    let root = crate::userns::IdMapping {
+        inside_start: 0,
+        outside_start: ids.root(),
+        count: 1,
+    };
+    let userns = crate::userns::new_userns(root, root)?;
+    let mut argv_plan = plan.clone();
+    let mut files = Vec::new();
+    let mut pass = |path: &mut PathBuf| -> Result<(), QemuError> {
+        let file = std::fs::File::open(&*path).map_err(|source| QemuError::File {
+            path: path.clone(),
+            source,
+        })?;
+        // QEMU opens `/proc/self/fd/N` again, which checks the file's own mode: the images and
+        // the config drive are public content (their directories keep everyone else out), so
+        // they must be readable by others. Older images were made 0600.
+        let readable = std::fs::Permissions::from_mode(0o644);
+        file.set_permissions(readable)
+            .map_err(|source| QemuError::File {
+                path: path.clone(),
+                source,
+            })?;
+        let target = process::FIRST_PASSED_FD + i32::try_from(files.len()).unwrap_or(0);
+        files.push((std::os::fd::OwnedFd::from(file), target));
+        *path = PathBuf::from(format!("/proc/self/fd/{target}"));
+        Ok(())
+    };
+    pass(&mut argv_plan.image.kernel)?;
+    pass(&mut argv_plan.image.initrd)?;
+    pass(&mut argv_plan.image.rootfs)?;
+    if let Some(config) = &mut argv_plan.config_drive {
+        pass(config)?;
+    }
+    if let Some(nic) = &mut argv_plan.nic {
+        let target = process::FIRST_PASSED_FD + i32::try_from(files.len()).unwrap_or(0);
+        files.push((crate::net::tap::attach_vm_tap(&ctx.netns_path)?, target));
+        nic.fd = Some(target);
+    }
+    // Under KVM it opens /dev/kvm itself: it keeps that device's group.
+    let groups = match plan.accel {
+        super::Accel::Kvm => std::fs::metadata("/dev/kvm")
+            .map(|meta| vec![std::os::unix::fs::MetadataExt::gid(&meta)])
+            .unwrap_or_default(),
+        super::Accel::Tcg => Vec::new(),
+    };
+    Ok((
+        argv_plan,
+        process::Unprivileged {
+            userns,
+            groups,
+            files,
+        },
+    ))
 }
 
 /// QEMU's own needs beyond the guest's RAM under TCG: its translation buffer (`tb-size`, set in

@@ -82,6 +82,8 @@ pub enum QemuError {
     Pidfd(#[from] PidfdError),
     #[error(transparent)]
     Cgroup(#[from] crate::vmm_cgroup::VmmCgroupError),
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
     /// `tail`: the end of QEMU's own log (the VM directory is removed with the failed VM).
     #[error("QEMU for sandbox {id} exited during startup ({status}){}", tail_hint(.tail))]
     Exited {
@@ -227,6 +229,7 @@ impl QemuBackend {
             nic: ctx.net.map(|_| Nic {
                 tap: crate::net::tap::TAP_IF.to_owned(),
                 mac: argv::mac_for(id),
+                fd: None,
             }),
             workspace,
             channel,

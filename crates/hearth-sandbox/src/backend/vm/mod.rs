@@ -133,13 +133,18 @@ pub fn config_drive_bytes(config: &VmGuestConfig) -> Result<Vec<u8>, ConfigDrive
 
 /// The config drive's document for a sandbox: its hostname and the guest's seccomp program (raw
 /// BPF, carried base64), with no extra environment.
-pub fn guest_config(hostname: &str, guest_seccomp: Option<&[u8]>) -> VmGuestConfig {
+pub fn guest_config(
+    hostname: &str,
+    guest_seccomp: Option<&[u8]>,
+    pids_max: Option<u32>,
+) -> VmGuestConfig {
     use base64::Engine as _;
     VmGuestConfig {
         seccomp_bpf_b64: guest_seccomp
             .map(|bpf| base64::engine::general_purpose::STANDARD.encode(bpf)),
         env: Default::default(),
         hostname: hostname.to_owned(),
+        pids_max,
     }
 }
 
@@ -207,6 +212,7 @@ mod tests {
             seccomp_bpf_b64: Some("AAAA".to_owned()),
             env: BTreeMap::from([("A".to_owned(), "b".to_owned())]),
             hostname: "sb-1".to_owned(),
+            pids_max: Some(64),
         };
         let bytes = config_drive_bytes(&config).unwrap();
         assert_eq!(bytes.len(), CONFIG_DRIVE_SIZE);
@@ -218,6 +224,7 @@ mod tests {
         assert_eq!(json["seccomp_bpf_b64"], "AAAA");
         assert_eq!(json["env"]["A"], "b");
         assert_eq!(json["hostname"], "sb-1");
+        assert_eq!(json["pids_max"], 64);
 
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("config.img");

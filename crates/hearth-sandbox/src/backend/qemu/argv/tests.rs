@@ -32,6 +32,7 @@ fn plan(accel: Accel) -> QemuPlan {
         nic: Some(Nic {
             tap: "tap0".into(),
             mac: [0x02, 0x68, 1, 2, 3, 0xab],
+            fd: None,
         }),
         workspace: Some("/home/u/proj".into()),
         channel: Channel::VirtioSerial {
@@ -98,7 +99,7 @@ fn tcg_plan_gives_the_whole_pc_command_line() {
         "-device",
         "virtio-net-pci,netdev=net0,mac=02:68:01:02:03:ab,romfile=",
         "-fsdev",
-        "local,id=workspace,security_model=none,path=/home/u/proj",
+        "local,id=workspace,security_model=mapped-xattr,path=/home/u/proj",
         "-device",
         "virtio-9p-pci,fsdev=workspace,mount_tag=workspace",
         "-chardev",
