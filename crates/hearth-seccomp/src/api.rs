@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::harden::HardenError;
 use crate::policy::{PolicyError, SeccompPolicy};
 use crate::profiles::profile;
 use crate::validate::{validate, ValidationErrors};
 
+/// Why a policy could not be loaded; names the profile or file.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -15,6 +17,8 @@ pub enum LoadError {
         path: PathBuf,
         source: ValidationErrors,
     },
+    #[error("{name}: {source}")]
+    Harden { name: String, source: HardenError },
 }
 
 /// A built-in profile by name, or else a policy file (`.toml`/`.json`), validated.

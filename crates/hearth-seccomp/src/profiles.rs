@@ -11,6 +11,19 @@
 //! - `audit`: `default` with every refusal turned into `log`: nothing is refused, and the kernel
 //!   logs (`SECCOMP_RET_LOG`, audit record type 1326 / `dmesg`) each call `default` would refuse.
 //!   Use it to find out what a workload needs before tightening it.
+//!
+//! These are the profiles as written, and what the VMM's own filter (Firecracker's threads on
+//! the host) uses. What a backend should apply to a workload is a profile hardened by
+//! [`crate::harden::harden_for_workload`], which adds refusals no profile or policy file can opt
+//! out of: setuid/setgid mode bits, `socket(AF_VSOCK)` (both `audit_deny`), `openat2` and
+//! `fchmodat2` (`ENOSYS`), `io_uring`. So the hardened `audit` refuses those too, and the
+//! hardened `default` records AF_VSOCK attempts that the profile as written allows.
+//!
+//! AF_VSOCK is refused by the hardening rather than written into `default`: an audited denial
+//! next to the allowed families needs `socket` rules with two actions, which the OCI rendering
+//! can only load without the i386 ABI (see [`crate::render::oci`]), and `default` as written
+//! keeps it. (`strict` allows `AF_UNIX`, `AF_INET`, `AF_INET6` and `AF_NETLINK` only, so AF_VSOCK
+//! already falls to its default `EPERM` there.)
 
 use crate::policy::{Action, ArgCondition, ArgWidth, CmpOp, Rule, SeccompPolicy, EPERM};
 

@@ -185,7 +185,7 @@ pub fn rules_disjoint(a: &Rule, b: &Rule) -> bool {
 }
 
 /// The condition as `arg & mask == value` over 64 bits, when it has that shape.
-fn as_masked(c: &ArgCondition) -> Option<(u64, u64)> {
+pub(crate) fn as_masked(c: &ArgCondition) -> Option<(u64, u64)> {
     match (c.op, c.width) {
         (CmpOp::MaskedEq(mask), _) => Some((mask, c.value)),
         (CmpOp::Eq, ArgWidth::W32) => Some((u64::from(u32::MAX), c.value)),

@@ -109,3 +109,50 @@ fn rendering_parses_back_to_the_same_meaning() {
         );
     }
 }
+
+#[test]
+fn conditions_on_calls_i386_multiplexes_leave_i386_out() {
+    let all = json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]);
+    let without_i386 = json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]);
+    let family = |f| vec![ArgCondition::new(0, ArgWidth::W32, CmpOp::Eq, f)];
+    let policy = |rules| SeccompPolicy {
+        default_action: Action::Errno(EPERM),
+        rules,
+    };
+    // Unconditional rules on multiplexed calls, and conditions on other calls, keep i386.
+    let plain = policy(vec![
+        Rule::new("socket", Action::Allow),
+        Rule::new("shmget", Action::Allow),
+        Rule::with_args("personality", Action::Allow, family(8)),
+    ]);
+    assert_eq!(render_oci(&plain, None).unwrap()["architectures"], all);
+    // A socket family allowlist would allow every family through i386's socketcall.
+    let families = policy(vec![Rule::with_args("socket", Action::Allow, family(2))]);
+    assert_eq!(
+        render_oci(&families, None).unwrap()["architectures"],
+        without_i386
+    );
+    let ipc = policy(vec![Rule::with_args(
+        "shmctl",
+        Action::AuditDeny,
+        family(0),
+    )]);
+    let listener = Some(Path::new("/l"));
+    assert_eq!(
+        render_oci(&ipc, listener).unwrap()["architectures"],
+        without_i386
+    );
+    // A conditional rule that repeats the default is left out, so it changes nothing.
+    let noop = policy(vec![Rule::with_args(
+        "socket",
+        Action::Errno(EPERM),
+        family(40),
+    )]);
+    assert_eq!(render_oci(&noop, None).unwrap()["architectures"], all);
+    assert_eq!(
+        render_oci(&profile("default").unwrap(), listener).unwrap()["architectures"],
+        all
+    );
+    let strict = render_oci(&profile("strict").unwrap(), None).unwrap();
+    assert_eq!(strict["architectures"], without_i386);
+}

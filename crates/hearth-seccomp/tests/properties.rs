@@ -6,9 +6,9 @@ use std::path::Path;
 
 use hearth_seccomp::validate::syscall_names;
 use hearth_seccomp::{
-    compile_firecracker_json, render_bpf, render_firecracker, render_oci, validate, Action,
-    ArgCondition, ArgWidth, CmpOp, FirecrackerError, FirecrackerFilters, OciError, OciSeccomp,
-    Rule, SeccompPolicy,
+    compile_firecracker_json, harden_for_workload, render_bpf, render_firecracker, render_oci,
+    validate, Action, ArgCondition, ArgWidth, CmpOp, FirecrackerError, FirecrackerFilters,
+    HardenError, OciError, OciSeccomp, Rule, SeccompPolicy,
 };
 use proptest::prelude::*;
 
@@ -89,6 +89,76 @@ fn policy() -> impl Strategy<Value = SeccompPolicy> {
         }
         p
     })
+}
+
+/// The calls hardening guards, with the argument it checks (written out here rather than taken
+/// from the crate, so a call dropped from the crate's list fails these tests).
+const GUARDED: [(&str, usize); 11] = [
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("open", 2),
+    ("openat", 3),
+    ("creat", 1),
+    ("mkdir", 1),
+    ("mkdirat", 2),
+    ("mknod", 1),
+    ("mknodat", 2),
+    ("socket", 0),
+];
+const REFUSED: [&str; 5] = [
+    "openat2",
+    "fchmodat2",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+/// Valid policies whose rules are mostly for the calls hardening touches.
+fn workload_policy() -> impl Strategy<Value = SeccompPolicy> {
+    let names: &'static [&'static str] = &[
+        "chmod",
+        "fchmodat",
+        "openat",
+        "mknod",
+        "socket",
+        "openat2",
+        "io_uring_setup",
+        "read",
+    ];
+    let rules = proptest::collection::vec(rule(names), 0..10);
+    (action(), rules).prop_map(|(default_action, candidates)| {
+        let mut p = SeccompPolicy {
+            default_action,
+            rules: Vec::new(),
+        };
+        for r in candidates {
+            p.rules.push(r);
+            if validate(&p).is_err() {
+                p.rules.pop();
+            }
+        }
+        p
+    })
+}
+
+/// `args` with the guarded argument's low 32 bits replaced: setuid/setgid bits from `bits`
+/// (0..4) for a mode, AF_VSOCK (`bits != 0`) or a family other than it for `socket`.
+fn guarded_args(call: &str, arg: usize, mut args: [u64; 6], bits: u64) -> [u64; 6] {
+    let high = args[arg] & !u64::from(u32::MAX);
+    args[arg] = if call == "socket" {
+        let other = args[arg] & u64::from(u32::MAX);
+        high | if bits != 0 {
+            40
+        } else if other == 40 {
+            41
+        } else {
+            other
+        }
+    } else {
+        (args[arg] & !0o6000) | bits << 10
+    };
+    args
 }
 
 /// Valid policies whose rules use one action besides the default (what Firecracker takes).
@@ -226,6 +296,39 @@ proptest! {
         validate(&back).unwrap();
         let expected = if listen { p.clone() } else { map_actions(&p, Action::without_notify) };
         prop_assert_eq!(back.normalize(), expected.normalize());
+    }
+
+    #[test]
+    fn hardening_refuses_what_it_must_and_changes_nothing_else(
+        p in workload_policy(),
+        args in any::<[u64; 6]>(),
+        bits in 0u64..4,
+    ) {
+        let h = match harden_for_workload(&p) {
+            Ok(h) => h,
+            Err(HardenError::ConditionedArgument { index, arg, .. }) => {
+                prop_assert!(p.rules[index].args.iter().any(|c| c.index == arg));
+                return Ok(());
+            }
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        };
+        validate(&h).unwrap();
+        prop_assert_eq!(&harden_for_workload(&h).unwrap(), &h);
+        for (call, arg) in GUARDED {
+            let a = guarded_args(call, arg, args, bits);
+            if bits == 0 {
+                prop_assert_eq!(h.evaluate(call, &a), p.evaluate(call, &a), "{}", call);
+            } else {
+                prop_assert_eq!(h.evaluate(call, &a), Action::AuditDeny, "{}", call);
+            }
+        }
+        for call in REFUSED {
+            prop_assert!(!matches!(h.evaluate(call, &args), Action::Allow | Action::Log));
+        }
+        for call in ["read", "write", "clone"] {
+            prop_assert_eq!(h.evaluate(call, &args), p.evaluate(call, &args));
+        }
+        render_bpf(&h).unwrap();
     }
 
     #[test]

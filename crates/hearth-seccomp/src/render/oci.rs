@@ -13,6 +13,15 @@
 //! It also refuses to notify on the calls runc itself makes after loading the filter (writing
 //! to its sync pipe, `execve`, ...): nobody could answer them yet and the container would hang
 //! or fail to start.
+//!
+//! One thing i386 can't say at all: a 32-bit process (or `int 0x80` from a 64-bit one) reaches
+//! the socket and SysV IPC calls through `socketcall(2)`/`ipc(2)` with their arguments in memory,
+//! and libseccomp turns a rule for `socket` into one for `socketcall(SYS_SOCKET)` that drops the
+//! rule's conditions on the socket arguments. Allowing two families would allow every family on
+//! i386, and an allow next to an `audit_deny` on `socket` fails to load (`EEXIST`). So when the
+//! rendered rules condition the arguments of such a call (see [`I386_MULTIPLEXED`]), the
+//! rendering lists no `SCMP_ARCH_X86`: i386 system calls then get libseccomp's bad-architecture
+//! action (the thread is killed), as under the BPF rendering, which is for x86_64 alone.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +30,47 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Action, ArgCondition, ArgWidth, CmpOp, Rule, SeccompPolicy, EPERM};
 use crate::validate::{validate, ValidationErrors};
 
-/// The architectures every rendering lists: x86_64 and the 32-bit ABIs a process could switch to.
+/// The architectures a rendering lists: x86_64 and the 32-bit ABIs a process could switch to
+/// (i386 left out when the rules condition a call in [`I386_MULTIPLEXED`]).
 pub const OCI_ARCHITECTURES: [&str; 3] = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"];
+
+/// i386's libseccomp name.
+const ARCH_I386: &str = "SCMP_ARCH_X86";
+
+/// The calls i386 also makes through `socketcall(2)` or `ipc(2)`, whose arguments a filter can't
+/// see there (x86_64 names).
+pub const I386_MULTIPLEXED: [&str; 30] = [
+    "socket",
+    "bind",
+    "connect",
+    "listen",
+    "accept",
+    "accept4",
+    "getsockname",
+    "getpeername",
+    "socketpair",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "setsockopt",
+    "getsockopt",
+    "sendmsg",
+    "recvmsg",
+    "recvmmsg",
+    "sendmmsg",
+    "semop",
+    "semget",
+    "semctl",
+    "semtimedop",
+    "msgsnd",
+    "msgrcv",
+    "msgget",
+    "msgctl",
+    "shmat",
+    "shmdt",
+    "shmget",
+    "shmctl",
+];
 
 /// Calls runc makes between loading the filter and `execve` of the workload.
 const RUNTIME_SYSCALLS: &[&str] = &[
@@ -236,6 +284,23 @@ fn oci_entry(index: usize, rule: &Rule, notify: bool) -> Result<OciSyscall, OciE
     })
 }
 
+/// [`OCI_ARCHITECTURES`], without i386 when an entry conditions a call i386 multiplexes (see
+/// the module docs).
+fn architectures(syscalls: &[OciSyscall]) -> Vec<String> {
+    let multiplexed = |s: &OciSyscall| {
+        !s.args.is_empty()
+            && s.names
+                .iter()
+                .any(|n| I386_MULTIPLEXED.contains(&n.as_str()))
+    };
+    let without_i386 = syscalls.iter().any(multiplexed);
+    OCI_ARCHITECTURES
+        .iter()
+        .filter(|&&arch| !(without_i386 && arch == ARCH_I386))
+        .map(|&arch| arch.to_owned())
+        .collect()
+}
+
 impl OciSeccomp {
     /// Renders a policy; `listener` is the `listenerPath` socket hearth's notify handler serves.
     pub fn from_policy(policy: &SeccompPolicy, listener: Option<&Path>) -> Result<Self, OciError> {
@@ -266,7 +331,7 @@ impl OciSeccomp {
         Ok(OciSeccomp {
             default_action: default_action.to_owned(),
             default_errno_ret,
-            architectures: OCI_ARCHITECTURES.iter().map(|a| (*a).to_owned()).collect(),
+            architectures: architectures(&syscalls),
             listener_path: listener.map(Path::to_path_buf),
             syscalls,
         })
