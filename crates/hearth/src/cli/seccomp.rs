@@ -103,9 +103,10 @@ fn audits(policy: &hearth_seccomp::SeccompPolicy) -> bool {
 }
 
 /// The OCI rendering for a new sandbox: with `listener` as `listenerPath` when the policy audits
-/// anything, so `audit_deny` reaches the sandbox's supervisor (`SCMP_ACT_NOTIFY`).
+/// anything, so `audit_deny` reaches the sandbox's supervisor (`SCMP_ACT_NOTIFY`). The policy is
+/// hardened for a workload first (no setuid/setgid bits, no AF_VSOCK, whatever it says).
 pub fn render_for_sandbox(raw: &str, listener: &Path) -> Result<serde_json::Value, CliError> {
-    let policy = hearth_seccomp::load_policy(raw)
+    let policy = hearth_seccomp::load_workload_policy(raw)
         .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))?;
     render_policy_for_sandbox(&policy, listener)
         .map_err(|err| CliError::new(BAD_INPUT, format!("seccomp policy {raw}: {err}")))
@@ -140,7 +141,7 @@ fn guest_bpf_with(
     let bad = |err: &dyn std::fmt::Display| {
         CliError::new(BAD_INPUT, format!("guest seccomp policy {raw}: {err}"))
     };
-    let policy = hearth_seccomp::load_policy(raw).map_err(|err| bad(&err))?;
+    let policy = hearth_seccomp::load_workload_policy(raw).map_err(|err| bad(&err))?;
     let filters = render(&policy).map_err(|err| bad(&err))?;
     hearth_proto::bpf::encode(&filters.to_raw()).map_err(|err| bad(&err))
 }

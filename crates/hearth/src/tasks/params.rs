@@ -102,7 +102,7 @@ impl TaskParams {
             .map(|raw| AllowRule::parse(raw))
             .collect::<Result<_, _>>()
             .map_err(|err| invalid("allow", err.to_string()))?;
-        let seccomp = hearth_seccomp::load_policy("default")
+        let seccomp = hearth_seccomp::load_workload_policy("default")
             .map_err(|err| invalid("seccomp", err.to_string()))?;
         Ok(TaskRequest {
             prompt: self.prompt.clone(),
