@@ -129,6 +129,60 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
     assert_eq!(unshare["source"], "guest", "{unshare}");
     assert_eq!(unshare["action"], "denied_eperm", "{unshare}");
 
+    // The review's attacks from inside the VM. The workload is uid 0 with no capabilities at
+    // all, sees no host channel port, disk or userfaultfd in its /dev, cannot touch PID 1 or
+    // kernel tunables, and a fork flood stops at the sandbox's pids limit.
+    let probe = "import os, ctypes\n\
+        print([l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff') or l.startswith('CapBnd')])\n\
+        print(sorted(os.listdir('/dev')))\n\
+        for path in ('/proc/1/mem', '/proc/1/environ', '/proc/sys/kernel/sysrq'):\n\
+        \x20   try:\n\
+        \x20       open(path, 'r+b'); print(path, 'open')\n\
+        \x20   except OSError as e:\n\
+        \x20       print(path, 'refused')\n\
+        n = 0\n\
+        try:\n\
+        \x20   while n < 400:\n\
+        \x20       if os.fork() == 0:\n\
+        \x20           import time; time.sleep(2); os._exit(0)\n\
+        \x20       n += 1\n\
+        except OSError:\n\
+        \x20   pass\n\
+        print('forked', n)\n\
+        while True:\n\
+        \x20   try:\n\
+        \x20       os.wait()\n\
+        \x20   except ChildProcessError:\n\
+        \x20       break\n";
+    let out = python(&sb.id, probe);
+    let text = stdout(&out);
+    assert!(
+        text.contains("['0000000000000000', '0000000000000000']"),
+        "{text}"
+    );
+    for absent in ["vda", "vport", "userfaultfd", "kmsg", "mem'"] {
+        assert!(
+            !text.lines().nth(1).unwrap_or("").contains(absent),
+            "{absent} in {text}"
+        );
+    }
+    assert_eq!(text.matches(" refused").count(), 3, "{text}");
+    let forked: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("forked "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}{}", stderr(&out)));
+    assert!(
+        forked < 256,
+        "the default pids limit (256) held inside the VM: {forked}"
+    );
+    // A setuid plant through the 9p share: refused by the policy; what QEMU writes is only
+    // ever a plain file on the host, whatever the guest asks for.
+    let plant = sb.sh("cp /bin/sh /workspace/plant; chmod 4755 /workspace/plant; echo chmod=$?");
+    assert!(stdout(&plant).contains("chmod=1"), "{}", stdout(&plant));
+    let planted = std::fs::metadata(workspace.path().join("plant")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&planted) & 0o7000, 0);
+
     // The firewall from inside the VM: the gateway port on the host side answers, another port
     // of the same host address (a listener this test opened) is dropped and audited.
     let link = json(&["sandbox", "net", &sb.id, "--json"])["link"].clone();
@@ -190,6 +244,14 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
         .output()
         .unwrap();
     let qemu_pid = stdout(&pgrep).trim().to_owned();
+    // ... as the sandbox's own unprivileged host id, not root.
+    let status = std::fs::read_to_string(format!("/proc/{qemu_pid}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(uid >= 0x7000_0000, "QEMU runs as uid {uid}");
     let cgroups = std::fs::read_to_string(format!("/proc/{qemu_pid}/cgroup")).unwrap();
     assert!(
         cgroups.contains(&format!("/hearth/{}", sb.id)),

@@ -204,13 +204,22 @@ fn leftovers_now(id: &str) -> Vec<String> {
         found.push(format!("netns {}", netns.display()));
     }
     for controller in ["memory", "pids", "cpu", "unified", ""] {
-        let cg = Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("hearth")
-            .join(id);
-        if cg.exists() {
-            found.push(format!("cgroup {}", cg.display()));
+        for tree in ["hearth", "hearth-supervisors"] {
+            let cg = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(tree)
+                .join(id);
+            if cg.exists() {
+                found.push(format!("cgroup {}", cg.display()));
+            }
         }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.contains(&format!("/sandboxes/{id}/")))
+    {
+        found.push("a mount under the sandbox dir".to_owned());
     }
     let list = Command::new("runc")
         .arg("--root")
