@@ -8,7 +8,8 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-# e2fsprogs (mke2fs, debugfs) and cpio: the guest image build and its tests; qemu-system-x86:
+# e2fsprogs (mke2fs, debugfs): private workspace filesystems, and with cpio the guest image
+# build and its tests; qemu-system-x86:
 # booting it; binutils (strip) shrinks the static hearth-guest the image carries.
 packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils)
 missing=()

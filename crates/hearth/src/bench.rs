@@ -19,6 +19,7 @@ use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
+mod floods;
 mod seccomp;
 mod vm;
 
@@ -56,6 +57,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         calls: u64,
         /// Execs timed in the second sandbox, idle and during the flood.
+        #[arg(long, default_value_t = 200)]
+        execs: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Host-side work one sandbox causes (denied calls, DNS queries, dropped packets), each
+    /// flood in turn: its supervisor's CPU, and exec latency in a second sandbox during it
+    /// next to idle.
+    Floods {
+        /// Seconds each flood runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Execs timed in the second sandbox, idle and during each flood.
         #[arg(long, default_value_t = 200)]
         execs: usize,
         /// Print the figures as JSON.
@@ -119,6 +134,14 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
         BenchCommand::Seccomp { calls, execs, json } => {
             let manager = settings.manager().await?;
             return seccomp::run(&manager, calls, execs, json).await;
+        }
+        BenchCommand::Floods {
+            seconds,
+            execs,
+            json,
+        } => {
+            let manager = settings.manager().await?;
+            return floods::run(&manager, seconds.max(1), execs.max(1), json).await;
         }
     };
     let manager = settings.manager().await?;

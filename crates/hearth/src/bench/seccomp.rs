@@ -44,8 +44,8 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<u8> {
     manager.reconcile().await?;
-    let flood = spec(manager)?;
-    let quiet = spec(manager)?;
+    let flood = sandbox_spec(manager)?;
+    let quiet = sandbox_spec(manager)?;
     manager.create(&flood).await?;
     let outcome = match manager.create(&quiet).await {
         Ok(_) => measure(manager, &flood.id, &quiet.id, calls, execs, json).await,
@@ -63,7 +63,7 @@ pub async fn run(
 }
 
 /// A sandbox under the `default` profile, its audited calls going to its supervisor.
-fn spec(manager: &SandboxManager) -> anyhow::Result<SandboxSpec> {
+pub(super) fn sandbox_spec(manager: &SandboxManager) -> anyhow::Result<SandboxSpec> {
     let id = SandboxId::generate();
     let listener = manager.dirs.sandbox(&id).seccomp_socket();
     let seccomp = crate::cli::seccomp::render_for_sandbox("default", &listener)?;
@@ -164,7 +164,7 @@ fn flood_request(calls: u64) -> ExecRequest {
     }
 }
 
-async fn exec_samples(
+pub(super) async fn exec_samples(
     manager: &SandboxManager,
     id: &SandboxId,
     execs: usize,
