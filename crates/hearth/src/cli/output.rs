@@ -181,8 +181,10 @@ impl CommandOutput {
                 )
             }
         };
-        if let (Err(err), Some(failed)) = (written, self.failed.take()) {
-            let _ = failed.send(err);
+        if let Err(err) = written {
+            if let Some(failed) = self.failed.take() {
+                let _ = failed.send(err);
+            }
         }
     }
 
