@@ -23,6 +23,7 @@ mod floods;
 mod seccomp;
 mod vm;
 
+use crate::cli::output::{self, errln, outln, OutputError};
 use crate::config::Settings;
 use crate::sandboxes::SandboxManager;
 
@@ -170,35 +171,37 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
         runtime_exec,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        output::print_json(&result)?;
     } else {
-        print_table(&result);
+        print_table(&result)?;
     }
     Ok(0)
 }
 
+/// A progress line on stderr; a closed stderr doesn't stop the bench (or its cleanup).
 pub(crate) fn progress(json: bool, what: &str) {
     if !json {
-        eprintln!("bench: {what} ...");
+        let _ = errln!("bench: {what} ...");
     }
 }
 
-fn print_table(r: &SandboxBench) {
-    println!("runtime: {}", r.runtime);
-    println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+fn print_table(r: &SandboxBench) -> Result<(), OutputError> {
+    outln!("runtime: {}", r.runtime)?;
+    outln!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms")?;
     let row =
-        |name: &str, p: &Percentiles| println!("{name:<44} {:>9.2} {:>9.2}", p.p50_ms, p.p99_ms);
-    row("hearth create -> exec true -> rm", &r.hearth_cycle);
-    row("reference: bare runc run (true)", &r.bare_runtime_run);
-    println!(
+        |name: &str, p: &Percentiles| outln!("{name:<44} {:>9.2} {:>9.2}", p.p50_ms, p.p99_ms);
+    row("hearth create -> exec true -> rm", &r.hearth_cycle)?;
+    row("reference: bare runc run (true)", &r.bare_runtime_run)?;
+    outln!(
         "{:<44} {:>9.2}x (goal <= 1.3x)",
-        "cycle ratio (p50)", r.cycle_ratio_p50
-    );
-    row("hearth exec true (running sandbox)", &r.hearth_exec);
+        "cycle ratio (p50)",
+        r.cycle_ratio_p50
+    )?;
+    row("hearth exec true (running sandbox)", &r.hearth_exec)?;
     row(
         "reference: runc exec true (same container)",
         &r.runtime_exec,
-    );
+    )
 }
 
 async fn bench_cycle(manager: &SandboxManager, cycles: usize) -> anyhow::Result<Percentiles> {

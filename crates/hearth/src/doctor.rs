@@ -9,6 +9,8 @@ use hearth_sandbox::cgroup::CgroupVersion;
 use hearth_sandbox::net::netns;
 use serde::Serialize;
 
+use crate::cli::escape::field;
+use crate::cli::output::{self, outln};
 use crate::config::Settings;
 use crate::exit::HOST;
 
@@ -55,7 +57,7 @@ impl Check {
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<u8> {
     let checks = collect(settings);
     if json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        output::print_json(&checks)?;
     } else {
         for check in &checks {
             let mark = if check.ok {
@@ -65,9 +67,10 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<u8> {
             } else {
                 "no  "
             };
-            println!("{mark} {:<12} {}", check.name, check.detail);
+            // Details quote other programs' version lines and error messages.
+            outln!("{mark} {:<12} {}", check.name, field(&check.detail))?;
             if let Some(fix) = &check.fix {
-                println!("     {:<12} fix: {fix}", "");
+                outln!("     {:<12} fix: {}", "", field(fix))?;
             }
         }
     }

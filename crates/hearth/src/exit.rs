@@ -11,9 +11,14 @@
 //! | 7    | the sandbox failed (runtime error, guest not ready, exited) |
 //! | 8    | a file or output limit was exceeded |
 //! | 10   | internal error (store, I/O) |
+//! | 141  | stdout or stderr was closed (`hearth ... \| head`): the command stopped quietly |
 //!
 //! `hearth sandbox exec` exits with the command's own code; 128+N when it died of signal N,
 //! 124 when its timeout fired and 127 when the command does not exist.
+//!
+//! A closed output is 141, what a shell reports for a command SIGPIPE killed, and not 0: the
+//! output was cut short, and a `hearth run` it cancelled did not succeed. hearth itself ignores
+//! SIGPIPE (see `cli/output.rs`), so it cleans up before it exits.
 
 use hearth_sandbox::backend::oci::{OciError, RuntimeError};
 use hearth_sandbox::backend::qemu::QemuError;
@@ -34,6 +39,8 @@ pub const TOO_LARGE: u8 = 8;
 pub const INTERNAL: u8 = 10;
 pub const TIMED_OUT: u8 = 124;
 pub const COMMAND_NOT_FOUND: u8 = 127;
+/// 128 + SIGPIPE.
+pub const OUTPUT_CLOSED: u8 = 141;
 
 /// An error the CLI reports: the message and the exit code chosen where it was understood.
 #[derive(Debug, thiserror::Error)]

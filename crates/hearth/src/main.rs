@@ -18,6 +18,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::cli::escape;
+use crate::cli::output::errln;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_logging(args.global.verbose);
@@ -28,15 +31,17 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("hearth: cannot start the async runtime: {err}");
+            let _ = errln!("hearth: cannot start the async runtime: {err}");
             return ExitCode::from(exit::INTERNAL);
         }
     };
     match runtime.block_on(cli::run(args)) {
         Ok(code) => ExitCode::from(code),
+        Err(err) if cli::output::is_closed(&err) => ExitCode::from(exit::OUTPUT_CLOSED),
         Err(err) => {
             let code = exit::code_for(&err);
-            eprintln!("hearth: {}", exit::one_line(&err));
+            // The message can carry a guest's or a workload's text (a guest error, a path).
+            let _ = errln!("hearth: {}", escape::field(&exit::one_line(&err)));
             ExitCode::from(code)
         }
     }

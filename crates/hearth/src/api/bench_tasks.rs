@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
+use crate::cli::output::{self, outln};
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT};
 use crate::store::TaskStatus;
@@ -80,20 +81,22 @@ pub async fn run(args: TasksBenchArgs, settings: &Settings) -> anyhow::Result<u8
             "gateway": {"calls": gateway.calls, "direct_p50_us": gateway.direct.p50_us,
                         "gateway_p50_us": gateway.gateway.p50_us, "overhead_p50_us": gateway.overhead_p50_us()},
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "{} tasks, {} at once, scripted upstream (demo fixture)",
-            args.tasks, args.concurrency
-        );
-        println!("  succeeded                    {succeeded}/{}", args.tasks);
-        println!("  wall time                    {:.2} s", wall.as_secs_f64());
-        println!("  tasks per second             {rate:.2}");
-        println!(
+            args.tasks,
+            args.concurrency
+        )?;
+        outln!("  succeeded                    {succeeded}/{}", args.tasks)?;
+        outln!("  wall time                    {:.2} s", wall.as_secs_f64())?;
+        outln!("  tasks per second             {rate:.2}")?;
+        outln!(
             "  task latency (queued->done)  p50 {:.0} ms  p99 {:.0} ms",
-            latency.p50_ms, latency.p99_ms
-        );
-        println!("{gateway}");
+            latency.p50_ms,
+            latency.p99_ms
+        )?;
+        outln!("{gateway}")?;
     }
     Ok(0)
 }

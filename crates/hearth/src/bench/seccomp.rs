@@ -14,7 +14,8 @@ use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
-use super::Percentiles;
+use super::{progress, Percentiles};
+use crate::cli::output::{self, outln, OutputError};
 use crate::sandboxes::SandboxManager;
 use crate::supervisor::launch;
 
@@ -55,9 +56,9 @@ pub async fn run(
     manager.remove(&flood.id, false).await?;
     let result = outcome?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        output::print_json(&result)?;
     } else {
-        print_table(&result);
+        print_table(&result)?;
     }
     Ok(0)
 }
@@ -193,14 +194,8 @@ fn vm_rss_kib(pid: i32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS in {path}"))
 }
 
-fn progress(json: bool, what: &str) {
-    if !json {
-        eprintln!("bench: {what} ...");
-    }
-}
-
-fn print_table(r: &SeccompBench) {
-    println!(
+fn print_table(r: &SeccompBench) -> Result<(), OutputError> {
+    outln!(
         "denied calls: {} in {:.1} s ({:.0}/s); EPERM seen by the workload: {}; stored count: {} ({})",
         r.calls,
         r.flood_seconds,
@@ -208,20 +203,22 @@ fn print_table(r: &SeccompBench) {
         r.eperm_seen_by_workload,
         r.unshare_count_stored,
         if r.counts_exact { "exact" } else { "MISMATCH" }
-    );
-    println!(
+    )?;
+    outln!(
         "supervisor RSS: {} KiB -> {} KiB (growth {} KiB, goal <= 4096 KiB)",
-        r.supervisor_rss_before_kib, r.supervisor_rss_after_kib, r.supervisor_rss_growth_kib
-    );
-    println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+        r.supervisor_rss_before_kib,
+        r.supervisor_rss_after_kib,
+        r.supervisor_rss_growth_kib
+    )?;
+    outln!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms")?;
     let row =
-        |name: &str, p: &Percentiles| println!("{name:<44} {:>9.2} {:>9.2}", p.p50_ms, p.p99_ms);
+        |name: &str, p: &Percentiles| outln!("{name:<44} {:>9.2} {:>9.2}", p.p50_ms, p.p99_ms);
     row(
         "exec true, second sandbox, during the flood",
         &r.exec_during_flood,
-    );
-    row("reference: same, idle (same run)", &r.exec_idle);
-    println!(
+    )?;
+    row("reference: same, idle (same run)", &r.exec_idle)?;
+    outln!(
         "{:<44} {:>9.2}x (goal <= 1.2x){}",
         "exec ratio (p50)",
         r.exec_ratio_p50,
@@ -230,7 +227,7 @@ fn print_table(r: &SeccompBench) {
         } else {
             "; the flood ended before the samples did"
         }
-    );
+    )
 }
 
 #[allow(clippy::cast_precision_loss)] // a rate for display

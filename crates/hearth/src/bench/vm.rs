@@ -14,6 +14,8 @@ use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
 use super::{bench_spec, progress, Percentiles};
+use crate::cli::escape::field;
+use crate::cli::output::{self, outln};
 use crate::sandboxes::{SandboxError, SandboxManager};
 
 /// A baseline boot that takes longer than this is counted as failed.
@@ -77,28 +79,29 @@ pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::
         baseline_boot_to_trivial_init: baseline,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        output::print_json(&result)?;
     } else {
-        println!(
+        outln!(
             "accelerator: {}, kernel {}",
-            result.accel, result.kernel_release
-        );
-        println!("{:<48}{:>10}{:>10}", "", "p50 ms", "p99 ms");
-        let row = |name: &str, p: &Percentiles| {
-            println!("{name:<48}{:>10.0}{:>10.0}", p.p50_ms, p.p99_ms);
-        };
+            result.accel,
+            field(&result.kernel_release)
+        )?;
+        outln!("{:<48}{:>10}{:>10}", "", "p50 ms", "p99 ms")?;
+        let row =
+            |name: &str, p: &Percentiles| outln!("{name:<48}{:>10.0}{:>10.0}", p.p50_ms, p.p99_ms);
         row(
             "hearth create --backend qemu -> guest ready",
             &result.hearth_create_to_ready,
-        );
+        )?;
         row(
             "reference: same kernel -> trivial init",
             &result.baseline_boot_to_trivial_init,
-        );
-        println!(
+        )?;
+        outln!(
             "{:<48}{:>9.2}x (goal <= 1.3x)",
-            "ratio (p50)", result.ratio_p50
-        );
+            "ratio (p50)",
+            result.ratio_p50
+        )?;
     }
     Ok(0)
 }

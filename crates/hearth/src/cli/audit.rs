@@ -12,6 +12,8 @@ use hearth_sandbox::SandboxId;
 use hearth_seccomp::audit::AuditEntry;
 use serde::Serialize;
 
+use super::escape::field;
+use super::output::{self, outln, OutputError};
 use crate::sandboxes::{SandboxError, SandboxManager};
 use crate::store::{AuditCount, AuditState, NetworkDrops, StoredDrop, StoredEntry};
 use crate::supervisor;
@@ -99,9 +101,9 @@ pub async fn audit(manager: &SandboxManager, args: AuditArgs) -> anyhow::Result<
     let id = SandboxId::parse(&args.id)?;
     let report = report(manager, &id).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::print_json(&report)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     if args.follow {
         let last = Last {
@@ -158,17 +160,17 @@ async fn follow(
         for stored in manager.store.seccomp_audit_recent(id, last.entry).await? {
             last.entry = stored.id;
             if json {
-                println!("{}", serde_json::to_string(&stored)?);
+                output::print_json_line(&stored)?;
             } else {
-                println!("{}", entry_line(&stored.entry));
+                outln!("{}", entry_line(&stored.entry))?;
             }
         }
         for stored in manager.store.network_drops_recent(id, last.drop).await? {
             last.drop = stored.id;
             if json {
-                println!("{}", serde_json::json!({ "network_drop": stored }));
+                output::print_json_line(&serde_json::json!({ "network_drop": stored }))?;
             } else {
-                println!("{}", drop_line(&stored));
+                outln!("{}", drop_line(&stored))?;
             }
         }
         let supervised = supervisor::launch::running(&manager.dirs.sandbox(id))?.is_some();
@@ -182,59 +184,72 @@ async fn follow(
     }
 }
 
-fn print_report(r: &Report) {
+/// The report for people. Names a workload chose (its processes' `comm`) and strings parsed
+/// from logs go through [`field`], so they can neither drive the terminal nor forge rows.
+fn print_report(r: &Report) -> Result<(), OutputError> {
     let total: u64 = r.counts.iter().map(|c| c.count).sum();
     let supervisor = match &r.supervisor {
         Some(s) if s.running => format!("supervisor pid {} running", s.state.supervisor_pid),
         Some(s) => format!(
             "supervisor ended: {}",
-            s.state
-                .ended
-                .as_deref()
-                .unwrap_or("exited without a reason (crashed?)")
+            field(
+                s.state
+                    .ended
+                    .as_deref()
+                    .unwrap_or("exited without a reason (crashed?)")
+            )
         ),
         None => "no supervisor: this sandbox's policy audits nothing".to_owned(),
     };
     let status = r.status.as_deref().unwrap_or("removed");
-    println!(
+    outln!(
         "sandbox {} ({status}): {total} refused calls; {supervisor}",
         r.sandbox
-    );
-    println!(
+    )?;
+    outln!(
         "{:<20} {:>5} {:<16} {:<11} {:>10}",
-        "SYSCALL", "NR", "ACTION", "SOURCE", "COUNT"
-    );
+        "SYSCALL",
+        "NR",
+        "ACTION",
+        "SOURCE",
+        "COUNT"
+    )?;
     for c in &r.counts {
         let nr = c.nr.map_or_else(|| "?".to_owned(), |n| n.to_string());
-        let name = c.syscall.as_deref().unwrap_or("(unknown)");
-        println!(
+        let name = field(c.syscall.as_deref().unwrap_or("(unknown)"));
+        outln!(
             "{name:<20} {nr:>5} {:<16} {:<11} {:>10}",
-            c.action, c.source, c.count
-        );
+            c.action,
+            c.source,
+            c.count
+        )?;
     }
     let capacity = r.supervisor.as_ref().map_or(0, |s| s.state.capacity);
-    println!("recent entries (oldest first, at most {capacity} kept):");
-    println!(
+    outln!("recent entries (oldest first, at most {capacity} kept):")?;
+    outln!(
         "{:<12} {:>7} {:<16} {:<16} {:<16} ARGS",
-        "TIME (UTC)", "PID", "COMM", "SYSCALL", "ACTION"
-    );
+        "TIME (UTC)",
+        "PID",
+        "COMM",
+        "SYSCALL",
+        "ACTION"
+    )?;
     for stored in &r.recent {
-        println!("{}", entry_line(&stored.entry));
+        outln!("{}", entry_line(&stored.entry))?;
     }
-    print_drops(r.network_drops.as_ref());
+    print_drops(r.network_drops.as_ref())
 }
 
-fn print_drops(drops: Option<&NetworkDrops>) {
+fn print_drops(drops: Option<&NetworkDrops>) -> Result<(), OutputError> {
     let Some(d) = drops else {
-        println!("network drops: none recorded (no network link)");
-        return;
+        return outln!("network drops: none recorded (no network link)");
     };
     let reasons: Vec<String> = d
         .by_reason
         .iter()
-        .map(|r| format!("{} {}", r.reason, r.count))
+        .map(|r| format!("{} {}", field(&r.reason), r.count))
         .collect();
-    println!(
+    outln!(
         "network drops: {} logged ({}); exact per-rule counters: hearth sandbox net ID",
         d.total,
         if reasons.is_empty() {
@@ -242,39 +257,45 @@ fn print_drops(drops: Option<&NetworkDrops>) {
         } else {
             reasons.join(", ")
         }
-    );
+    )?;
     if d.by_destination.is_empty() {
-        return;
+        return Ok(());
     }
-    println!("{:<6} {:<40} {:>10}", "PROTO", "DESTINATION", "COUNT");
+    outln!("{:<6} {:<40} {:>10}", "PROTO", "DESTINATION", "COUNT")?;
     for dest in &d.by_destination {
         let to = destination(&dest.address, dest.port);
-        println!("{:<6} {to:<40} {:>10}", protocol(dest.protocol), dest.count);
+        outln!("{:<6} {to:<40} {:>10}", protocol(dest.protocol), dest.count)?;
     }
     if d.other_destinations > 0 {
-        println!(
+        outln!(
             "{:<6} {:<40} {:>10}",
-            "", "(other destinations)", d.other_destinations
-        );
+            "",
+            "(other destinations)",
+            d.other_destinations
+        )?;
     }
-    println!(
+    outln!(
         "recent drops (oldest first, {} older ones evicted):",
         d.evicted
-    );
-    println!(
+    )?;
+    outln!(
         "{:<12} {:<8} {:<6} {:<22} DESTINATION",
-        "TIME (UTC)", "REASON", "PROTO", "SOURCE"
-    );
+        "TIME (UTC)",
+        "REASON",
+        "PROTO",
+        "SOURCE"
+    )?;
     for stored in &d.recent {
-        println!("{}", drop_line(stored));
+        outln!("{}", drop_line(stored))?;
     }
+    Ok(())
 }
 
 fn drop_line(d: &StoredDrop) -> String {
     format!(
         "{:<12} {:<8} {:<6} {:<22} {}",
         clock(u64::try_from(d.time_ms).unwrap_or(0)),
-        d.reason,
+        field(&d.reason),
         protocol(d.protocol),
         destination(&d.source, d.source_port),
         destination(&d.destination, d.port)
@@ -282,10 +303,11 @@ fn drop_line(d: &StoredDrop) -> String {
 }
 
 fn destination(addr: &str, port: Option<u16>) -> String {
+    let addr = field(addr);
     match port {
         Some(port) if addr.contains(':') => format!("[{addr}]:{port}"),
         Some(port) => format!("{addr}:{port}"),
-        None => addr.to_owned(),
+        None => addr.into_owned(),
     }
 }
 
@@ -305,8 +327,8 @@ fn entry_line(e: &AuditEntry) -> String {
     format!(
         "{:<12} {pid:>7} {:<16} {:<16} {:<16} {}",
         clock(e.time_ms),
-        e.comm.as_deref().unwrap_or("-"),
-        e.syscall_name.as_deref().unwrap_or("(unknown)"),
+        field(e.comm.as_deref().unwrap_or("-")),
+        field(e.syscall_name.as_deref().unwrap_or("(unknown)")),
         e.action.as_str(),
         args.join(",")
     )
@@ -326,8 +348,42 @@ fn clock(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use hearth_seccomp::audit::{AuditAction, AuditSource};
+
+    use super::*;
+
     #[test]
     fn clock_formats_utc_time_of_day() {
         assert_eq!(super::clock(86_400_000 + 3_723_004), "01:02:03.004");
+    }
+
+    #[test]
+    fn a_workloads_names_cannot_drive_the_terminal_or_forge_rows() {
+        let mut entry = AuditEntry::new(
+            hearth_seccomp::audit::native_arch(),
+            272,
+            [0; 6],
+            AuditAction::DeniedEperm,
+            AuditSource::OciNotify,
+        );
+        entry.comm = Some("\x1b[2J\u{9b}x\nfake row".to_owned());
+        let line = entry_line(&entry);
+        assert!(line.contains("\\x1b[2J\\u{9b}x\\nfake row"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+
+        let drop = StoredDrop {
+            id: 1,
+            time_ms: 0,
+            reason: "bad\x1b]0;t\x07".to_owned(),
+            protocol: 6,
+            source: "10.0.0.2".to_owned(),
+            source_port: Some(1),
+            destination: "fe80::1\r".to_owned(),
+            port: Some(80),
+        };
+        let line = drop_line(&drop);
+        assert!(line.contains("bad\\x1b]0;t\\x07"), "{line}");
+        assert!(line.contains("[fe80::1\\r]:80"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 }

@@ -10,6 +10,8 @@ use clap::Subcommand;
 use hearth_sandbox::image::{self, GuestImage, ImageBuilder, ImageError};
 use serde::Serialize;
 
+use super::escape::field;
+use super::output::{self, errln, outln};
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT, HOST, NOT_FOUND};
 
@@ -102,13 +104,16 @@ pub fn run(command: ImageCommand, settings: &Settings) -> anyhow::Result<u8> {
                 .kernel_flavor(kernel_flavor)
                 .force(force);
             let outcome = builder
-                .build(&mut |step| eprintln!("hearth image: {step}"))
+                // Progress only: a closed stderr doesn't stop the build.
+                .build(&mut |step| {
+                    let _ = errln!("hearth image: {step}");
+                })
                 .map_err(cli_error)?;
             let report = ImageReport::new(outcome.image, true, Some(outcome.built));
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                output::print_json(&report)?;
             } else {
-                println!("{}", report.dir.display());
+                outln!("{}", report.dir.display())?;
             }
         }
         ImageCommand::Ls { json } => {
@@ -121,17 +126,17 @@ pub fn run(command: ImageCommand, settings: &Settings) -> anyhow::Result<u8> {
                 })
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
+                output::print_json(&reports)?;
             } else {
                 for r in &reports {
                     let mark = if r.current { '*' } else { ' ' };
-                    println!(
+                    outln!(
                         "{mark} {}  {}  {:.0} MiB  {} packages",
-                        r.hash,
-                        r.kernel_release,
+                        field(&r.hash),
+                        field(&r.kernel_release),
                         r.size_bytes as f64 / (1024.0 * 1024.0),
                         r.manifest.packages.len()
-                    );
+                    )?;
                 }
             }
         }

@@ -7,6 +7,7 @@ use hearth_sandbox::backend::firecracker::find_shared_file;
 use hearth_sandbox::image::kernel::{KernelBuilder, KernelError, FIRECRACKER_CONFIG_NAME};
 use serde::Serialize;
 
+use super::output::{self, errln, outln};
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT, HOST, INTERNAL};
 
@@ -84,11 +85,15 @@ pub fn run(args: KernelArgs, settings: &Settings) -> anyhow::Result<u8> {
     let json = args.json;
     let outcome = builder
         .build(&mut |step| {
-            if json {
-                eprintln!("{}", serde_json::to_string(&step).unwrap_or_default());
+            // Progress only: a closed stderr doesn't stop the build.
+            let _ = if json {
+                output::write_raw_line(
+                    output::Stream::Stderr,
+                    &serde_json::to_string(&step).unwrap_or_default(),
+                )
             } else {
-                eprintln!("hearth image kernel: {step}");
-            }
+                errln!("hearth image kernel: {step}")
+            };
         })
         .map_err(cli_error)?;
     let report = KernelReport {
@@ -98,9 +103,9 @@ pub fn run(args: KernelArgs, settings: &Settings) -> anyhow::Result<u8> {
         config,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::print_json(&report)?;
     } else {
-        println!("{}", report.vmlinux.display());
+        outln!("{}", report.vmlinux.display())?;
     }
     Ok(0)
 }

@@ -1,8 +1,10 @@
 //! The command line: `hearth sandbox ...`, `hearth doctor`, `hearth bench ...`.
 
 mod audit;
+pub(crate) mod escape;
 mod image;
 mod net;
+pub(crate) mod output;
 mod run;
 mod sandbox;
 pub(crate) mod seccomp;

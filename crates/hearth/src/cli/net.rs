@@ -4,6 +4,8 @@ use hearth_sandbox::net::{NetPolicy, RuleCounter, SlotAddrs};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
+use super::escape::field;
+use super::output::{self, outln, OutputError};
 use crate::sandboxes::SandboxManager;
 
 #[derive(Debug, Serialize)]
@@ -59,49 +61,60 @@ pub async fn show(manager: &SandboxManager, raw_id: &str, json: bool) -> anyhow:
         rules,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::print_json(&report)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(0)
 }
 
-fn print_report(report: &NetReport) {
+fn print_report(report: &NetReport) -> Result<(), OutputError> {
     let policy = &report.policy;
-    println!("sandbox   {}", report.id);
-    println!("mode      {}", policy.mode);
+    outln!("sandbox   {}", report.id)?;
+    outln!("mode      {}", policy.mode)?;
     for rule in &policy.allow {
-        println!(
+        outln!(
             "allow     {}",
-            serde_json::to_string(rule).unwrap_or_default()
-        );
+            field(&serde_json::to_string(rule).unwrap_or_default())
+        )?;
     }
     if policy.allow_private {
-        println!("private   allowed for allowlisted destinations");
+        outln!("private   allowed for allowlisted destinations")?;
     }
     if let Some(rate) = &policy.rate {
-        println!("rate      {} bit/s each way", rate.bits_per_sec());
+        outln!("rate      {} bit/s each way", rate.bits_per_sec())?;
     }
     match &report.link {
-        None => println!("link      none (loopback only)"),
+        None => outln!("link      none (loopback only)")?,
         Some(link) => {
-            println!(
+            outln!(
                 "link      {} {} -> host {} (table inet {})",
-                link.host_interface, link.sandbox_address, link.host_address, link.nft_table
-            );
-            println!(
+                link.host_interface,
+                link.sandbox_address,
+                link.host_address,
+                link.nft_table
+            )?;
+            outln!(
                 "gateway   {}:{:?}, resolver {}:{}",
-                link.host_address, link.gateway_ports, link.host_address, link.dns_port
-            );
+                link.host_address,
+                link.gateway_ports,
+                link.host_address,
+                link.dns_port
+            )?;
         }
     }
     if !report.rules.is_empty() {
-        println!("\n{:<10} {:>10} {:>12}  RULE", "CHAIN", "PACKETS", "BYTES");
+        outln!("\n{:<10} {:>10} {:>12}  RULE", "CHAIN", "PACKETS", "BYTES")?;
+        // Chains and comments as nft listed them.
         for rule in &report.rules {
-            println!(
+            outln!(
                 "{:<10} {:>10} {:>12}  {}",
-                rule.chain, rule.packets, rule.bytes, rule.comment
-            );
+                field(&rule.chain),
+                rule.packets,
+                rule.bytes,
+                field(&rule.comment)
+            )?;
         }
     }
+    Ok(())
 }

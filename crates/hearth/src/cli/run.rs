@@ -7,6 +7,8 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::escape::field;
+use super::output::{self, errln, outln, OutputError};
 use super::spinner::Spinner;
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT};
@@ -62,13 +64,12 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
         .store
         .insert_task(&id, &request.prompt, &request.model, &spec)
         .await?;
-    let mut printer = Printer::new(args.json);
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let mut printer = Printer::new(args.json, cancel_tx.clone());
     printer.line(
         &json!({"type": "task", "id": id, "model": model.description}),
-        &format!("task {id}: {}", model.description),
+        &format!("task {id}: {}", field(&model.description)),
     );
-
-    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             let _ = cancel_tx.send(true);
@@ -89,7 +90,7 @@ pub async fn run(args: RunArgs, settings: &Settings) -> anyhow::Result<u8> {
         .await?;
     recorder.close();
     let _ = writer.await;
-    printer.finish(&record);
+    printer.finish(&record)?;
     Ok(match record.status {
         TaskStatus::Succeeded => 0,
         TaskStatus::TimedOut => TASK_TIMED_OUT,
@@ -129,27 +130,53 @@ fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
 }
 
 /// Progress on stderr for people (a line per step, under a spinner on a terminal), or JSON
-/// lines on stdout for scripts.
+/// lines on stdout for scripts. Tool arguments, reasons and process names are the model's or
+/// the workload's: escaped with [`field`] into single lines.
+///
+/// When the progress can't be written (its reader went away: `hearth run --json | head`), the
+/// printer stops printing and cancels the task, as Ctrl-C would: nobody is left to see the
+/// result, the shell waits for the whole pipeline, and every further step costs tokens. The
+/// runner still removes the sandbox, and the task is kept, cancelled, in the store.
 #[derive(Debug)]
 struct Printer {
     json: bool,
     spinner: Option<Spinner>,
+    cancel: tokio::sync::watch::Sender<bool>,
+    /// The first failed write; nothing is printed after it.
+    failed: Option<OutputError>,
 }
 
 impl Printer {
-    fn new(json: bool) -> Self {
+    fn new(json: bool, cancel: tokio::sync::watch::Sender<bool>) -> Self {
         let spinner = (!json && std::io::stderr().is_terminal())
             .then(|| Spinner::start("starting the sandbox"));
-        Self { json, spinner }
+        Self {
+            json,
+            spinner,
+            cancel,
+            failed: None,
+        }
     }
 
     fn line(&mut self, value: &Value, text: &str) {
-        if self.json {
-            println!("{value}");
+        if self.failed.is_some() {
+            return;
+        }
+        let written = if self.json {
+            output::print_json_line(value)
         } else if let Some(spinner) = &self.spinner {
-            spinner.println(&format!("\u{25b8} {text}"));
+            spinner.println(&format!("\u{25b8} {text}"))
         } else {
-            eprintln!("{text}");
+            errln!("{text}")
+        };
+        self.check(written);
+    }
+
+    /// Records a failed write and cancels the task (once).
+    fn check(&mut self, written: Result<(), OutputError>) {
+        if let (Err(err), None) = (written, &self.failed) {
+            let _ = self.cancel.send(true);
+            self.failed = Some(err);
         }
     }
 
@@ -160,18 +187,25 @@ impl Printer {
     }
 
     fn progress(&mut self, progress: &Progress) {
+        if self.failed.is_some() {
+            return;
+        }
         match progress {
             Progress::Started { sandbox, workspace } => {
                 self.line(
                     &json!({"type": "started", "sandbox": sandbox, "workspace": workspace}),
-                    &format!("sandbox {sandbox} up; workspace {}", workspace.display()),
+                    &format!(
+                        "sandbox {sandbox} up; workspace {}",
+                        field(&workspace.display().to_string())
+                    ),
                 );
                 self.status("agent starting".into());
             }
             Progress::Agent(event) => self.agent(event),
             Progress::Security { kind, data } => {
                 if self.json {
-                    println!("{}", json!({"type": kind, "event": data}));
+                    let written = output::print_json_line(&json!({"type": kind, "event": data}));
+                    self.check(written);
                 } else {
                     self.line(data, &security_line(kind, data));
                 }
@@ -181,7 +215,8 @@ impl Printer {
 
     fn agent(&mut self, event: &Value) {
         if self.json {
-            println!("{}", json!({"type": "agent", "event": event}));
+            let written = output::print_json_line(&json!({"type": "agent", "event": event}));
+            self.check(written);
             return;
         }
         let step = event["step"].as_i64().unwrap_or(0);
@@ -195,14 +230,14 @@ impl Printer {
                 self.status(format!("step {step} · {tokens} tokens · waiting for tools"));
             }
             Some("tool_call") => {
-                let name = event["name"].as_str().unwrap_or("?");
+                let name = field(event["name"].as_str().unwrap_or("?"));
                 let args: String = event["arguments"]
                     .as_str()
                     .unwrap_or("")
                     .chars()
                     .take(80)
                     .collect();
-                self.line(event, &format!("step {step}: {name} {args}"));
+                self.line(event, &format!("step {step}: {name} {}", field(&args)));
                 self.status(format!("step {step} · running {name}"));
             }
             Some("tool_result") => self.status(format!("step {step} · asking the model")),
@@ -210,34 +245,43 @@ impl Printer {
                 event,
                 &format!(
                     "step {step}: error: {}",
-                    event["reason"].as_str().unwrap_or("?")
+                    field(event["reason"].as_str().unwrap_or("?"))
                 ),
             ),
             _ => {}
         }
     }
 
-    fn finish(&mut self, record: &TaskRecord) {
+    /// The result: the outcome on stderr, the diff and the answer (multi-line text, escaped
+    /// but for line feeds and tabs) on stdout. A progress write that failed ends here, after the
+    /// run's cleanup, as that error.
+    fn finish(&mut self, record: &TaskRecord) -> Result<(), OutputError> {
         if let Some(spinner) = self.spinner.take() {
             spinner.stop();
         }
-        if self.json {
-            println!("{}", json!({"type": "result", "task": record}));
-            return;
+        if let Some(err) = self.failed.take() {
+            return Err(err);
         }
-        eprintln!(
+        if self.json {
+            return output::print_json_line(&json!({"type": "result", "task": record}));
+        }
+        errln!(
             "task {} {} ({} prompt + {} completion tokens)",
-            record.id, record.status, record.prompt_tokens, record.completion_tokens
-        );
+            record.id,
+            record.status,
+            record.prompt_tokens,
+            record.completion_tokens
+        )?;
         if let Some(reason) = &record.reason {
-            eprintln!("reason: {reason}");
+            errln!("reason: {reason}")?;
         }
         if let Some(diff) = record.diff.as_deref().filter(|d| !d.is_empty()) {
-            println!("{diff}");
+            outln!("{diff}")?;
         }
         if let Some(answer) = &record.answer {
-            println!("{answer}");
+            outln!("{answer}")?;
         }
+        Ok(())
     }
 }
 
@@ -246,17 +290,17 @@ fn security_line(kind: &str, data: &Value) -> String {
     match kind {
         "syscall_denied" => format!(
             "! syscall {} {} (pid {}, {})",
-            data["syscall"].as_str().unwrap_or("(unknown)"),
+            field(data["syscall"].as_str().unwrap_or("(unknown)")),
             match data["action"].as_str() {
-                Some("denied_eperm") => "denied with EPERM",
-                Some("killed_process") => "killed the process",
-                Some(other) => other,
-                None => "denied",
+                Some("denied_eperm") => "denied with EPERM".into(),
+                Some("killed_process") => "killed the process".into(),
+                Some(other) => field(other),
+                None => "denied".into(),
             },
             data["pid"]
                 .as_i64()
                 .map_or_else(|| "?".to_owned(), |p| p.to_string()),
-            data["comm"].as_str().unwrap_or("?"),
+            field(data["comm"].as_str().unwrap_or("?")),
         ),
         _ => format!(
             "! firewall dropped {} to {}{} ({})",
@@ -267,12 +311,32 @@ fn security_line(kind: &str, data: &Value) -> String {
                 Some(n) => format!("protocol {n}"),
                 None => "a packet".to_owned(),
             },
-            data["destination"].as_str().unwrap_or("?"),
+            field(data["destination"].as_str().unwrap_or("?")),
             data["port"]
                 .as_u64()
                 .map(|p| format!(":{p}"))
                 .unwrap_or_default(),
-            data["reason"].as_str().unwrap_or("?"),
+            field(data["reason"].as_str().unwrap_or("?")),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_lines_escape_what_the_workload_chose() {
+        let denial = json!({"syscall": "unshare", "action": "denied_eperm", "pid": 7,
+                            "comm": "\u{1b}[31mred\n! fake"});
+        let line = security_line("syscall_denied", &denial);
+        assert!(line.ends_with("(pid 7, \\x1b[31mred\\n! fake)"), "{line}");
+        let drop = json!({"protocol": 6, "destination": "10.0.0.9\u{9b}", "port": 80,
+                          "reason": "policy\r"});
+        let line = security_line("network_drop", &drop);
+        assert_eq!(
+            line,
+            "! firewall dropped tcp to 10.0.0.9\\u{9b}:80 (policy\\r)"
+        );
     }
 }

@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
+
+use super::escape::field;
+use super::output::{self, errln, outln, CommandOutput};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hearth_proto::{ExecRequest, StreamName};
+use hearth_proto::ExecRequest;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::guest_client::OutputChunk;
 use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
@@ -219,7 +221,7 @@ pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result
 async fn pause_or_resume(manager: &SandboxManager, raw: &str, pause: bool) -> anyhow::Result<u8> {
     let id = SandboxId::parse(raw)?;
     let status = manager.set_paused(&id, pause).await?;
-    println!("{id} {status}");
+    outln!("{id} {status}")?;
     Ok(0)
 }
 
@@ -280,9 +282,9 @@ pub(super) fn print_created(
     json: bool,
 ) -> anyhow::Result<u8> {
     if json {
-        println!("{}", serde_json::to_string_pretty(record)?);
+        output::print_json(record)?;
     } else {
-        println!("{}", record.id);
+        outln!("{}", record.id)?;
     }
     Ok(0)
 }
@@ -323,41 +325,33 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         timeout_ms,
     };
     let client = manager.guest(&id).await?;
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr();
-    let result = client
-        .exec(&request, |chunk| match chunk {
-            OutputChunk::Stdout(data) => {
-                let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
-            }
-            OutputChunk::Stderr(data) => {
-                let _ = stderr.write_all(&data);
-            }
-            OutputChunk::Truncated { stream, dropped_bytes } => {
-                let name = match stream {
-                    StreamName::Stdout => "stdout",
-                    StreamName::Stderr => "stderr",
-                };
-                eprintln!("hearth: {name} truncated: {dropped_bytes} bytes over the output limit were dropped");
-            }
-        })
-        .await;
+    // A write that fails (a closed pipe, a full disk) ends the exec: dropping the request
+    // hangs up on the guest, which kills the command, as a closed pipe kills one run by `ssh`.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let mut output = CommandOutput::new(failed_tx);
+    let result = tokio::select! {
+        result = client.exec(&request, |chunk| output.relay(chunk)) => result,
+        Ok(err) = failed_rx => return Err(err.into()),
+    };
+    output.finish()?;
+    // The notes below go to stderr right before the exit code that says the same: a failure
+    // to write them changes nothing.
     let status = match result {
         Ok(status) => status,
         Err(err) if err.guest_kind() == Some(hearth_proto::ErrorKind::NotFound) => {
-            eprintln!("hearth: {err}");
+            let _ = errln!("hearth: {}", field(&err.to_string()));
             return Ok(COMMAND_NOT_FOUND);
         }
         Err(err) => return Err(err.into()),
     };
     manager.record_exit(&id, &request.argv[0], &status).await;
     if status.oom_killed {
-        eprintln!(
+        let _ = errln!(
             "hearth: command killed: out of memory (sandbox limit {})",
             manager.get(&id).await?.spec.limits.memory
         );
     } else if status.timed_out {
-        eprintln!(
+        let _ = errln!(
             "hearth: command killed: timeout of {}s reached",
             args.timeout.unwrap_or_default()
         );
@@ -572,21 +566,24 @@ async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
     manager.reconcile().await?;
     let records = manager.list().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        output::print_json(&records)?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<24} {:<9} {:<8} {:<5} {:<5} WORKSPACE",
-        "ID", "STATUS", "MEMORY", "CPUS", "PIDS"
-    );
+        "ID",
+        "STATUS",
+        "MEMORY",
+        "CPUS",
+        "PIDS"
+    )?;
     for record in records {
         let limits = record.spec.limits;
-        let workspace = record
-            .spec
-            .workspace
-            .as_ref()
-            .map_or_else(|| "(private)".to_owned(), |p| p.display().to_string());
-        println!(
+        let workspace = record.spec.workspace.as_ref().map_or_else(
+            || "(private)".to_owned(),
+            |p| field(&p.display().to_string()).into_owned(),
+        );
+        outln!(
             "{:<24} {:<9} {:<8} {:<5} {:<5} {}",
             record.id.to_string(),
             record.status.to_string(),
@@ -594,7 +591,7 @@ async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
             limits.cpus.0,
             limits.pids,
             workspace
-        );
+        )?;
     }
     Ok(0)
 }

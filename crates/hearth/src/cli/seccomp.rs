@@ -1,10 +1,10 @@
 //! `hearth seccomp render|check`: seccomp policies on their own, e.g. for Firecracker users.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 
+use super::output::{self, outln, Stream};
 use crate::exit::{CliError, BAD_INPUT};
 
 #[derive(Debug, Subcommand)]
@@ -46,7 +46,7 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
         SeccompCommand::Check { file } => {
             hearth_seccomp::load_policy(&file)
                 .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
-            println!("ok");
+            outln!("ok")?;
         }
         SeccompCommand::Render {
             target,
@@ -83,8 +83,8 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
                     json
                 }
             };
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{text}")?;
+            // JSON, or the filter listing: for scripts and seccomp tools, as rendered.
+            output::write_raw_line(Stream::Stdout, &text)?;
         }
     }
     Ok(0)

@@ -1,6 +1,5 @@
 //! `hearth serve`: the HTTP API daemon (see `api`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::output::{outln, OutputError};
 use crate::api::auth::ApiToken;
 use crate::api::server::{router, AppState, Listeners};
 use crate::config::Settings;
@@ -68,23 +68,26 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| settings.runtime_dir.join("api.sock"));
     let listeners = Listeners::bind(args.listen, &socket).await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "hearth serve: listening on http://{} and unix:{}",
-        listeners.tcp_addr,
-        listeners.unix_path.display()
-    )?;
-    writeln!(out, "hearth serve: API token from {token_origin}")?;
-    writeln!(out, "hearth serve: model: {}", model.description)?;
-    writeln!(
-        out,
-        "hearth serve: at most {} tasks at once; {} task(s) of a stopped hearth process marked interrupted",
-        args.max_concurrent,
-        interrupted.len()
-    )?;
-    out.flush()?;
-    drop(out);
+    let banner = (|| {
+        outln!(
+            "hearth serve: listening on http://{} and unix:{}",
+            listeners.tcp_addr,
+            listeners.unix_path.display()
+        )?;
+        outln!("hearth serve: API token from {token_origin}")?;
+        outln!("hearth serve: model: {}", model.description)?;
+        outln!(
+            "hearth serve: at most {} tasks at once; {} task(s) of a stopped hearth process marked interrupted",
+            args.max_concurrent,
+            interrupted.len()
+        )
+    })();
+    // A daemon whose starter stopped reading (`hearth serve | head -1`, to learn the port)
+    // serves on: its clients use the sockets, not stdout.
+    match banner {
+        Ok(()) | Err(OutputError::Closed(_)) => {}
+        Err(err) => return Err(err.into()),
+    }
     tracing::info!(addr = %listeners.tcp_addr, socket = %socket.display(), "API listening");
 
     let app = router(

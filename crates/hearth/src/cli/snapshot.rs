@@ -4,6 +4,7 @@ use clap::Args;
 use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 
+use super::output::{self, outln};
 use super::sandbox::CreateArgs;
 use crate::exit::{CliError, BAD_INPUT};
 use crate::sandboxes::SandboxManager;
@@ -30,9 +31,9 @@ pub async fn snapshot(manager: &SandboxManager, args: SnapshotArgs) -> anyhow::R
     };
     let record = manager.snapshot(&id, name).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        output::print_json(&record)?;
     } else {
-        println!("{}", record.name);
+        outln!("{}", record.name)?;
     }
     Ok(0)
 }
@@ -40,15 +41,19 @@ pub async fn snapshot(manager: &SandboxManager, args: SnapshotArgs) -> anyhow::R
 pub async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
     let records = manager.snapshots().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        output::print_json(&records)?;
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<24} {:<24} {:<8} {:>10} {:<8} CREATED",
-        "NAME", "SOURCE", "BACKEND", "SIZE", "MEMORY"
-    );
+        "NAME",
+        "SOURCE",
+        "BACKEND",
+        "SIZE",
+        "MEMORY"
+    )?;
     for record in records {
-        println!(
+        outln!(
             "{:<24} {:<24} {:<8} {:>10} {:<8} {}",
             record.name.to_string(),
             record.source_id.to_string(),
@@ -56,7 +61,7 @@ pub async fn list(manager: &SandboxManager, json: bool) -> anyhow::Result<u8> {
             human_size(record.size_bytes),
             record.spec.limits.memory.to_string(),
             record.created_at / 1000,
-        );
+        )?;
     }
     Ok(0)
 }

@@ -3,10 +3,16 @@
 //! A background task redraws the status line ten times a second; progress lines are printed
 //! above it through [`Spinner::println`], which takes the same lock so a line and a redraw never
 //! interleave. Only used when stderr is a terminal: piped output gets plain lines.
+//!
+//! Status and lines carry the model's words (tool names, arguments), so both are escaped with
+//! [`field`]: the spinner's own `CLEAR` is the only control sequence it writes.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use super::escape::field;
+use super::output::{OutputError, Stream};
 
 const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 const TICK: Duration = Duration::from_millis(100);
@@ -30,7 +36,7 @@ impl Spinner {
     /// Starts redrawing `status` with the time since now.
     pub fn start(status: impl Into<String>) -> Self {
         let line = Arc::new(Mutex::new(Line {
-            status: status.into(),
+            status: field(&status.into()).into_owned(),
             frame: 0,
         }));
         let started = Instant::now();
@@ -43,6 +49,7 @@ impl Spinner {
                     let mut line = lock(&line);
                     line.frame = (line.frame + 1) % FRAMES.len();
                     let mut err = std::io::stderr().lock();
+                    // Errors are left to `println`, which reports them.
                     let _ = write!(
                         err,
                         "{CLEAR}{} {} ({:.0}s)",
@@ -58,14 +65,15 @@ impl Spinner {
     }
 
     pub fn set_status(&self, status: impl Into<String>) {
-        lock(&self.line).status = status.into();
+        lock(&self.line).status = field(&status.into()).into_owned();
     }
 
     /// Prints `text` above the status line.
-    pub fn println(&self, text: &str) {
+    pub fn println(&self, text: &str) -> Result<(), OutputError> {
         let _line = lock(&self.line);
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{CLEAR}{text}");
+        writeln!(err, "{CLEAR}{}", field(text))
+            .map_err(|source| OutputError::io(Stream::Stderr, source))
     }
 
     /// Stops redrawing and erases the status line.

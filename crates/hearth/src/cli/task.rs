@@ -3,6 +3,8 @@
 use clap::Subcommand;
 use serde_json::json;
 
+use super::escape::field;
+use super::output::{self, outln, OutputError};
 use crate::config::Settings;
 use crate::exit::{CliError, NOT_FOUND};
 use crate::store::{Store, TaskId, TaskRecord};
@@ -30,17 +32,18 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
         TaskCommand::Ls { json } => {
             let tasks = store.list_tasks().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tasks)?);
+                output::print_json(&tasks)?;
             } else {
-                println!("{:<16} {:<11} {:>8}  PROMPT", "ID", "STATUS", "TOKENS");
+                outln!("{:<16} {:<11} {:>8}  PROMPT", "ID", "STATUS", "TOKENS")?;
                 for task in tasks {
                     let prompt: String = task.prompt.chars().take(60).collect();
-                    println!(
-                        "{:<16} {:<11} {:>8}  {prompt}",
+                    outln!(
+                        "{:<16} {:<11} {:>8}  {}",
                         task.id.to_string(),
                         task.status.to_string(),
-                        task.prompt_tokens + task.completion_tokens
-                    );
+                        task.prompt_tokens + task.completion_tokens,
+                        field(&prompt)
+                    )?;
                 }
             }
         }
@@ -48,34 +51,34 @@ pub async fn run(command: TaskCommand, settings: &Settings) -> anyhow::Result<u8
             let task = find(&store, &id).await?;
             let events = store.events_after(&task.id, 0).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"task": task, "events": events}))?
-                );
+                output::print_json(&json!({"task": task, "events": events}))?;
             } else {
-                print_task(&task);
-                println!("\ntimeline ({} events):", events.len());
+                print_task(&task)?;
+                outln!("\ntimeline ({} events):", events.len())?;
                 for event in events {
+                    // The agent's own event type: whatever the agent wrote.
                     let summary = event
                         .data
                         .get("type")
                         .and_then(|t| t.as_str())
                         .unwrap_or("");
-                    println!(
-                        "  {:>4} {:>14} {:<9} {summary}",
-                        event.seq, event.ts_ms, event.kind
-                    );
+                    outln!(
+                        "  {:>4} {:>14} {:<9} {}",
+                        event.seq,
+                        event.ts_ms,
+                        field(&event.kind),
+                        field(summary)
+                    )?;
                 }
             }
         }
         TaskCommand::Export { id } => {
             let task = find(&store, &id).await?;
-            println!("{}", json!({"kind": "task", "task": task}));
+            output::print_json_line(&json!({"kind": "task", "task": task}))?;
             for event in store.events_after(&task.id, 0).await? {
-                println!(
-                    "{}",
-                    json!({"kind": event.kind, "seq": event.seq, "ts_ms": event.ts_ms, "data": event.data})
-                );
+                output::print_json_line(
+                    &json!({"kind": event.kind, "seq": event.seq, "ts_ms": event.ts_ms, "data": event.data}),
+                )?;
             }
         }
     }
@@ -90,22 +93,26 @@ async fn find(store: &Store, raw: &str) -> anyhow::Result<TaskRecord> {
         .ok_or_else(|| CliError::new(NOT_FOUND, format!("no task with id {id}")))?)
 }
 
-fn print_task(task: &TaskRecord) {
-    println!("task      {}", task.id);
-    println!("status    {}", task.status);
-    println!("model     {}", task.model);
-    println!("prompt    {}", task.prompt);
-    println!(
+/// The task for people. The prompt, reason, answer and diff are multi-line text the model or
+/// the workload wrote: [`outln!`] escapes every control in them but line feeds and tabs.
+fn print_task(task: &TaskRecord) -> Result<(), OutputError> {
+    outln!("task      {}", task.id)?;
+    outln!("status    {}", task.status)?;
+    outln!("model     {}", field(&task.model))?;
+    outln!("prompt    {}", task.prompt)?;
+    outln!(
         "tokens    {} prompt + {} completion",
-        task.prompt_tokens, task.completion_tokens
-    );
+        task.prompt_tokens,
+        task.completion_tokens
+    )?;
     if let Some(reason) = &task.reason {
-        println!("reason    {reason}");
+        outln!("reason    {reason}")?;
     }
     if let Some(answer) = &task.answer {
-        println!("answer    {answer}");
+        outln!("answer    {answer}")?;
     }
     if let Some(diff) = task.diff.as_deref().filter(|d| !d.is_empty()) {
-        println!("diff:\n{diff}");
+        outln!("diff:\n{diff}")?;
     }
+    Ok(())
 }
