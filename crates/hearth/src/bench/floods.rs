@@ -14,7 +14,8 @@ use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
 use super::seccomp::{exec_samples, sandbox_spec};
-use super::Percentiles;
+use super::{progress, Percentiles};
+use crate::cli::output::{self, outln, OutputError};
 use crate::sandboxes::SandboxManager;
 use crate::supervisor::launch;
 
@@ -58,9 +59,9 @@ pub async fn run(
     manager.remove(&flood.id, false).await?;
     let result = outcome?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        output::print_json(&result)?;
     } else {
-        print_table(&result);
+        print_table(&result)?;
     }
     Ok(0)
 }
@@ -166,23 +167,29 @@ fn cpu_seconds(pid: i32) -> anyhow::Result<f64> {
     Ok(f64::from(ticks(11) + ticks(12)) / TICKS_PER_SECOND)
 }
 
-fn progress(json: bool, what: &str) {
-    if !json {
-        eprintln!("bench: {what} ...");
-    }
-}
-
-fn print_table(r: &FloodsBench) {
-    println!(
+fn print_table(r: &FloodsBench) -> Result<(), OutputError> {
+    outln!(
         "{:<10} {:>12} {:>8} {:>14} {:>9} {:>9} {:>8}",
-        "flood", "operations", "wall s", "supervisor cpu", "p50 ms", "p99 ms", "ratio"
-    );
-    println!(
+        "flood",
+        "operations",
+        "wall s",
+        "supervisor cpu",
+        "p50 ms",
+        "p99 ms",
+        "ratio"
+    )?;
+    outln!(
         "{:<10} {:>12} {:>8} {:>14} {:>9.2} {:>9.2} {:>8}",
-        "(idle)", "-", "-", "-", r.exec_idle.p50_ms, r.exec_idle.p99_ms, "1.00x"
-    );
+        "(idle)",
+        "-",
+        "-",
+        "-",
+        r.exec_idle.p50_ms,
+        r.exec_idle.p99_ms,
+        "1.00x"
+    )?;
     for f in &r.floods {
-        println!(
+        outln!(
             "{:<10} {:>12} {:>8.1} {:>13.1}s {:>9.2} {:>9.2} {:>7.2}x",
             f.kind,
             f.operations,
@@ -191,8 +198,8 @@ fn print_table(r: &FloodsBench) {
             f.exec_during.p50_ms,
             f.exec_during.p99_ms,
             f.exec_ratio_p50
-        );
+        )?;
     }
-    println!("exec true in a second sandbox during each flood; goal: ratio <= 1.5x p50");
-    println!("the supervisor's cgroup caps it at 0.25 CPU (at most 0.25 s per wall second)");
+    outln!("exec true in a second sandbox during each flood; goal: ratio <= 1.5x p50")?;
+    outln!("the supervisor's cgroup caps it at 0.25 CPU (at most 0.25 s per wall second)")
 }
