@@ -3,11 +3,12 @@
 //!
 //! - cycle: hearth create -> exec `true` -> remove, against a bare `runc run` of a minimal
 //!   bundle running `true` (runc creates, starts, waits and deletes).
-//! - exec: `true` through hearth-guest in a running sandbox, against `runc exec` into the same
-//!   container.
+//! - exec: `true` through hearth-guest in a running sandbox, against `runc exec` into a bare
+//!   container of the minimal bundle (a sandbox's own user namespace cannot join its host-owned
+//!   network namespace, so the runtime cannot exec into it).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -160,7 +161,7 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<u
         json,
         &format!("exec true x{execs} (hearth-guest and runc exec)"),
     );
-    let (hearth_exec, runtime_exec) = bench_exec(&manager, settings, execs).await?;
+    let (hearth_exec, runtime_exec) = bench_exec(&manager, settings, scratch.path(), execs).await?;
 
     let result = SandboxBench {
         runtime,
@@ -199,7 +200,7 @@ fn print_table(r: &SandboxBench) -> Result<(), OutputError> {
     )?;
     row("hearth exec true (running sandbox)", &r.hearth_exec)?;
     row(
-        "reference: runc exec true (same container)",
+        "reference: runc exec true (a bare container)",
         &r.runtime_exec,
     )
 }
@@ -227,11 +228,12 @@ async fn bench_cycle(manager: &SandboxManager, cycles: usize) -> anyhow::Result<
 async fn bench_exec(
     manager: &SandboxManager,
     settings: &Settings,
+    scratch: &Path,
     execs: usize,
 ) -> anyhow::Result<(Percentiles, Percentiles)> {
     let spec = bench_spec();
     manager.create(&spec).await?;
-    let outcome = exec_samples(manager, settings, &spec.id, execs).await;
+    let outcome = exec_samples(manager, settings, scratch, &spec.id, execs).await;
     manager.remove(&spec.id, false).await?;
     outcome
 }
@@ -239,6 +241,7 @@ async fn bench_exec(
 async fn exec_samples(
     manager: &SandboxManager,
     settings: &Settings,
+    scratch: &Path,
     id: &SandboxId,
     execs: usize,
 ) -> anyhow::Result<(Percentiles, Percentiles)> {
@@ -250,25 +253,58 @@ async fn exec_samples(
         client.exec(&request, |_| {}).await?;
         hearth.push(start.elapsed());
     }
-    let runc = runtime_binary(settings, manager)?;
-    let state_root = manager.dirs.runtime_state_dir();
-    let container = id.names().container;
-    let mut reference = Vec::with_capacity(execs);
+    Ok((
+        Percentiles::of(hearth),
+        runtime_exec_samples(settings, scratch, execs)?,
+    ))
+}
+
+/// `runc exec true` into a bare container of the minimal bundle. (Not into the hearth
+/// sandbox: its user namespace cannot join the host-owned network namespace an exec would
+/// need, which is the point of keeping that namespace host-owned.)
+fn runtime_exec_samples(
+    settings: &Settings,
+    scratch: &Path,
+    execs: usize,
+) -> anyhow::Result<Percentiles> {
+    let runtime = hearth_sandbox::backend::OciRuntime::detect(
+        settings.oci_runtime,
+        scratch.join("exec-state"),
+    )?;
+    let bundle = scratch.join("exec-bundle");
+    write_bundle_running(&bundle, &["/usr/bin/sleep", "600"])?;
+    let container = format!("hearth-bench-exec-{}", std::process::id());
+    let runc = |args: &[&str]| {
+        Command::new(&runtime.binary)
+            .arg("--root")
+            .arg(&runtime.state_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run the OCI runtime")
+    };
+    let bundle_arg = bundle.to_string_lossy().into_owned();
+    let started = runc(&["run", "--detach", "--bundle", &bundle_arg, &container])?;
+    if !started.success() {
+        bail!("the reference container did not start: {started}");
+    }
+    let mut samples = Vec::with_capacity(execs);
+    let mut failed = None;
     for _ in 0..execs {
         let start = Instant::now();
-        let status = Command::new(&runc)
-            .arg("--root")
-            .arg(&state_root)
-            .args(["exec", &container, "/usr/bin/true"])
-            .stdin(Stdio::null())
-            .status()
-            .context("cannot run the OCI runtime's exec")?;
-        reference.push(start.elapsed());
+        let status = runc(&["exec", &container, "/usr/bin/true"])?;
+        samples.push(start.elapsed());
         if !status.success() {
-            bail!("`runc exec true` failed: {status}");
+            failed = Some(status);
+            break;
         }
     }
-    Ok((Percentiles::of(hearth), Percentiles::of(reference)))
+    let _ = runc(&["delete", "--force", &container]);
+    match failed {
+        Some(status) => bail!("`runc exec true` failed: {status}"),
+        None => Ok(Percentiles::of(samples)),
+    }
 }
 
 pub(crate) fn bench_spec() -> SandboxSpec {
@@ -288,14 +324,6 @@ fn true_request() -> ExecRequest {
         argv: vec!["/usr/bin/true".to_owned()],
         ..ExecRequest::default()
     }
-}
-
-fn runtime_binary(settings: &Settings, manager: &SandboxManager) -> anyhow::Result<PathBuf> {
-    let runtime = hearth_sandbox::backend::OciRuntime::detect(
-        settings.oci_runtime,
-        manager.dirs.runtime_state_dir(),
-    )?;
-    Ok(runtime.binary)
 }
 
 /// A bare `runc run` of the smallest useful bundle: host /usr read-only, runc's default
@@ -330,6 +358,11 @@ fn bench_bare_run(
 }
 
 fn write_minimal_bundle(bundle: &Path) -> anyhow::Result<()> {
+    write_bundle_running(bundle, &["/usr/bin/true"])
+}
+
+/// The minimal bundle, running `args`.
+fn write_bundle_running(bundle: &Path, args: &[&str]) -> anyhow::Result<()> {
     use oci_spec::runtime::{Mount, ProcessBuilder, RootBuilder, Spec};
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(&rootfs)?;
@@ -353,7 +386,7 @@ fn write_minimal_bundle(bundle: &Path) -> anyhow::Result<()> {
     spec.set_process(Some(
         ProcessBuilder::default()
             .terminal(false)
-            .args(vec!["/usr/bin/true".to_owned()])
+            .args(args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
             .cwd("/")
             .build()?,
     ));
