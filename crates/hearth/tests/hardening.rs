@@ -333,36 +333,43 @@ fn a_guest_that_streams_more_than_the_caps_is_cut_at_the_caps() {
 
 #[test]
 fn disk_tmpfs_and_fd_floods_stop_at_their_quotas() {
-    let sb = Sandbox::create("hard-flood", &["--disk", "64M", "--memory", "256M"]);
+    let disk = Sandbox::create("hard-disk", &["--disk", "64M"]);
+    let memory = Sandbox::create("hard-tmpfs", &["--memory", "256M"]);
     let neighbour = Sandbox::create("hard-neighbour", &[]);
     // The workspace fills up at its quota, not the host's disk.
-    let out = sb.sh("dd if=/dev/zero of=/workspace/fill bs=1M count=200 2>&1; true");
+    let out = disk.sh("dd if=/dev/zero of=/workspace/fill bs=1M count=200 2>&1; true");
     assert!(stdout(&out).contains("No space left"), "{}", stdout(&out));
     let image = env()
         .runtime_dir
         .join("sandboxes")
-        .join(&sb.id)
+        .join(&disk.id)
         .join("workspace.img");
     let used = std::fs::metadata(&image).unwrap().blocks() * 512;
     assert!(used <= 70 << 20, "the image holds {used} bytes");
-    // Its page cache counts against the memory limit until written back: let it go.
-    sb.sh_ok("rm /workspace/fill; sync");
     // tmpfs: each under the memory limit, together short of it, and hearth-guest survives
     // both the fill and an OOM after it.
-    let out = sb.sh("dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1; true");
+    let out = memory.sh("dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1; true");
     let text = stdout(&out);
     assert!(text.contains("No space left"), "{text}");
     assert!(
         text.contains("134217728 bytes"),
         "/tmp holds half the memory: {text}"
     );
-    sb.sh("dd if=/dev/zero of=/root/fill bs=1M count=200; true");
-    let oom = sb.sh("python3 -c 'x = bytearray(300 << 20)'");
+    memory.sh("dd if=/dev/zero of=/root/fill bs=1M count=200; true");
+    // Directly, not under sh: the kill must land on the command hearth started.
+    let oom = run(&[
+        "sandbox",
+        "exec",
+        &memory.id,
+        "--",
+        "python3",
+        "-c",
+        "x = bytearray(300 << 20)",
+    ]);
     assert_eq!(oom.status.code(), Some(137), "{}", stderr(&oom));
     assert!(stderr(&oom).contains("out of memory"), "{}", stderr(&oom));
-    assert_eq!(sb.sh_ok("echo alive"), "alive\n");
-    // Open files (in the other sandbox, whose memory is not full of tmpfs): RLIMIT_NOFILE,
-    // its share of the sandbox's fd budget.
+    assert_eq!(memory.sh_ok("echo alive"), "alive\n");
+    // Open files: RLIMIT_NOFILE, its share of the sandbox's fd budget.
     let opened = neighbour.sh_ok(
         "python3 -c '\nimport os\nn = 0\ntry:\n    while True:\n        os.open(\"/dev/null\", os.O_RDONLY); n += 1\nexcept OSError as e:\n    print(n, e.errno)'",
     );

@@ -49,6 +49,20 @@ pub struct QemuSupport {
     pub accel: Accel,
 }
 
+/// Why an unprivileged QEMU could not open `/dev/kvm`, if it could not. hearth runs QEMU as the
+/// sandbox's own unprivileged id keeping only the device's group, so the device must be
+/// read-write for its group (udev makes it 0660 root:kvm on most distributions).
+fn kvm_closed_to_its_group() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/kvm").ok()?.permissions().mode() & 0o777;
+    (mode & 0o060 != 0o060).then(|| {
+        format!(
+            "/dev/kvm is mode {mode:o}: hearth runs QEMU unprivileged, with the device's group, \
+             which needs read-write access (chmod 0660 /dev/kvm, group kvm)"
+        )
+    })
+}
+
 impl QemuSupport {
     /// Probes `binary` (a name looked up in `PATH`, or a path), running the KVM probe with its
     /// scratch files in `scratch` (a private directory). Fails only when QEMU cannot run at all.
@@ -59,6 +73,8 @@ impl QemuSupport {
             KvmState::Unusable {
                 reason: "/dev/kvm does not exist".to_owned(),
             }
+        } else if let Some(reason) = kvm_closed_to_its_group() {
+            KvmState::Unusable { reason }
         } else {
             match probe_accel(binary, Accel::Kvm, scratch, KVM_PROBE_TIMEOUT) {
                 Ok(()) => KvmState::Usable,

@@ -142,9 +142,14 @@ fn kvm_plan_uses_microvm_mmio_devices_and_vsock() {
             "vhost-vsock-device,guest-cid=77",
         ]
     );
-    for absent in ["-netdev", "-fsdev", "-chardev", "-sandbox"] {
+    for absent in ["-netdev", "-fsdev", "-sandbox"] {
         assert!(values(&args, absent).is_empty(), "{absent}");
     }
+    // Only the console: the guest channel is vsock here.
+    assert_eq!(
+        values(&args, "-chardev"),
+        ["file,id=console,append=on,path=/run/sb1/vm/console.log"]
+    );
 }
 
 #[test]
