@@ -13,7 +13,7 @@ use hearth_sandbox::guest_client::OutputChunk;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
-use super::seccomp::{exec_samples, sandbox_spec};
+use super::seccomp::{exec_samples, with_flood_and_quiet};
 use super::{progress, Percentiles};
 use crate::cli::output::{self, outln, OutputError};
 use crate::sandboxes::SandboxManager;
@@ -47,17 +47,10 @@ pub async fn run(
     execs: usize,
     json: bool,
 ) -> anyhow::Result<u8> {
-    manager.reconcile().await?;
-    let flood = sandbox_spec(manager)?;
-    let quiet = sandbox_spec(manager)?;
-    manager.create(&flood).await?;
-    let outcome = match manager.create(&quiet).await {
-        Ok(_) => measure(manager, &flood.id, &quiet.id, seconds, execs, json).await,
-        Err(err) => Err(err.into()),
-    };
-    let _ = manager.remove(&quiet.id, true).await;
-    manager.remove(&flood.id, false).await?;
-    let result = outcome?;
+    let result = with_flood_and_quiet(manager, |flood, quiet| async move {
+        measure(manager, &flood, &quiet, seconds, execs, json).await
+    })
+    .await?;
     if json {
         output::print_json(&result)?;
     } else {

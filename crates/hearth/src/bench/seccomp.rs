@@ -44,23 +44,39 @@ pub async fn run(
     execs: usize,
     json: bool,
 ) -> anyhow::Result<u8> {
-    manager.reconcile().await?;
-    let flood = sandbox_spec(manager)?;
-    let quiet = sandbox_spec(manager)?;
-    manager.create(&flood).await?;
-    let outcome = match manager.create(&quiet).await {
-        Ok(_) => measure(manager, &flood.id, &quiet.id, calls, execs, json).await,
-        Err(err) => Err(err.into()),
-    };
-    let _ = manager.remove(&quiet.id, true).await;
-    manager.remove(&flood.id, false).await?;
-    let result = outcome?;
+    let result = with_flood_and_quiet(manager, |flood, quiet| async move {
+        measure(manager, &flood, &quiet, calls, execs, json).await
+    })
+    .await?;
     if json {
         output::print_json(&result)?;
     } else {
         print_table(&result)?;
     }
     Ok(0)
+}
+
+/// Runs `measure` with two fresh sandboxes (the one that floods, the one that stays quiet) and
+/// removes both whatever it returns.
+pub(super) async fn with_flood_and_quiet<T, F, Fut>(
+    manager: &SandboxManager,
+    measure: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(SandboxId, SandboxId) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    manager.reconcile().await?;
+    let flood = sandbox_spec(manager)?;
+    let quiet = sandbox_spec(manager)?;
+    manager.create(&flood).await?;
+    let outcome = match manager.create(&quiet).await {
+        Ok(_) => measure(flood.id.clone(), quiet.id.clone()).await,
+        Err(err) => Err(err.into()),
+    };
+    let _ = manager.remove(&quiet.id, true).await;
+    manager.remove(&flood.id, false).await?;
+    outcome
 }
 
 /// A sandbox under the `default` profile, its audited calls going to its supervisor.
