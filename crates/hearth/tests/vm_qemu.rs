@@ -176,6 +176,16 @@ fn a_qemu_sandbox_boots_runs_and_goes_away() {
         forked < 256,
         "the default pids limit (256) held inside the VM: {forked}"
     );
+    // An OOM inside the VM takes the workload's process, is reported as such, and leaves
+    // hearth-guest serving.
+    // Touched 32 MiB at a time: one huge allocation would only be refused (MemoryError).
+    let oom = python(
+        &sb.id,
+        "chunks = []\nwhile True:\n    chunks.append(b'x' * (32 << 20))",
+    );
+    assert_eq!(oom.status.code(), Some(137), "{}", stderr(&oom));
+    assert!(stderr(&oom).contains("out of memory"), "{}", stderr(&oom));
+    assert_eq!(sb.sh_ok("echo alive"), "alive\n");
     // A setuid plant through the 9p share: refused by the policy; what QEMU writes is only
     // ever a plain file on the host, whatever the guest asks for.
     let plant = sb.sh("cp /bin/sh /workspace/plant; chmod 4755 /workspace/plant; echo chmod=$?");
