@@ -15,7 +15,6 @@
 //!                           `hearth-guest --seccomp-bpf` reads when asked for
 //!     guest.sock            the host end of the guest channel (0600; never inside the sandbox)
 //!     workspace/            what the sandbox sees at /workspace: a mount (see `workspace`)
-//!     workspace.img         the private workspace's filesystem image, when it has one
 //!     sys/                  the sandbox's own sysfs (OCI), mounted from its network namespace
 //!     runtime.log           the OCI runtime's own log
 //!     guest.log             hearth-guest's stdout and stderr
@@ -236,10 +235,6 @@ impl SandboxDirs {
     /// The mount point of the sandbox's `/workspace` (see [`crate::workspace`]).
     pub fn workspace(&self) -> PathBuf {
         self.base.join("workspace")
-    }
-    /// The private workspace's filesystem image.
-    pub fn workspace_image(&self) -> PathBuf {
-        self.base.join("workspace.img")
     }
     /// Where the sandbox's own sysfs is mounted (bound to `/sys` in an OCI sandbox).
     pub fn sysfs(&self) -> PathBuf {

@@ -2,7 +2,9 @@
 //!
 //! - **Private** (no `--workspace`): a sparse ext4 image of the sandbox's disk quota, loop-mounted
 //!   `nosuid,nodev` on `<sandbox dir>/workspace` with its root owned by the sandbox's root. The
-//!   workload can fill it and nothing more of the host's disk; it goes with the sandbox.
+//!   workload can fill it and nothing more of the host's disk; it goes with the sandbox. The
+//!   image lives in the state dir ([`WorkspaceImages`]), on disk: the runtime root is often a
+//!   tmpfs (`/run`), where a quota's worth of data would take host memory.
 //! - **A host directory**: an idmapped mount of it on the same mount point (see
 //!   [`crate::userns::idmapped_bind`]): the directory's owner appears as the sandbox's root, and
 //!   the files the workload writes land owned by that owner. Its size is that of the filesystem
@@ -14,7 +16,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,6 +53,63 @@ pub enum WorkspaceError {
     Userns(#[from] UsernsError),
 }
 
+/// The directory of private workspace images: `<state dir>/workspaces`, 0700.
+#[derive(Debug, Clone)]
+pub struct WorkspaceImages {
+    dir: PathBuf,
+}
+
+impl WorkspaceImages {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            dir: state_dir.join("workspaces"),
+        }
+    }
+
+    /// The image of sandbox `id` (whether or not it exists).
+    pub fn image(&self, id: &crate::SandboxId) -> PathBuf {
+        self.dir.join(format!("{}.img", id.as_str()))
+    }
+
+    /// Deletes the image of `id`; a missing one is fine. Call it after the workspace is
+    /// unmounted (a loop device still holding it keeps the data until it lets go).
+    pub fn remove(&self, id: &crate::SandboxId) -> Result<(), WorkspaceError> {
+        let path = self.image(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(WorkspaceError::Create { path, source }),
+        }
+    }
+
+    /// The ids that have an image, for reconciliation.
+    pub fn list(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|name| name.strip_suffix(".img"))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn ensure_dir(&self) -> Result<(), WorkspaceError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| WorkspaceError::Create {
+                path: self.dir.clone(),
+                source,
+            })
+    }
+}
+
 /// Where `/workspace` comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkspaceSource {
@@ -61,11 +120,14 @@ pub enum WorkspaceSource {
 }
 
 /// Makes `dirs.workspace()` what `source` says, owned (as the sandbox sees it) by the
-/// sandbox's root `ids`. On failure nothing is left mounted.
+/// sandbox's root `ids`; a private one's image goes in `images`. On failure nothing is left
+/// mounted.
 pub fn prepare(
     dirs: &SandboxDirs,
+    id: &crate::SandboxId,
     source: &WorkspaceSource,
     ids: HostIds,
+    images: &WorkspaceImages,
 ) -> Result<PathBuf, WorkspaceError> {
     let target = dirs
         .create_workspace_mount_point()
@@ -79,7 +141,10 @@ pub fn prepare(
             },
         })?;
     match source {
-        WorkspaceSource::Private { disk_bytes } => private(dirs, &target, *disk_bytes, ids)?,
+        WorkspaceSource::Private { disk_bytes } => {
+            images.ensure_dir()?;
+            private(&images.image(id), &target, *disk_bytes, ids)?;
+        }
         WorkspaceSource::Host(dir) => shared(dir, &target, ids)?,
     }
     Ok(target)
@@ -88,12 +153,12 @@ pub fn prepare(
 /// A sparse image of `disk_bytes`, formatted with its root owned by the sandbox's root and
 /// mounted on `target`.
 fn private(
-    dirs: &SandboxDirs,
+    image: &Path,
     target: &Path,
     disk_bytes: u64,
     ids: HostIds,
 ) -> Result<(), WorkspaceError> {
-    let image = dirs.workspace_image();
+    let image = image.to_owned();
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -339,13 +339,14 @@ fn disk_tmpfs_and_fd_floods_stop_at_their_quotas() {
     // The workspace fills up at its quota, not the host's disk.
     let out = disk.sh("dd if=/dev/zero of=/workspace/fill bs=1M count=200 2>&1; true");
     assert!(stdout(&out).contains("No space left"), "{}", stdout(&out));
-    let image = env()
-        .runtime_dir
-        .join("sandboxes")
-        .join(&disk.id)
-        .join("workspace.img");
+    // Its image lives on disk in the state dir (the runtime root may be a tmpfs), closed to others.
+    let images = env().state_dir.join("workspaces");
+    assert_eq!(std::fs::metadata(&images).unwrap().mode() & 0o777, 0o700);
+    let image = images.join(format!("{}.img", disk.id));
     let used = std::fs::metadata(&image).unwrap().blocks() * 512;
     assert!(used <= 70 << 20, "the image holds {used} bytes");
+    drop(disk);
+    assert!(!image.exists(), "the image goes with its sandbox");
     // tmpfs: each under the memory limit, together short of it, and hearth-guest survives
     // both the fill and an OOM after it.
     let out = memory.sh("dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1; true");

@@ -196,8 +196,11 @@ impl SandboxManager {
                     disk_bytes: spec.limits.disk.0,
                 },
             };
-            let dirs = dirs.clone();
-            tokio::task::spawn_blocking(move || workspace::prepare(&dirs, &source, ids)).await??;
+            let (dirs, id, images) = (dirs.clone(), spec.id.clone(), self.workspace_images());
+            tokio::task::spawn_blocking(move || {
+                workspace::prepare(&dirs, &id, &source, ids, &images)
+            })
+            .await??;
         }
         let network = self
             .with_firewall({
@@ -352,7 +355,10 @@ impl SandboxManager {
         {
             errors.push(err.to_string());
         }
+        // The workspace's image only once its mount (in the dir) is gone.
         if let Err(err) = self.dirs.sandbox(id).remove() {
+            errors.push(err.to_string());
+        } else if let Err(err) = self.workspace_images().remove(id) {
             errors.push(err.to_string());
         }
         // The record goes last, and only when the host is clean: otherwise it stays (failed) so
@@ -452,6 +458,11 @@ impl SandboxManager {
         let id = id.clone();
         self.with_firewall(move |firewall| firewall.counters(&id))
             .await
+    }
+
+    /// Where private workspaces' filesystem images live (the state dir: on disk).
+    pub(crate) fn workspace_images(&self) -> workspace::WorkspaceImages {
+        workspace::WorkspaceImages::new(self.store.state_dir())
     }
 
     /// The host-wide lock between creates (shared) and reconciliation (exclusive).

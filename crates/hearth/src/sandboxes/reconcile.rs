@@ -117,6 +117,17 @@ impl SandboxManager {
                 }
             }
         }
+        // Workspace images, after the dirs where they were mounted.
+        let images = self.workspace_images();
+        for raw in images.list() {
+            if let Some(id) = orphan(&raw) {
+                if !self.dirs.sandbox(&id).base().exists() {
+                    if let Err(err) = images.remove(&id) {
+                        report.errors.push(err.to_string());
+                    }
+                }
+            }
+        }
         // Namespaces, links, nft tables and slots of sandboxes that have no live record.
         let live: Vec<SandboxId> = known.iter().cloned().collect();
         match self

@@ -199,6 +199,10 @@ fn leftovers_now(id: &str) -> Vec<String> {
     if dir.exists() {
         found.push(format!("dir {}", dir.display()));
     }
+    let image = env.state_dir.join("workspaces").join(format!("{id}.img"));
+    if image.exists() {
+        found.push(format!("workspace image {}", image.display()));
+    }
     let netns = Path::new("/run/netns").join(format!("hearth-{id}"));
     if netns.exists() {
         found.push(format!("netns {}", netns.display()));
