@@ -159,10 +159,9 @@ fn other_local_users_can_read_no_sandbox_or_task_files() {
         let dir = entry.unwrap().path();
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let ws = dir.join("workspace");
-        if ws.exists() {
-            let listed = as_nobody(&["ls", ws.to_str().unwrap()]);
-            assert!(!listed.status.success(), "nobody listed {}", ws.display());
-        }
+        assert!(ws.is_dir(), "the task's workspace was handed back");
+        let listed = as_nobody(&["ls", ws.to_str().unwrap()]);
+        assert!(!listed.status.success(), "nobody listed {}", ws.display());
     }
 }
 
@@ -170,7 +169,7 @@ fn other_local_users_can_read_no_sandbox_or_task_files() {
 fn a_task_cannot_plant_a_setuid_file_in_what_it_hands_back() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = tmp.path().join("fixture.json");
-    let plant = "cp /bin/sh .x; chmod 4755 .x; chmod 755 .x; python3 -c 'import os; os.mkfifo(\"fifo\")'; ln -s /etc/shadow link; echo planted";
+    let plant = "cp /bin/sh .x; chmod 4755 .x; echo chmod=$?; python3 -c 'import os; os.mkfifo(\"fifo\")' && echo fifo-made; ln -s /etc/shadow link; echo planted";
     let turns = serde_json::json!([
         {"tool_calls": [{"name": "shell", "arguments": {"command": plant}}], "usage": {"prompt_tokens": 10, "completion_tokens": 5}},
         {"content": "done", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
@@ -220,12 +219,17 @@ fn the_workload_can_neither_reach_nor_replace_the_guest_channel() {
     let out = a.sh(
         "ls -A /.hearth; touch /.hearth/x 2>&1; ln -s /tmp /.hearth/guest.sock 2>&1; \
          ls /proc/1/fd/ >/dev/null; readlink -v /proc/1/fd/3 2>&1; cat /proc/1/environ 2>&1; \
-         python3 -c 'open(\"/proc/1/mem\", \"r+b\")' 2>&1 | tail -1; true",
+         python3 -c 'open(\"/proc/1/mem\", \"r+b\")' 2>&1 | tail -1; \
+         ls /proc/self/fd | tr '\\n' ' '; true",
     );
     let text = stdout(&out);
     assert_eq!(text.lines().next(), Some("hearth-guest"), "{text}");
     assert!(text.contains("Read-only file system"), "{text}");
     assert_eq!(text.matches("Permission denied").count(), 3, "{text}");
+    // The workload holds no fd of hearth-guest's (the channel is fd 3 of PID 1 alone): ls
+    // sees its stdio and the directory it lists.
+    let fds = text.lines().last().unwrap_or_default();
+    assert_eq!(fds.split_whitespace().count(), 4, "{text}");
 
     // On the host, a guest socket swapped for a link to another sandbox's is refused, not
     // followed: hearth never runs a command of A's in B.
@@ -303,7 +307,6 @@ fn a_guest_that_streams_more_than_the_caps_is_cut_at_the_caps() {
     let liar = serve_lies(&socket, "file");
     let local = tempfile::tempdir().unwrap();
     let target = local.path().join("got");
-    let started = Instant::now();
     let out = run(&[
         "sandbox",
         "cp",
@@ -313,7 +316,6 @@ fn a_guest_that_streams_more_than_the_caps_is_cut_at_the_caps() {
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(stderr(&out).contains("cut off"), "{}", stderr(&out));
     assert!(!target.exists(), "nothing half-written");
-    assert!(started.elapsed() < Duration::from_secs(60));
     drop(liar);
     std::fs::remove_file(&socket).unwrap();
 

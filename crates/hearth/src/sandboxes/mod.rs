@@ -377,6 +377,19 @@ impl SandboxManager {
         }
     }
 
+    /// Ends every process of a sandbox (its container or VM) but leaves the rest, its
+    /// workspace mount above all, for [`Self::remove`]: what the workload wrote can then be
+    /// read while nothing writes it any more. A sandbox with no record is left alone.
+    pub async fn stop_processes(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let Some(record) = self.store.get_sandbox(id).await? else {
+            return Ok(());
+        };
+        let backend = self.backends.get(record.spec.backend)?;
+        let id = id.clone();
+        tokio::task::block_in_place(|| backend.remove(&id))?;
+        Ok(())
+    }
+
     /// The record of a sandbox, or `NotFound`.
     pub async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, SandboxError> {
         self.store

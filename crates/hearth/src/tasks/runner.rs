@@ -140,13 +140,11 @@ impl TaskRunner<'_> {
             outcome = self.run_in_sandbox(id, request, &task_dir, &mut on_progress) => outcome,
             stop = stop => Ok(Ended { status: stop.status, outcome: TaskOutcome { reason: Some(stop.reason), ..TaskOutcome::default() } }),
         };
-        // Cleanup runs however the task ended: the gateway token, the sandbox, the baseline.
+        // Cleanup runs however the task ended: the gateway token, the workspace handed back
+        // (from a sandbox whose processes are gone, so the copy is of a still tree), the diff,
+        // the sandbox, the baseline.
         self.model.gateway.revoke_task(&gateway_task_id(id));
-        if let Err(err) = self.manager.remove(&id.sandbox_id(), true).await {
-            tracing::warn!(task = %id, error = %err, "removing the task's sandbox");
-        }
-        let _ = std::fs::remove_dir_all(task_dir.join("baseline"));
-        let ended = match outcome {
+        let mut ended = match outcome {
             Ok(ended) => ended,
             Err(err) => Ended {
                 status: TaskStatus::Failed,
@@ -156,6 +154,11 @@ impl TaskRunner<'_> {
                 },
             },
         };
+        ended.outcome.diff = self.hand_back(id, request, &task_dir).await;
+        if let Err(err) = self.manager.remove(&id.sandbox_id(), true).await {
+            tracing::warn!(task = %id, error = %err, "removing the task's sandbox");
+        }
+        let _ = std::fs::remove_dir_all(task_dir.join("baseline"));
         store.finish_task(id, ended.status, &ended.outcome).await?;
         store
             .get_task(id)
@@ -210,18 +213,10 @@ impl TaskRunner<'_> {
             // The scripted upstream replays the demo fixture, which works on the demo files.
             seed_demo_files(&client).await?;
         }
-        let baseline = task_dir.join("baseline");
-        let have_baseline = match snapshot(&live, &baseline) {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::warn!(task = %id, error = %err, "no diff for this task");
-                false
-            }
-        };
-        let workspace = match &request.workspace {
-            Some(dir) => dir.clone(),
-            None => task_dir.join("workspace"),
-        };
+        if let Err(err) = snapshot(&live, &task_dir.join("baseline")) {
+            tracing::warn!(task = %id, error = %err, "no diff for this task");
+        }
+        let workspace = handed_back_workspace(request, task_dir);
         install_agent(&client).await?;
         let task_json = json!({
             "prompt": request.prompt, "model": request.model, "gateway_url": gateway_url,
@@ -259,31 +254,54 @@ impl TaskRunner<'_> {
                 Value::Null
             }
         };
-        if request.workspace.is_none() {
-            self.hand_back(id, &live, &workspace).await?;
-        }
-        let diff = if have_baseline {
-            unified_diff(&baseline, &workspace).ok()
-        } else {
-            None
-        };
-        Ok(Ended::from_agent(&result, status, diff))
+        Ok(Ended::from_agent(&result, status))
     }
 
-    /// Copies the private workspace out of the sandbox (see [`super::handback`]) and records
-    /// what was left out.
-    async fn hand_back(&self, id: &TaskId, live: &Path, to: &Path) -> Result<(), TaskError> {
-        let (from, dest) = (live.to_owned(), to.to_owned());
-        let report = tokio::task::spawn_blocking(move || copy_out(&from, &dest))
-            .await
-            .map_err(|err| TaskError::Gateway(format!("workspace copy: {err}")))??;
-        if report.skipped + report.stripped > 0 || report.truncated {
-            self.manager
-                .store
-                .append_event(id, "workspace", &json!({"handback": report}))
-                .await?;
+    /// At the end of any task: stops what still runs in its sandbox, copies a private
+    /// workspace out (see [`super::handback`]), records what was left out, and returns the
+    /// diff against the baseline taken before the agent started (if one was).
+    async fn hand_back(
+        &self,
+        id: &TaskId,
+        request: &TaskRequest,
+        task_dir: &Path,
+    ) -> Option<String> {
+        let sandbox = id.sandbox_id();
+        if let Err(err) = self.manager.stop_processes(&sandbox).await {
+            tracing::warn!(task = %id, error = %err, "stopping the task's processes");
         }
-        Ok(())
+        let workspace = handed_back_workspace(request, task_dir);
+        let live = self.manager.dirs.sandbox(&sandbox).workspace();
+        if request.workspace.is_none() && live.is_dir() {
+            let (from, to, limit) = (live, workspace.clone(), request.limits.disk.0);
+            let copied = tokio::task::spawn_blocking(move || copy_out(&from, &to, limit)).await;
+            match copied {
+                Ok(Ok(report)) if report.skipped + report.stripped > 0 || report.truncated => {
+                    let event = json!({"handback": report});
+                    if let Err(err) = self
+                        .manager
+                        .store
+                        .append_event(id, "workspace", &event)
+                        .await
+                    {
+                        tracing::warn!(task = %id, error = %err, "cannot record the hand-back");
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(task = %id, error = %err, "workspace not handed back")
+                }
+                Err(err) => tracing::warn!(task = %id, error = %err, "workspace copy panicked"),
+            }
+        }
+        let baseline = task_dir.join("baseline");
+        if !baseline.is_dir() || !workspace.is_dir() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || unified_diff(&baseline, &workspace).ok())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The gateway listens on the sandbox's host-side address, the one destination its firewall
@@ -411,6 +429,15 @@ fn gateway_task_id(id: &TaskId) -> hearth_gateway::TaskId {
     hearth_gateway::TaskId::parse(id.as_str()).expect("hearth task ids are valid gateway task ids")
 }
 
+/// Where a task's workspace is on the host once it ended: the user's own, or the private one
+/// copied out into the task's dir.
+fn handed_back_workspace(request: &TaskRequest, task_dir: &Path) -> PathBuf {
+    match &request.workspace {
+        Some(dir) => dir.clone(),
+        None => task_dir.join("workspace"),
+    }
+}
+
 /// Writes the demo fixture's files into the sandbox's workspace, as the sandbox's root.
 async fn seed_demo_files(client: &GuestClient) -> Result<(), TaskError> {
     for (name, content) in hearth_gateway::scripted::DEMO_WORKSPACE_FILES {
@@ -461,15 +488,16 @@ struct Ended {
 }
 
 impl Ended {
-    /// Maps the agent's result file (or its absence) and exit status to the task's end.
-    fn from_agent(result: &Value, exit: ExitStatus, diff: Option<String>) -> Self {
+    /// Maps the agent's result file (or its absence) and exit status to the task's end (the
+    /// diff is added when the workspace has been handed back).
+    fn from_agent(result: &Value, exit: ExitStatus) -> Self {
         let tokens = &result["tokens"];
         let mut outcome = TaskOutcome {
             answer: result["answer"].as_str().map(str::to_owned),
             reason: result["reason"].as_str().map(str::to_owned),
             prompt_tokens: tokens["prompt"].as_i64().unwrap_or(0),
             completion_tokens: tokens["completion"].as_i64().unwrap_or(0),
-            diff,
+            diff: None,
         };
         let status = match result["status"].as_str() {
             Some("succeeded") => TaskStatus::Succeeded,
