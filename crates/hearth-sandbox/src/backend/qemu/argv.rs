@@ -83,7 +83,24 @@ pub struct QemuPlan {
     pub console_log: PathBuf,
     /// QEMU's own seccomp filter (`-sandbox on,...`).
     pub qemu_sandbox: bool,
+    /// Sockets and files hearth made for an unprivileged QEMU, which then opens nothing in the
+    /// VM directory itself; `None` has QEMU make them at the paths above.
+    pub passed: Option<PassedFds>,
 }
+
+/// Inherited fd numbers of what hearth bound and opened for QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassedFds {
+    /// The listening QMP socket.
+    pub qmp: i32,
+    /// The listening guest-channel chardev socket (virtio-serial only).
+    pub serial: Option<i32>,
+    /// `console.log`, open for appending.
+    pub console: i32,
+}
+
+/// The fdset QEMU finds the console file in (`-add-fd`).
+const CONSOLE_FDSET: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
@@ -179,17 +196,41 @@ pub fn build_argv(plan: &QemuPlan) -> Vec<OsString> {
             ),
         );
     }
-    channel(&mut args, machine, &plan.channel);
-    args.pair(
-        "-qmp",
-        path_opt("unix:", &plan.qmp_socket).with(",server=on,wait=off"),
+    channel(
+        &mut args,
+        machine,
+        &plan.channel,
+        plan.passed.and_then(|p| p.serial),
     );
-    // Appended to, never truncated by QEMU: the supervisor caps the file by truncating it,
-    // and QEMU's next write must land at the new end, not at its old offset.
-    args.pair(
-        "-chardev",
-        path_opt("file,id=console,append=on,path=", &plan.console_log),
-    );
+    // The console is appended to, never truncated by QEMU: the supervisor caps the file by
+    // truncating it, and QEMU's next write must land at the new end, not at its old offset.
+    match plan.passed {
+        Some(passed) => {
+            args.pair(
+                "-chardev",
+                format!("socket,id=qmp,fd={},server=on,wait=off", passed.qmp),
+            );
+            args.pair("-mon", "chardev=qmp,mode=control");
+            args.pair(
+                "-add-fd",
+                format!("fd={},set={CONSOLE_FDSET}", passed.console),
+            );
+            args.pair(
+                "-chardev",
+                format!("file,id=console,append=on,path=/dev/fdset/{CONSOLE_FDSET}"),
+            );
+        }
+        None => {
+            args.pair(
+                "-qmp",
+                path_opt("unix:", &plan.qmp_socket).with(",server=on,wait=off"),
+            );
+            args.pair(
+                "-chardev",
+                path_opt("file,id=console,append=on,path=", &plan.console_log),
+            );
+        }
+    }
     args.pair("-serial", "chardev:console");
     if plan.qemu_sandbox {
         args.pair("-sandbox", QEMU_SANDBOX);
@@ -209,13 +250,14 @@ fn drive(args: &mut Args, machine: Machine, id: &str, file: &Path) {
     );
 }
 
-fn channel(args: &mut Args, machine: Machine, channel: &Channel) {
+fn channel(args: &mut Args, machine: Machine, channel: &Channel, passed: Option<i32>) {
     match channel {
         Channel::VirtioSerial { socket, port_name } => {
-            args.pair(
-                "-chardev",
-                path_opt("socket,id=guest,server=on,wait=off,path=", socket),
-            );
+            let chardev = match passed {
+                Some(fd) => format!("socket,id=guest,server=on,wait=off,fd={fd}").into(),
+                None => path_opt("socket,id=guest,server=on,wait=off,path=", socket),
+            };
+            args.pair("-chardev", chardev);
             args.pair(
                 "-device",
                 format!("{},id=vser0", machine.virtio("virtio-serial")),

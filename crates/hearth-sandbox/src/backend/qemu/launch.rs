@@ -2,11 +2,12 @@
 //! sandbox's namespace, and the wait until QEMU answers on QMP; a failed start removes them all.
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::argv::{build_argv, Channel, QemuPlan};
+use super::argv::{build_argv, Channel, PassedFds, QemuPlan};
 use super::process::{self, VmmStamp};
 use super::{snapshot, QemuBackend, QemuError, Qmp, MAX_SOCKET_PATH, START_TIMEOUT};
 use crate::backend::vm;
@@ -127,22 +128,16 @@ impl QemuBackend {
 }
 
 /// What QEMU needs to run as the sandbox's own unprivileged host root instead of as root: a user
-/// namespace that makes it that, the VM directory (where it binds its sockets and writes its
-/// console) owned by it, and the image files and config drive, which live in directories only
-/// root may enter, opened here and passed by fd. Returns the plan QEMU's argv is built from,
-/// naming those fds.
+/// namespace that makes it that, and everything it would otherwise open in directories only
+/// root may enter, opened (or bound) here and passed by fd: the image files and config drive,
+/// the tap, the QMP and guest-channel sockets, the console file. The VM directory stays
+/// root's, so an escaped QEMU can replace nothing in it that hearth later trusts (pid file,
+/// sockets, logs). Returns the plan QEMU's argv is built from, naming those fds.
 fn unprivileged(
     ctx: &LaunchContext<'_>,
     plan: &QemuPlan,
     ids: crate::userns::HostIds,
 ) -> Result<(QemuPlan, process::Unprivileged), QemuError> {
-    let vm_dir = ctx.dirs.vm_dir();
-    std::os::unix::fs::chown(&vm_dir, Some(ids.root()), Some(ids.root())).map_err(|source| {
-        QemuError::File {
-            path: vm_dir.clone(),
-            source,
-        }
-    })?;
     let root = crate::userns::IdMapping {
         inside_start: 0,
         outside_start: ids.root(),
@@ -150,37 +145,47 @@ fn unprivileged(
     };
     let userns = crate::userns::new_userns(root, root)?;
     let mut argv_plan = plan.clone();
-    let mut files = Vec::new();
-    let mut pass = |path: &mut PathBuf| -> Result<(), QemuError> {
-        let file = std::fs::File::open(&*path).map_err(|source| QemuError::File {
-            path: path.clone(),
-            source,
-        })?;
-        // QEMU opens `/proc/self/fd/N` again, which checks the file's own mode: the images and
-        // the config drive are public content (their directories keep everyone else out), so
-        // they must be readable by others. Older images were made 0600.
-        let readable = std::fs::Permissions::from_mode(0o644);
-        file.set_permissions(readable)
-            .map_err(|source| QemuError::File {
-                path: path.clone(),
-                source,
-            })?;
-        let target = process::FIRST_PASSED_FD + i32::try_from(files.len()).unwrap_or(0);
-        files.push((std::os::fd::OwnedFd::from(file), target));
-        *path = PathBuf::from(format!("/proc/self/fd/{target}"));
-        Ok(())
+    let mut files: Vec<OwnedFd> = Vec::new();
+    let mut keep = |fd: OwnedFd| -> i32 {
+        let raw = fd.as_raw_fd();
+        files.push(fd);
+        raw
     };
-    pass(&mut argv_plan.image.kernel)?;
-    pass(&mut argv_plan.image.initrd)?;
-    pass(&mut argv_plan.image.rootfs)?;
+    for path in [
+        &mut argv_plan.image.kernel,
+        &mut argv_plan.image.initrd,
+        &mut argv_plan.image.rootfs,
+    ] {
+        let raw = keep(open_readable(path)?);
+        *path = PathBuf::from(format!("/proc/self/fd/{raw}"));
+    }
     if let Some(config) = &mut argv_plan.config_drive {
-        pass(config)?;
+        let raw = keep(open_readable(config)?);
+        *config = PathBuf::from(format!("/proc/self/fd/{raw}"));
     }
     if let Some(nic) = &mut argv_plan.nic {
-        let target = process::FIRST_PASSED_FD + i32::try_from(files.len()).unwrap_or(0);
-        files.push((crate::net::tap::attach_vm_tap(&ctx.netns_path)?, target));
-        nic.fd = Some(target);
+        nic.fd = Some(keep(crate::net::tap::attach_vm_tap(&ctx.netns_path)?));
     }
+    let qmp = keep(bind_socket(&plan.qmp_socket)?.into());
+    let serial = match &plan.channel {
+        Channel::VirtioSerial { socket, .. } => Some(keep(bind_socket(socket)?.into())),
+        Channel::Vsock { .. } => None,
+    };
+    let console = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .open(&plan.console_log)
+        .map_err(|source| QemuError::File {
+            path: plan.console_log.clone(),
+            source,
+        })?;
+    let console = keep(console.into());
+    argv_plan.passed = Some(PassedFds {
+        qmp,
+        serial,
+        console,
+    });
     // Under KVM it opens /dev/kvm itself: it keeps that device's group.
     let groups = match plan.accel {
         super::Accel::Kvm => std::fs::metadata("/dev/kvm")
@@ -196,6 +201,35 @@ fn unprivileged(
             files,
         },
     ))
+}
+
+/// Opens an image file or the config drive for QEMU, which opens `/proc/self/fd/N` again: that
+/// checks the file's own mode, so it must be readable by others (their directories keep
+/// everyone else out; older images were made 0600). `O_NOFOLLOW`: a link is not ours to chmod.
+fn open_readable(path: &Path) -> Result<OwnedFd, QemuError> {
+    let file_err = |source| QemuError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(file_err)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(file_err)?;
+    Ok(file.into())
+}
+
+/// Binds a listening socket for QEMU at `path` (0600; root's, in root's VM directory).
+fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, QemuError> {
+    let socket_err = |source| QemuError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(socket_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    Ok(listener)
 }
 
 /// QEMU's own needs beyond the guest's RAM under TCG: its translation buffer (`tb-size`, set in

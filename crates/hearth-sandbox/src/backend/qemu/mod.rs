@@ -236,6 +236,7 @@ impl QemuBackend {
             qmp_socket: dirs.vm_qmp_socket(),
             console_log: dirs.vm_console_log(),
             qemu_sandbox: self.config.qemu_sandbox,
+            passed: None,
         })
     }
 

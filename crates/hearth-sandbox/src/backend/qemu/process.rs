@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -25,12 +25,10 @@ pub struct Unprivileged {
     pub userns: OwnedFd,
     /// Supplementary groups it keeps (the group of `/dev/kvm` when KVM is used); all others go.
     pub groups: Vec<u32>,
-    /// Files opened by hearth, placed at these fd numbers for `/proc/self/fd/N` arguments.
-    pub files: Vec<(OwnedFd, i32)>,
+    /// Files and sockets opened by hearth that QEMU inherits at their own numbers (its argv
+    /// names them).
+    pub files: Vec<OwnedFd>,
 }
-
-/// The first fd number files passed to QEMU get ([`Unprivileged::files`]).
-pub const FIRST_PASSED_FD: i32 = 10;
 
 /// Spawns `binary args` in the network namespace `netns`, a session of its own (so the caller's
 /// terminal signals never reach it) and the cgroup(s) whose open `cgroup.procs` are `cgroup`,
@@ -92,26 +90,11 @@ pub fn spawn_in_netns(
 struct Dropped {
     userns: OwnedFd,
     groups: Vec<nix::unistd::Gid>,
-    /// Each file, duplicated above every target number, with its target.
-    files: Vec<(OwnedFd, i32)>,
+    files: Vec<OwnedFd>,
 }
 
 impl Dropped {
     fn prepare(unprivileged: Unprivileged) -> Result<Self, QemuError> {
-        let high = FIRST_PASSED_FD + 32;
-        let files = unprivileged
-            .files
-            .into_iter()
-            .map(|(fd, target)| {
-                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(high))
-                    // SAFETY: F_DUPFD_CLOEXEC just returned this fd; nothing else owns it.
-                    .map(|raw| (unsafe { OwnedFd::from_raw_fd(raw) }, target))
-                    .map_err(|errno| QemuError::Spawn {
-                        binary: "(passing files to QEMU)".into(),
-                        source: errno.into(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             userns: unprivileged.userns,
             groups: unprivileged
@@ -119,15 +102,19 @@ impl Dropped {
                 .into_iter()
                 .map(nix::unistd::Gid::from_raw)
                 .collect(),
-            files,
+            files: unprivileged.files,
         })
     }
 
-    /// In the child: places the files, keeps only the given groups, becomes the user
-    /// namespace's root. Async-signal-safe.
+    /// In the child: keeps the passed files open across exec (at the numbers QEMU's argv
+    /// names: nothing is moved, so nothing the child still needs is overwritten), keeps only
+    /// the given groups, becomes the user namespace's root. Async-signal-safe.
     fn enter(&self) -> std::io::Result<()> {
-        for (fd, target) in &self.files {
-            nix::unistd::dup2(fd.as_raw_fd(), *target)?;
+        for fd in &self.files {
+            nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
         }
         nix::unistd::setgroups(&self.groups)?;
         setns(self.userns.as_fd(), CloneFlags::CLONE_NEWUSER)?;

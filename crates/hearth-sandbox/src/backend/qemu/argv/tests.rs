@@ -42,6 +42,7 @@ fn plan(accel: Accel) -> QemuPlan {
         qmp_socket: "/run/sb1/vm/qmp.sock".into(),
         console_log: "/run/sb1/vm/console.log".into(),
         qemu_sandbox: true,
+        passed: None,
     }
 }
 
