@@ -105,54 +105,49 @@ impl IdMapping {
 /// `mount_setattr(MOUNT_ATTR_IDMAP)` or `setns`). No process stays in it.
 ///
 /// The kernel only takes maps from outside a namespace, so a short-lived child makes it: the
-/// child unshares its user namespace and waits; this process writes the maps, opens
-/// `/proc/<child>/ns/user`, and lets the child exit. The child runs only `unshare`, `write`,
-/// `read` and `_exit`, which is safe after a fork in a threaded process.
+/// child unshares its user namespace, says so, and waits; this process writes the maps, opens
+/// `/proc/<child>/ns/user` and kills the child. (Killed rather than told to exit: a child
+/// waiting for a pipe to close could wait forever on a copy of that pipe another concurrent
+/// call's child inherited.) The child runs only `unshare`, `write` and `pause`, which is safe
+/// after a fork in a threaded process.
 pub fn new_userns(uids: IdMapping, gids: IdMapping) -> Result<OwnedFd, UsernsError> {
     let helper = |op| move |source| UsernsError::Helper { op, source };
     let (ready_read, ready_write) = pipe().map_err(helper("make a pipe"))?;
-    let (done_read, done_write) = pipe().map_err(helper("make a pipe"))?;
     // SAFETY: fork has no memory preconditions; the child below only makes async-signal-safe
-    // system calls on fds it already holds, then `_exit`s, so no lock or allocator state
-    // copied from other threads is touched.
+    // system calls on fds it already holds, and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(helper("fork")(io::Error::last_os_error()));
     }
     if pid == 0 {
-        child_unshare_and_wait(
-            ready_write.as_raw_fd(),
-            done_read.as_raw_fd(),
-            [ready_read.as_raw_fd(), done_write.as_raw_fd()],
-        );
+        child_unshare_and_wait(ready_write.as_raw_fd());
     }
     drop(ready_write);
-    drop(done_read);
     let result = write_maps_and_open(pid, ready_read, uids, gids);
-    // Closing our end of `done` lets the child exit, whatever happened above.
-    drop(done_write);
+    // SAFETY: signals our own child, which only waits to be killed.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     reap(pid);
     result
 }
 
-/// The helper child: unshare, tell the parent, wait for it to finish, exit. Never returns.
-/// `parents_ends` are the parent's pipe ends, copied by the fork: closed first, or the read on
-/// `done` would never see the parent close its end.
-fn child_unshare_and_wait(ready: i32, done: i32, parents_ends: [i32; 2]) -> ! {
-    for fd in parents_ends {
-        // SAFETY: closes this child's copy of an fd; the parent's stays open.
-        unsafe { libc::close(fd) };
-    }
+/// The helper child: unshare, tell the parent (the errno on failure), wait to be killed.
+fn child_unshare_and_wait(ready: i32) -> ! {
     // SAFETY: unshare takes a flag word and touches no memory of ours.
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
-    let byte = [u8::from(unshared == 0)];
-    // SAFETY: `ready` is this child's open pipe end and `byte` a live one-byte buffer.
-    unsafe { libc::write(ready, byte.as_ptr().cast(), 1) };
-    let mut sink = [0u8; 1];
-    // SAFETY: `done` is open; the read returns 0 once the parent closes its end.
-    unsafe { libc::read(done, sink.as_mut_ptr().cast(), 1) };
-    // SAFETY: _exit ends the child without running the parent's atexit handlers or destructors.
-    unsafe { libc::_exit(0) }
+    let errno = if unshared == 0 {
+        0
+    } else {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM)
+    };
+    let report = errno.to_ne_bytes();
+    // SAFETY: `ready` is this child's open pipe end and `report` a live 4-byte buffer.
+    unsafe { libc::write(ready, report.as_ptr().cast(), report.len()) };
+    loop {
+        // SAFETY: pause takes no arguments; the parent's SIGKILL ends it.
+        unsafe { libc::pause() };
+    }
 }
 
 fn write_maps_and_open(
@@ -161,17 +156,18 @@ fn write_maps_and_open(
     uids: IdMapping,
     gids: IdMapping,
 ) -> Result<OwnedFd, UsernsError> {
-    let mut byte = [0u8; 1];
-    let read = ready
-        .read(&mut byte)
+    let mut report = [0u8; 4];
+    ready
+        .read_exact(&mut report)
         .map_err(|source| UsernsError::Helper {
             op: "wait for the helper",
             source,
         })?;
-    if read != 1 || byte[0] != 1 {
+    let errno = i32::from_ne_bytes(report);
+    if errno != 0 {
         return Err(UsernsError::Helper {
             op: "unshare a user namespace",
-            source: io::Error::from_raw_os_error(libc::EPERM),
+            source: io::Error::from_raw_os_error(errno),
         });
     }
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
@@ -338,6 +334,34 @@ mod tests {
         assert!(last.base + IDS_PER_SANDBOX <= 0x7FFE_0000);
         assert_eq!(last.index(), MAX_SANDBOX_BLOCKS - 1);
         assert!(HostIds::block(MAX_SANDBOX_BLOCKS).is_err());
+    }
+
+    /// Needs root: many at once from threads (as `hearth serve` creates sandboxes) all finish,
+    /// each helper's pipes being copied into the others' children.
+    #[test]
+    fn concurrent_namespaces_do_not_wait_on_each_other() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ids = HostIds::block(9).unwrap();
+        let map = IdMapping {
+            inside_start: 0,
+            outside_start: ids.root(),
+            count: 1,
+        };
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        new_userns(map, map).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     /// Needs root (it maps ids and mounts): what a workload writes through the view lands
