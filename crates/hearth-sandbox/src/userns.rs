@@ -15,8 +15,9 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -246,22 +247,45 @@ pub fn idmapped_bind(
     target: &Path,
     userns: BorrowedFd<'_>,
 ) -> Result<(), UsernsError> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(source)
+        .map_err(|err| UsernsError::Mount {
+            op: "open",
+            path: source.to_owned(),
+            source: err,
+        })?;
+    idmapped_bind_fd(dir.as_fd(), source, target, userns)
+}
+
+/// [`idmapped_bind`] of the directory open as `source` (`source_path` names it in errors):
+/// what was checked through that fd is what gets mounted, whatever the path points at later.
+pub fn idmapped_bind_fd(
+    source: BorrowedFd<'_>,
+    source_path: &Path,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+) -> Result<(), UsernsError> {
     let mount_err = |op, path: &Path| {
         let path = path.to_owned();
         move |source| UsernsError::Mount { op, path, source }
     };
-    let source_c = c_path(source)?;
+    let source = source.as_raw_fd();
+    let source_path = source_path.to_owned();
+    let source_path = source_path.as_path();
     let target_c = c_path(target)?;
-    // SAFETY: open_tree reads the NUL-terminated path and returns a new fd or -1.
+    // SAFETY: open_tree reads the empty NUL-terminated path relative to the open directory fd
+    // (AT_EMPTY_PATH) and returns a new fd or -1.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source_c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+            source,
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
         )
     };
-    let tree = owned_fd(tree).map_err(mount_err("clone the tree of", source))?;
+    let tree = owned_fd(tree).map_err(mount_err("clone the tree of", source_path))?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
@@ -280,7 +304,7 @@ pub fn idmapped_bind(
         )
     };
     if rc != 0 {
-        return Err(mount_err("idmap", source)(io::Error::last_os_error()));
+        return Err(mount_err("idmap", source_path)(io::Error::last_os_error()));
     }
     // SAFETY: both paths are NUL-terminated; `tree` is the detached mount made above.
     let rc = unsafe {
@@ -319,7 +343,6 @@ fn owned_fd(raw: libc::c_long) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -208,12 +208,20 @@ fn private(
     )
 }
 
-/// `dir` through an idmapped mount whose owner and group appear as the sandbox's root.
+/// `dir` through an idmapped mount whose owner and group appear as the sandbox's root. The
+/// directory is opened once: its owner is read from, and the mount made of, that same open
+/// directory, so a path swapped in between changes nothing.
 fn shared(dir: &Path, target: &Path, ids: HostIds) -> Result<(), WorkspaceError> {
-    let meta = std::fs::metadata(dir).map_err(|source| WorkspaceError::Inspect {
+    let inspect = |source| WorkspaceError::Inspect {
         path: dir.to_owned(),
         source,
-    })?;
+    };
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(inspect)?;
+    let meta = opened.metadata().map_err(inspect)?;
     if !meta.is_dir() {
         return Err(WorkspaceError::NotADirectory {
             path: dir.to_owned(),
@@ -225,7 +233,7 @@ fn shared(dir: &Path, target: &Path, ids: HostIds) -> Result<(), WorkspaceError>
         count: 1,
     };
     let userns = crate::userns::new_userns(map(meta.uid()), map(meta.gid()))?;
-    crate::userns::idmapped_bind(dir, target, userns.as_fd())?;
+    crate::userns::idmapped_bind_fd(opened.as_fd(), dir, target, userns.as_fd())?;
     Ok(())
 }
 

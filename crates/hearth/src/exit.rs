@@ -135,7 +135,11 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Workspace(
             WorkspaceError::NotADirectory { .. } | WorkspaceError::Inspect { .. },
         ) => BAD_INPUT,
-        SandboxError::Workspace(WorkspaceError::Spawn { .. }) => HOST,
+        // No mkfs or mount, no free loop device, a failing mount: the host's to fix.
+        SandboxError::Workspace(WorkspaceError::Spawn { .. } | WorkspaceError::Command { .. }) => {
+            HOST
+        }
+        SandboxError::Store(crate::store::StoreError::IdBlocksExhausted { .. }) => HOST,
         SandboxError::Workspace(_) | SandboxError::NoHostIds(_) => SANDBOX_FAILED,
         SandboxError::Supervisor(_) => SANDBOX_FAILED,
         SandboxError::Net(FirewallError::Policy(_)) => BAD_INPUT,

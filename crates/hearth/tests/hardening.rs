@@ -358,6 +358,15 @@ fn disk_tmpfs_and_fd_floods_stop_at_their_quotas() {
         text.contains("134217728 bytes"),
         "/tmp holds half the memory: {text}"
     );
+    // The runtime's own /dev/shm and /dev are in the same budget (a sixteenth, and 4M).
+    let shm = memory.sh_ok(
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 2>&1; df -k /dev/shm /dev | tail -2",
+    );
+    assert!(shm.contains("16777216 bytes"), "{shm}");
+    assert!(
+        shm.lines().last().unwrap().split_whitespace().nth(1) == Some("4096"),
+        "{shm}"
+    );
     memory.sh("dd if=/dev/zero of=/root/fill bs=1M count=200; true");
     // Directly, not under sh: the kill must land on the command hearth started.
     let oom = run(&[

@@ -1,12 +1,14 @@
 //! The microVM workload's own view and limits, made once at boot (see `crate::confine`).
 //!
 //! - A cgroup v2 `workload` under `/sys/fs/cgroup` with the sandbox's pids limit (the host's
-//!   limit covers only the VMM's threads) and the memory controller, whose `memory.events`
-//!   counts the OOM kills of workload processes.
+//!   limit covers only the VMM's threads) and a memory limit of the guest's memory less a
+//!   reserve, so the workload's OOMs stay among its own processes; its `memory.events` counts
+//!   them.
 //! - A mount namespace: a copy of the guest's, whose `/dev` is a fresh tmpfs with only the
 //!   harmless nodes (no virtio port of the host channel, no disks, no `/dev/kmsg`, `/dev/mem` or
-//!   `/dev/userfaultfd`), and whose `/proc/sys`, `/proc/sysrq-trigger` and `/sys` are
-//!   read-only (uid 0 needs no capability to write most sysctls). `/` is made shared first and
+//!   `/dev/userfaultfd`), and whose `/proc/sys`, `/proc/bus`, `/proc/irq`, `/proc/fs`,
+//!   `/proc/sysrq-trigger` and `/sys` are read-only (uid 0 needs no capability to write most
+//!   sysctls or PCI config space). `/` is made shared first and
 //!   the copy a slave of it, so the workspace a snapshot unmounts and remounts in the guest's
 //!   namespace follows in the workload's.
 //!
@@ -58,12 +60,34 @@ pub fn cgroup(pids_max: Option<u32>) -> Result<Option<File>, VmError> {
         let path = dir.join("pids.max");
         std::fs::write(&path, max.to_string()).map_err(io("write", &path))?;
     }
+    // The workload's OOMs happen in its own cgroup, where hearth-guest (in the root cgroup) is
+    // never a candidate, whatever the workload does to oom scores; the rest is kept for
+    // hearth-guest and the kernel.
+    if let Some(total) = mem_total_bytes() {
+        let path = dir.join("memory.max");
+        let max = total - (total / 4).min(64 << 20);
+        std::fs::write(&path, max.to_string()).map_err(io("write", &path))?;
+    }
     let procs = dir.join("cgroup.procs");
     OpenOptions::new()
         .write(true)
         .open(&procs)
         .map(Some)
         .map_err(io("open", &procs))
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Makes the workload's mount namespace and returns it as an fd.
@@ -173,7 +197,16 @@ fn make_view() -> Result<(), VmError> {
         let path = Path::new("/dev").join(link);
         std::os::unix::fs::symlink(target, &path).map_err(super::io_err("symlink", &path))?;
     }
-    for path in ["/proc/sys", "/proc/sysrq-trigger", "/sys", "/sys/fs/cgroup"] {
+    // What runc makes read-only in a container, and /sys with its cgroup tree.
+    for path in [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+        "/sys",
+        "/sys/fs/cgroup",
+    ] {
         // A read-only remount covers one mount, not those below it: the cgroup tree (which
         // uid 0 could otherwise write, limits included) gets its own.
         if Path::new(path).exists() {

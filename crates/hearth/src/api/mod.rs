@@ -119,7 +119,13 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
         ) => (StatusCode::BAD_REQUEST, "bad_request"),
         SandboxError::Guest(guest) => guest_status(guest),
         // The host lacks it: the request can't succeed here as it stands.
-        SandboxError::BackendUnavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unavailable"),
+        SandboxError::BackendUnavailable(_)
+        | SandboxError::Workspace(WorkspaceError::Spawn { .. } | WorkspaceError::Command { .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "unavailable")
+        }
+        SandboxError::Store(crate::store::StoreError::IdBlocksExhausted { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
         SandboxError::Store(_) | SandboxError::Join(_) | SandboxError::Dirs(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }

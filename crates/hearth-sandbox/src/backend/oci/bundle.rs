@@ -202,6 +202,25 @@ fn build_spec(
         .build()?;
 
     let mut all_mounts = oci_spec::runtime::get_default_mounts();
+    // The runtime's own tmpfs mounts (/dev, /dev/shm) are 64M each by default: sized into
+    // the same budget as hearth's.
+    for mount in &mut all_mounts {
+        let Some(size) = tmpfs_size(spec.limits.memory.0, &mount.destination().to_string_lossy())
+        else {
+            continue;
+        };
+        if mount.typ().as_deref() == Some("tmpfs") {
+            let options = mount
+                .options()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|o| !o.starts_with("size="))
+                .chain(std::iter::once(size))
+                .collect();
+            mount.set_options(Some(options));
+        }
+    }
     if ctx.ids.is_some() {
         // The sandbox's own sysfs (see the module docs), read-only like the default one.
         for mount in &mut all_mounts {
@@ -261,19 +280,19 @@ fn open_files_per_process(pids: u32) -> u64 {
     (FD_BUDGET / u64::from(pids.max(1))).clamp(256, 4096)
 }
 
-/// tmpfs sizes well under the memory limit, whose cgroup pays for their pages: together
-/// `/tmp`, `/run` and `/root` can take at most seven eighths of it, so filling them leaves
-/// room for processes, and hearth-guest keeps working to report what happened.
-fn tmpfs_sizes(memory: u64) -> [(&'static str, String); 3] {
-    let kib = |bytes: u64| format!("size={}k", (bytes / 1024).max(64));
-    [
-        ("/tmp", format!("mode=1777,{}", kib(memory / 2))),
-        (
-            "/run",
-            format!("mode=755,{}", kib((memory / 8).min(64 << 20))),
-        ),
-        ("/root", format!("mode=700,{}", kib(memory / 4))),
-    ]
+/// tmpfs sizes well under the memory limit, whose cgroup pays for their pages: `/tmp` half,
+/// `/root` an eighth, `/run` and `/dev/shm` a sixteenth each (at most 64M), `/dev` 4M, so
+/// all of them together take at most three quarters of it (plus 4M) and filling them leaves
+/// room for processes.
+fn tmpfs_size(memory: u64, destination: &str) -> Option<String> {
+    let bytes = match destination {
+        "/tmp" => memory / 2,
+        "/root" => memory / 8,
+        "/run" | "/dev/shm" => (memory / 16).min(64 << 20),
+        "/dev" => 4 << 20,
+        _ => return None,
+    };
+    Some(format!("size={}k", (bytes / 1024).max(64)))
 }
 
 /// Lays out the rootfs directory and returns the bind mounts that fill it.
@@ -305,8 +324,14 @@ fn prepare_rootfs(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<Vec<Mou
             mounts.push(bind(&host, &format!("/etc/{name}"), true));
         }
     }
-    for (dest, options) in tmpfs_sizes(spec.limits.memory.0) {
-        mounts.push(tmpfs(dest, &options));
+    let memory = spec.limits.memory.0;
+    for (dest, mode) in [
+        ("/tmp", "mode=1777"),
+        ("/run", "mode=755"),
+        ("/root", "mode=700"),
+    ] {
+        let size = tmpfs_size(memory, dest).unwrap_or_default();
+        mounts.push(tmpfs(dest, &format!("{mode},{size}")));
     }
     // The guest dir first, then the binary on top of a placeholder inside it; the workload
     // can change neither.
