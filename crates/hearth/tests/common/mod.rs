@@ -218,11 +218,11 @@ fn leftovers_now(id: &str) -> Vec<String> {
             }
         }
     }
+    // Only this run's sandbox dir counts: a run killed earlier on the same machine may have
+    // left mounts under its own test root, with the same ids.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.contains(&format!("/sandboxes/{id}/")))
-    {
+    let under_dir = format!("{}/", dir.display());
+    if mounts.lines().any(|l| l.contains(&under_dir)) {
         found.push("a mount under the sandbox dir".to_owned());
     }
     let list = Command::new("runc")
