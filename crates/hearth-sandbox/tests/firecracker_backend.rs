@@ -17,7 +17,7 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
     let fx = Fixture::new("fc-life");
     let backend = fx.backend(&[], LONG);
     let id = fx.spec.id.clone();
-    let endpoint = backend.start_vm(&fx.spec, &fx.ctx_net()).unwrap();
+    let endpoint = backend.start_vm(&fx.spec, &fx.ctx_net()).await.unwrap();
     assert_eq!(
         endpoint,
         GuestEndpoint::UnixSocket {
@@ -94,8 +94,8 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
         .unwrap();
     assert_eq!(bpf, [0xde, 0xad, 0xbe, 0xef]);
 
-    assert!(backend.is_running(&id).unwrap());
-    assert_eq!(backend.list().unwrap(), ["fc-life"]);
+    assert!(backend.is_running(&id).await.unwrap());
+    assert_eq!(backend.list().await.unwrap(), ["fc-life"]);
 
     // The guest is reached through Firecracker's vsock socket.
     let mut guest = backend.guest_connector(&id).connect().await.unwrap();
@@ -128,31 +128,31 @@ async fn start_configures_the_vm_in_order_and_remove_leaves_nothing() {
 
     // Removal by another backend instance (a restarted hearth) goes by the pid file.
     let other = fx.backend(&[], LONG);
-    tokio::task::block_in_place(|| other.remove(&id)).unwrap();
+    other.remove(&id).await.unwrap();
     assert!(!stamp.is_alive());
     assert!(!vm.exists());
-    assert!(!backend.is_running(&id).unwrap());
-    assert!(other.list().unwrap().is_empty());
-    tokio::task::block_in_place(|| backend.remove(&id)).unwrap(); // idempotent; reaps its child
+    assert!(!backend.is_running(&id).await.unwrap());
+    assert!(other.list().await.unwrap().is_empty());
+    backend.remove(&id).await.unwrap(); // idempotent; reaps its child
     let err = backend.pause(&id).await.unwrap_err();
     assert!(matches!(err, FirecrackerError::NotRunning { .. }), "{err}");
 }
 
 /// After a failed start: no VMM process, no vm/ dir, nothing listed.
-fn assert_nothing_left(fx: &Fixture, backend: &FirecrackerBackend) {
+async fn assert_nothing_left(fx: &Fixture, backend: &FirecrackerBackend) {
     let header = fx.header();
     let gone = !Path::new(&format!("/proc/{}", header.pid)).exists();
     assert!(gone, "VMM {} still exists", header.pid);
     assert!(!fx.dirs.vm_dir().exists());
     assert!(fx.dirs.base().exists(), "the sandbox dir is the caller's");
-    assert!(backend.list().unwrap().is_empty());
+    assert!(backend.list().await.unwrap().is_empty());
 }
 
-#[test]
-fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
     let fx = Fixture::new("fc-dies");
     let backend = fx.backend(&[(DIE_AT, "/boot-source")], LONG);
-    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap_err();
     match &err {
         FirecrackerError::VmmExited { status, log, .. } => {
             assert!(status.contains("exit status: 1"), "{status}");
@@ -160,24 +160,24 @@ fn a_vmm_dying_during_configuration_fails_start_and_is_cleaned_up() {
         }
         other => panic!("{other}"),
     }
-    assert_nothing_left(&fx, &backend);
+    assert_nothing_left(&fx, &backend).await;
 }
 
-#[test]
-fn a_refused_call_fails_start_kills_the_vmm_and_cleans_up() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_call_fails_start_kills_the_vmm_and_cleans_up() {
     let fx = Fixture::new("fc-refused");
     let backend = fx.backend(&[(FAIL_AT, "/network-interfaces/eth0")], LONG);
-    let err = backend.start_vm(&fx.spec, &fx.ctx_net()).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx_net()).await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("PUT /network-interfaces/eth0") && text.contains("Refused by the fake"),
         "{text}"
     );
-    assert_nothing_left(&fx, &backend);
+    assert_nothing_left(&fx, &backend).await;
 }
 
-#[test]
-fn a_vmm_that_never_serves_its_socket_times_out_and_is_cleaned_up() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmm_that_never_serves_its_socket_times_out_and_is_cleaned_up() {
     let fx = Fixture::new("fc-silent");
     // A VMM that records who it is, then never opens its API socket.
     let header = r#"{"args":[],"netns":"","pid":'$$',"sid":0}"#;
@@ -185,12 +185,12 @@ fn a_vmm_that_never_serves_its_socket_times_out_and_is_cleaned_up() {
         &format!("echo '{header}' >> \"${RECORD}\"\nexec sleep 600\n"),
         Duration::from_millis(300),
     );
-    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap_err();
     assert!(
         matches!(err, FirecrackerError::StartTimeout { .. }),
         "{err}"
     );
-    assert_nothing_left(&fx, &backend);
+    assert_nothing_left(&fx, &backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,14 +198,14 @@ async fn a_vmm_seccomp_fault_is_exposed_with_exit_status_148() {
     let fx = Fixture::new("fc-fault");
     let backend = fx.backend(&[(FAULT_AT, "/vm")], LONG);
     let id = fx.spec.id.clone();
-    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap();
     assert!(backend.vmm_exit(&id).is_none(), "still running");
     // The VMM "hits a filtered syscall" while pausing.
     assert!(backend.pause(&id).await.is_err());
     let exit = tokio::task::block_in_place(|| backend.wait_vmm_exit(&id)).unwrap();
     assert_eq!(exit.exit_status(), 148);
     assert_eq!(exit.fault(), VmmFault::Syscall(41));
-    assert!(!backend.is_running(&id).unwrap());
+    assert!(!backend.is_running(&id).await.unwrap());
     // A process that did not spawn the VMM has no status, but the log still names the call.
     let other = fx.backend(&[], LONG);
     assert!(other.vmm_exit(&id).is_none());
@@ -213,20 +213,20 @@ async fn a_vmm_seccomp_fault_is_exposed_with_exit_status_148() {
         VmmFault::from_exit(-1, &other.vmm_log_tail(&id)),
         VmmFault::Syscall(41)
     );
-    tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
+    backend.remove(&id).await.unwrap();
     assert!(!fx.dirs.vm_dir().exists());
 }
 
-#[test]
-fn a_second_start_of_the_same_sandbox_is_refused_without_touching_the_first() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_start_of_the_same_sandbox_is_refused_without_touching_the_first() {
     let fx = Fixture::new("fc-twice");
     let backend = fx.backend(&[], LONG);
-    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
-    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap_err();
     assert!(matches!(err, FirecrackerError::Dirs(_)), "{err}");
-    assert!(backend.is_running(&fx.spec.id).unwrap());
-    backend.remove(&fx.spec.id).unwrap();
-    assert!(!backend.is_running(&fx.spec.id).unwrap());
+    assert!(backend.is_running(&fx.spec.id).await.unwrap());
+    backend.remove(&fx.spec.id).await.unwrap();
+    assert!(!backend.is_running(&fx.spec.id).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,7 +236,7 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
     let fx = Fixture::new("fc-jail");
     let backend = fx.jailed_backend(UID);
     let id = fx.spec.id.clone();
-    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx_net())).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx_net()).await.unwrap();
 
     let jail = fx.runtime.root().join("jail/firecracker/fc-jail");
     let root = jail.join("root");
@@ -323,15 +323,15 @@ async fn jailed_start_puts_everything_in_the_jail_for_the_vmm_and_remove_clears_
 
     let cgroup = fx.cgroup_root().join("firecracker/fc-jail");
     assert!(cgroup.exists());
-    assert_eq!(backend.list().unwrap(), ["fc-jail"]);
-    tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
+    assert_eq!(backend.list().await.unwrap(), ["fc-jail"]);
+    backend.remove(&id).await.unwrap();
     assert!(!jail.exists() && !cgroup.exists() && !fx.dirs.vm_dir().exists());
     assert!(kernel.exists(), "the cached image survives its jail");
-    assert!(backend.list().unwrap().is_empty());
+    assert!(backend.list().await.unwrap().is_empty());
 }
 
-#[test]
-fn a_jail_whose_sockets_would_not_fit_sun_path_is_refused_before_anything_is_made() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jail_whose_sockets_would_not_fit_sun_path_is_refused_before_anything_is_made() {
     // An id long enough that the jail's sockets (`<tmp>/root/jail/firecracker/<id>/root/
     // vsock.sock`) overflow 107 bytes while the sandbox dir's (`<tmp>/root/sandboxes/<id>/
     // guest/guest.sock`, 6 bytes shorter) still fit: 104 and 110 bytes. `<tmp>` is TMPDIR's
@@ -339,7 +339,7 @@ fn a_jail_whose_sockets_would_not_fit_sun_path_is_refused_before_anything_is_mad
     let tmp_len = std::env::temp_dir().as_os_str().len() + "/.tmpXXXXXX".len();
     let fx = Fixture::new(&"j".repeat(71usize.saturating_sub(tmp_len).clamp(1, 64)));
     let backend = fx.jailed_backend(64_322);
-    let err = backend.start_vm(&fx.spec, &fx.ctx()).unwrap_err();
+    let err = backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap_err();
     assert!(
         matches!(
             err,

@@ -18,7 +18,7 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
     let fx = Fixture::new("fc-save");
     let backend = fx.backend(&[], LONG);
     let id = fx.spec.id.clone();
-    tokio::task::block_in_place(|| backend.start_vm(&fx.spec, &fx.ctx())).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap();
     let dest = fx.tmp.path().join("snap");
     // One snapshot of a VM at a time (another process holding the lock stands for a second
     // `hearth sandbox snapshot`): refused before anything is made.
@@ -53,7 +53,7 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
         dest.join("vm.mem").exists(),
         "a refused save leaves the first"
     );
-    tokio::task::block_in_place(|| backend.remove(&id)).unwrap();
+    backend.remove(&id).await.unwrap();
 
     // Another sandbox resumes it: logger, metrics, then the load of the saved files.
     assert_eq!(backend.check_snapshot(&dest).unwrap(), manifest);
@@ -64,10 +64,13 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
         ..fx.spec.clone()
     };
     let ctx = LaunchContext {
-        dirs: &dirs,
+        dirs: dirs.clone(),
         ..fx.ctx()
     };
-    tokio::task::block_in_place(|| backend.restore_vm(&spec, &ctx, &saved_files(&dest))).unwrap();
+    backend
+        .restore_vm(&spec, &ctx, &saved_files(&dest))
+        .await
+        .unwrap();
     let requests: Vec<Recorded> = fx
         .requests()
         .into_iter()
@@ -95,7 +98,7 @@ async fn a_saved_snapshot_restores_into_another_sandbox_and_its_manifest_is_chec
     let mut echoed = [0u8; 5];
     guest.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"again");
-    tokio::task::block_in_place(|| backend.remove(&other)).unwrap();
+    backend.remove(&other).await.unwrap();
 
     // A snapshot from another hearth is refused, naming what differs.
     let path = dest.join("manifest.json");
@@ -121,7 +124,7 @@ async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing()
     let fx = Fixture::new("fc-source");
     let backend = fx.backend(&[], LONG);
     let source = fx.spec.id.clone();
-    backend.start_vm(&fx.spec, &fx.ctx()).unwrap();
+    backend.start_vm(&fx.spec, &fx.ctx()).await.unwrap();
     let snapshot = backend.snapshot(&source).await.unwrap();
 
     let clone_id = SandboxId::parse("fc-clone").unwrap();
@@ -131,25 +134,30 @@ async fn a_snapshot_restores_into_another_sandbox_and_a_bad_one_leaves_nothing()
         ..fx.spec.clone()
     };
     let ctx = LaunchContext {
-        dirs: &clone_dirs,
+        dirs: clone_dirs.clone(),
         ..fx.ctx()
     };
-    tokio::task::block_in_place(|| backend.restore_vm(&clone_spec, &ctx, &snapshot)).unwrap();
+    backend
+        .restore_vm(&clone_spec, &ctx, &snapshot)
+        .await
+        .unwrap();
     // The clone's guest answers on the clone's own vsock socket.
     let mut guest = backend.guest_connector(&clone_id).connect().await.unwrap();
     guest.write_all(b"clone").await.unwrap();
     let mut echoed = [0u8; 5];
     guest.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"clone");
-    assert_eq!(backend.list().unwrap(), ["fc-clone", "fc-source"]);
-    tokio::task::block_in_place(|| backend.remove(&clone_id)).unwrap();
+    assert_eq!(backend.list().await.unwrap(), ["fc-clone", "fc-source"]);
+    backend.remove(&clone_id).await.unwrap();
 
     // Firecracker refusing the snapshot (another version, say): a clear error, nothing left.
     let refusing = fx.backend(&[(FAIL_AT, "/snapshot/load")], LONG);
-    let err = tokio::task::block_in_place(|| refusing.restore_vm(&clone_spec, &ctx, &snapshot))
+    let err = refusing
+        .restore_vm(&clone_spec, &ctx, &snapshot)
+        .await
         .unwrap_err();
     assert!(err.to_string().contains("PUT /snapshot/load"), "{err}");
     assert!(!clone_dirs.vm_dir().exists());
-    assert_eq!(refusing.list().unwrap(), ["fc-source"]);
-    tokio::task::block_in_place(|| backend.remove(&source)).unwrap();
+    assert_eq!(refusing.list().await.unwrap(), ["fc-source"]);
+    backend.remove(&source).await.unwrap();
 }

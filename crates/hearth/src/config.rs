@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hearth_sandbox::net::{FirewallConfig, FirewallManager};
 
+use hearth_sandbox::backend::vm::VmImages;
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
 
 use crate::sandboxes::Backends;
@@ -83,14 +84,14 @@ impl Settings {
         let firewall = FirewallManager::new(FirewallConfig::default(), Arc::new(slots))
             .map_err(|err| CliError::new(HOST, err.to_string()))?;
         let mut backends = Backends::new(Arc::new(OciBackend::new(runtime)));
-        let qemu = crate::vm::qemu_backend(&self.state_dir, &dirs);
-        if let Some(qemu) = &qemu {
-            backends.add(qemu.clone());
+        if let Some(qemu) = crate::vm::qemu_backend(&self.state_dir, &dirs) {
+            backends.add(qemu);
         }
+        let images = VmImages::new(&self.state_dir);
         let (firecracker, missing) =
-            crate::firecracker::firecracker_backend(&self.firecracker, &dirs);
-        if let Some(backend) = &firecracker {
-            backends.add(backend.clone());
+            crate::firecracker::firecracker_backend(&self.firecracker, &dirs, &images);
+        if let Some(backend) = firecracker {
+            backends.add(backend);
         }
         if let Some(reason) = missing {
             backends.mark_missing(BackendKind::Firecracker, reason);
@@ -102,8 +103,6 @@ impl Settings {
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,
-            qemu,
-            firecracker,
         })
     }
 }

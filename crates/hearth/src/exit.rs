@@ -84,9 +84,7 @@ fn sandbox_code(err: &SandboxError) -> u8 {
     match err {
         SandboxError::NotFound(_) => NOT_FOUND,
         SandboxError::AlreadyExists(_) => EXISTS,
-        SandboxError::Status { .. }
-        | SandboxError::GuestNotReady { .. }
-        | SandboxError::Cleanup { .. } => SANDBOX_FAILED,
+        SandboxError::Status { .. } | SandboxError::Cleanup { .. } => SANDBOX_FAILED,
         SandboxError::Dirs(
             DirsError::SocketPathTooLong { .. }
             | DirsError::TooOpen { .. }
@@ -117,19 +115,18 @@ fn sandbox_code(err: &SandboxError) -> u8 {
                 FirecrackerError::SnapshotMismatch { .. } | FirecrackerError::NoLaunchRecord { .. },
             ),
         ) => BAD_INPUT,
-        SandboxError::Backend(BackendError::Firecracker(FirecrackerError::VersionUnknown {
-            ..
-        })) => HOST,
+        SandboxError::Backend(
+            BackendError::Firecracker(FirecrackerError::VersionUnknown { .. })
+            | BackendError::Image(_)
+            | BackendError::Kernel(_)
+            | BackendError::SavedImage { .. },
+        ) => HOST,
         SandboxError::Backend(_) => SANDBOX_FAILED,
         SandboxError::SnapshotNotFound(_) => NOT_FOUND,
         SandboxError::SnapshotExists(_) => EXISTS,
         SandboxError::SnapshotConflict(_) | SandboxError::SnapshotDirUnsafe { .. } => BAD_INPUT,
-        SandboxError::SnapshotImage { .. } => HOST,
         SandboxError::SnapshotFiles { .. } => INTERNAL,
-        SandboxError::BackendUnavailable(_)
-        | SandboxError::BackendMissing { .. }
-        | SandboxError::Image(_)
-        | SandboxError::FirecrackerImage(_) => HOST,
+        SandboxError::BackendUnavailable(_) | SandboxError::BackendMissing { .. } => HOST,
         SandboxError::NotAVm { .. } | SandboxError::WorkspaceUnsupported(_) => BAD_INPUT,
         SandboxError::Guest(guest) => guest_code(guest),
         SandboxError::Workspace(

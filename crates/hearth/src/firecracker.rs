@@ -1,5 +1,5 @@
 //! Wiring Firecracker into hearth: which binaries this host has (flags, then `PATH`), jailed or
-//! direct, and the kernel and image its VMs boot.
+//! direct.
 //!
 //! The backend is available when a `firecracker` binary is found; KVM is not checked here (a
 //! VMM that can't create its VM fails the create with Firecracker's own error, and `hearth
@@ -17,10 +17,8 @@ use hearth_sandbox::backend::firecracker::{
     FirecrackerBackend, FirecrackerConfig, JailerConfig, LaunchMode, VmmFilter,
 };
 use hearth_sandbox::backend::oci::runtime::find_in_path;
-use hearth_sandbox::backend::vm::VmImagePaths;
+use hearth_sandbox::backend::vm::VmImages;
 use hearth_sandbox::dirs::RuntimeDirs;
-use hearth_sandbox::image::kernel::{current_kernel, KernelError};
-use hearth_sandbox::image::GuestImage;
 
 /// The uid and gid a jailed VMM drops to: unprivileged, owning nothing else on the host.
 pub const JAILER_UID: u32 = 64_000;
@@ -116,6 +114,7 @@ fn is_executable(path: &Path) -> bool {
 pub fn firecracker_backend(
     settings: &FirecrackerSettings,
     dirs: &RuntimeDirs,
+    images: &VmImages,
 ) -> (Option<Arc<FirecrackerBackend>>, Option<String>) {
     let (firecracker, mut missing) = match settings.firecracker_binary() {
         Ok(path) => (path, None),
@@ -126,11 +125,12 @@ pub fn firecracker_backend(
         settings.jailer.clone()
     });
     let filter = settings.vmm_filter.clone();
-    match build_backend(firecracker, jailer, filter.clone(), dirs) {
+    match build_backend(firecracker, jailer, filter.clone(), dirs, images) {
         Ok(backend) => (Some(backend), missing),
         Err(reason) => {
             // Only a jailer config can be refused (its exec name); direct mode builds.
-            let direct = build_backend(PathBuf::from("firecracker"), None, filter, dirs).ok();
+            let direct =
+                build_backend(PathBuf::from("firecracker"), None, filter, dirs, images).ok();
             (direct, Some(missing.unwrap_or(reason)))
         }
     }
@@ -141,6 +141,7 @@ fn build_backend(
     jailer: Option<PathBuf>,
     vmm_filter: VmmFilter,
     dirs: &RuntimeDirs,
+    images: &VmImages,
 ) -> Result<Arc<FirecrackerBackend>, String> {
     let mode = match jailer {
         None => LaunchMode::Direct,
@@ -154,42 +155,23 @@ fn build_backend(
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }),
     };
-    FirecrackerBackend::new(FirecrackerConfig {
-        firecracker,
-        mode,
-        vmm_filter,
-        runtime: dirs.clone(),
-        start_timeout: START_TIMEOUT,
-    })
+    FirecrackerBackend::new(
+        FirecrackerConfig {
+            firecracker,
+            mode,
+            vmm_filter,
+            runtime: dirs.clone(),
+            start_timeout: START_TIMEOUT,
+        },
+        images.clone(),
+    )
     .map(Arc::new)
     .map_err(|err| err.to_string())
 }
 
 /// Where built Firecracker kernels live.
 pub fn kernels_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("kernels").join("firecracker")
-}
-
-/// Why a Firecracker VM has nothing to boot.
-#[derive(Debug, thiserror::Error)]
-pub enum FirecrackerImageError {
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error("{0} (build one with: hearth image build)")]
-    Image(#[from] hearth_sandbox::image::ImageError),
-}
-
-/// What a Firecracker VM boots: the kernel built by `hearth image kernel --firecracker`, the
-/// current image's module-less initramfs (its `/init` is the same hearth-guest; the kernel has
-/// everything built in, and the image's modules belong to Debian's kernel) and its rootfs.
-pub fn firecracker_image(state_dir: &Path) -> Result<VmImagePaths, FirecrackerImageError> {
-    let kernel = current_kernel(&kernels_dir(state_dir))?;
-    let image = GuestImage::current(&crate::vm::images_dir(state_dir))?;
-    Ok(VmImagePaths {
-        kernel,
-        initrd: image.baseline_initrd,
-        rootfs: image.rootfs,
-    })
+    VmImages::new(state_dir).firecracker_kernels_dir()
 }
 
 #[cfg(test)]
@@ -222,7 +204,8 @@ mod tests {
         };
         assert_eq!(direct.jailer_binary().unwrap(), None);
         let dirs = RuntimeDirs::open(tmp.path().join("run")).unwrap();
-        let (backend, missing) = firecracker_backend(&direct, &dirs);
+        let images = VmImages::new(tmp.path());
+        let (backend, missing) = firecracker_backend(&direct, &dirs, &images);
         assert!(matches!(backend.unwrap().config().mode, LaunchMode::Direct));
         assert_eq!(missing, None);
 
@@ -232,7 +215,7 @@ mod tests {
             direct: true,
             ..FirecrackerSettings::default()
         };
-        let (_, missing) = firecracker_backend(&gone, &dirs);
+        let (_, missing) = firecracker_backend(&gone, &dirs, &images);
         let err = missing.unwrap();
         assert!(
             err.contains("--firecracker-bin") && err.contains("nope"),
@@ -243,7 +226,7 @@ mod tests {
     #[test]
     fn the_image_needs_the_firecracker_kernel_first() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = firecracker_image(tmp.path()).unwrap_err();
+        let err = VmImages::new(tmp.path()).firecracker().unwrap_err();
         assert!(
             err.to_string()
                 .contains("hearth image kernel --firecracker"),

@@ -1,19 +1,14 @@
-//! Wiring the microVM backends into hearth: which QEMU this host has (probed once and cached),
-//! the guest image a VM boots, and the relay the sandbox's supervisor runs in front of its guest.
+//! Wiring QEMU into hearth: which QEMU this host has (probed once and cached), and where the
+//! guest images VMs boot live.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use hearth_sandbox::backend::qemu::{QemuBackend, QemuConfig, QemuSupport, DEFAULT_BINARY};
-use hearth_sandbox::backend::vm::{VmImagePaths, GUEST_VSOCK_PORT};
-use hearth_sandbox::backend::{BackendKind, FirecrackerBackend};
-use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
-use hearth_sandbox::image::GuestImage;
-use hearth_sandbox::SandboxId;
+use hearth_sandbox::backend::vm::VmImages;
+use hearth_sandbox::dirs::RuntimeDirs;
 use serde::{Deserialize, Serialize};
-
-use crate::supervisor::relay::RelayDuty;
 
 /// The probe result, kept under the state dir: the KVM probe really boots something and costs up
 /// to 3 s on hosts where KVM is unusable, too much for every command.
@@ -89,84 +84,11 @@ pub fn qemu_backend(state_dir: &Path, dirs: &RuntimeDirs) -> Option<Arc<QemuBack
     Some(Arc::new(QemuBackend::new(
         QemuConfig::from_support(&support),
         dirs.clone(),
+        VmImages::new(state_dir),
     )))
 }
 
 /// Where built guest images live.
 pub fn images_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("images")
-}
-
-/// The current guest image's files, or why there is none.
-pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_sandbox::image::ImageError> {
-    let image = GuestImage::current(&images_dir(state_dir))?;
-    Ok(VmImagePaths {
-        kernel: image.kernel,
-        initrd: image.initrd,
-        rootfs: image.rootfs,
-    })
-}
-
-/// The guest image whose root filesystem is `rootfs` (recorded by a snapshot), if it is still
-/// one of the complete images under the state dir.
-pub fn guest_image_of(
-    state_dir: &Path,
-    rootfs: &Path,
-) -> Result<VmImagePaths, hearth_sandbox::image::ImageError> {
-    let images = images_dir(state_dir);
-    let hash = rootfs
-        .parent()
-        .filter(|dir| dir.parent() == Some(images.as_path()))
-        .and_then(Path::file_name)
-        .and_then(|name| name.to_str())
-        .unwrap_or_default();
-    let image = GuestImage::open(&images, hash)?;
-    if image.rootfs != rootfs {
-        return Err(hearth_sandbox::image::ImageError::Damaged {
-            hash: hash.to_owned(),
-            problem: format!("its rootfs is {}", image.rootfs.display()),
-        });
-    }
-    Ok(VmImagePaths {
-        kernel: image.kernel,
-        initrd: image.initrd,
-        rootfs: image.rootfs,
-    })
-}
-
-/// What the supervisor's relay forwards to for a VM sandbox; `None` for OCI sandboxes, whose
-/// guest socket is served by `hearth-guest` itself.
-pub fn relay_duty(
-    kind: BackendKind,
-    qemu: Option<&QemuBackend>,
-    firecracker: Option<&FirecrackerBackend>,
-    id: &SandboxId,
-    dirs: &SandboxDirs,
-) -> Option<RelayDuty> {
-    match kind {
-        BackendKind::Oci => None,
-        BackendKind::Qemu => Some(match qemu {
-            Some(qemu) if qemu.config().vsock => RelayDuty::VhostVsock {
-                cid: hearth_sandbox::backend::qemu::argv::cid_for(id.as_str()),
-                port: GUEST_VSOCK_PORT,
-            },
-            _ => RelayDuty::Http2Mux {
-                socket: dirs.vm_serial_socket(),
-            },
-        }),
-        // Jailed, Firecracker's vsock socket is inside the jail's root, not in vm/.
-        BackendKind::Firecracker => Some(match firecracker {
-            Some(firecracker) => {
-                let connector = firecracker.guest_connector(id);
-                RelayDuty::FirecrackerVsock {
-                    uds: connector.uds,
-                    port: connector.port,
-                }
-            }
-            None => RelayDuty::FirecrackerVsock {
-                uds: dirs.vm_vsock_socket(),
-                port: GUEST_VSOCK_PORT,
-            },
-        }),
-    }
+    VmImages::new(state_dir).images_dir()
 }

@@ -256,13 +256,16 @@ impl Fixture {
             &[env!("CARGO_MANIFEST_DIR").into()],
         )
         .unwrap();
-        FirecrackerBackend::new(FirecrackerConfig {
-            firecracker: script,
-            mode: LaunchMode::Direct,
-            vmm_filter: VmmFilter::Json(std::fs::read_to_string(filters).unwrap()),
-            runtime: self.runtime.clone(),
-            start_timeout,
-        })
+        FirecrackerBackend::new(
+            FirecrackerConfig {
+                firecracker: script,
+                mode: LaunchMode::Direct,
+                vmm_filter: VmmFilter::Json(std::fs::read_to_string(filters).unwrap()),
+                runtime: self.runtime.clone(),
+                start_timeout,
+            },
+            self.images(),
+        )
         .unwrap()
     }
 
@@ -298,19 +301,27 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
         std::fs::write(&jailer, script).unwrap();
         std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = direct.config();
-        FirecrackerBackend::new(FirecrackerConfig {
-            mode: LaunchMode::Jailed(JailerConfig {
-                jailer,
-                firecracker: config.firecracker.clone(),
-                uid,
-                gid: uid,
-                chroot_base: self.runtime.root().join("jail"),
-                cgroups: JailCgroups::V2,
-                cgroup_root: self.cgroup_root(),
-            }),
-            ..config.clone()
-        })
+        FirecrackerBackend::new(
+            FirecrackerConfig {
+                mode: LaunchMode::Jailed(JailerConfig {
+                    jailer,
+                    firecracker: config.firecracker.clone(),
+                    uid,
+                    gid: uid,
+                    chroot_base: self.runtime.root().join("jail"),
+                    cgroups: JailCgroups::V2,
+                    cgroup_root: self.cgroup_root(),
+                }),
+                ..config.clone()
+            },
+            self.images(),
+        )
         .unwrap()
+    }
+
+    /// Guest images under the fixture's own state dir (the fake VMM boots nothing).
+    pub fn images(&self) -> hearth_sandbox::backend::VmImages {
+        hearth_sandbox::backend::VmImages::new(&self.tmp.path().join("state"))
     }
 
     pub fn jailer_args(&self) -> PathBuf {
@@ -321,10 +332,10 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
         self.tmp.path().join("cgroup")
     }
 
-    pub fn ctx(&self) -> LaunchContext<'_> {
+    pub fn ctx(&self) -> LaunchContext {
         let images = self.tmp.path().join("images");
         LaunchContext {
-            dirs: &self.dirs,
+            dirs: self.dirs.clone(),
             netns_path: self.netns.path(),
             guest_binary: "/nonexistent/hearth-guest".into(),
             resolver: None,
@@ -340,7 +351,7 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
 
     /// With the guest's network: the netns gets the `eth0` (holding the guest's address)
     /// that `FirewallManager` would have made, which the backend bridges to `tap0`.
-    pub fn ctx_net(&self) -> LaunchContext<'_> {
+    pub fn ctx_net(&self) -> LaunchContext {
         let net = net();
         let ns = self.netns.path();
         for args in [

@@ -31,11 +31,11 @@ struct VmBench {
 }
 
 pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::Result<u8> {
-    let qemu = manager
-        .qemu
-        .clone()
+    // The baseline boots this host's QEMU directly, with the same accelerator.
+    let qemu = crate::vm::qemu_backend(manager.store.state_dir(), &manager.dirs)
         .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
     let image = GuestImage::current(&crate::vm::images_dir(manager.store.state_dir()))
+        .map_err(hearth_sandbox::backend::BackendError::from)
         .map_err(SandboxError::from)?;
     manager.reconcile().await?;
     let accel = qemu.config().accel;

@@ -6,7 +6,6 @@
 //! [`reconcile`] can finish the job on the next run.
 
 mod backends;
-mod firecracker;
 mod kills;
 mod reconcile;
 mod snapshot;
@@ -14,13 +13,10 @@ mod vm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hearth_sandbox::backend::qemu::QemuBackend;
 use hearth_sandbox::backend::vm::GuestNet;
-use hearth_sandbox::backend::FirecrackerBackend;
-use hearth_sandbox::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext};
-use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
+use hearth_sandbox::backend::{BackendError, BackendKind, LaunchContext, SandboxBackend};
+use hearth_sandbox::dirs::{DirsError, RuntimeDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
 use hearth_sandbox::net::{FirewallError, FirewallManager};
 use hearth_sandbox::spec::SandboxSpec;
@@ -32,11 +28,6 @@ use crate::store::{SandboxRecord, SandboxStatus, StatusError, Store, StoreError}
 pub use backends::Backends;
 
 use crate::supervisor::net::NetDuty;
-
-/// How long a new sandbox's guest gets to answer its first health check.
-const GUEST_READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The same for a microVM: a kernel boots first (7 to 8 s under TCG on these machines).
-const VM_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of sandbox management.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +48,6 @@ pub enum SandboxError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("sandbox {id} did not come up: {source}{log}")]
-    GuestNotReady {
-        id: SandboxId,
-        source: GuestClientError,
-        log: String,
-    },
     #[error(transparent)]
     Guest(#[from] GuestClientError),
     #[error(transparent)]
@@ -71,8 +56,6 @@ pub enum SandboxError {
     BackendUnavailable(BackendKind),
     #[error("the {kind} backend is not available on this host: {reason}")]
     BackendMissing { kind: BackendKind, reason: String },
-    #[error(transparent)]
-    FirecrackerImage(#[from] crate::firecracker::FirecrackerImageError),
     #[error("a {0} sandbox cannot share a host directory (Firecracker has no shared filesystem); leave out --workspace and copy files with `hearth sandbox cp`, or use --backend qemu or oci")]
     WorkspaceUnsupported(BackendKind),
     #[error("sandbox {id} runs on {backend}; only microVM sandboxes can {action}")]
@@ -81,8 +64,6 @@ pub enum SandboxError {
         backend: BackendKind,
         action: &'static str,
     },
-    #[error("{0} (build one with: hearth image build)")]
-    Image(#[from] hearth_sandbox::image::ImageError),
     #[error(transparent)]
     Workspace(#[from] hearth_sandbox::workspace::WorkspaceError),
     #[error("sandbox {0} has no host id block to run as")]
@@ -103,14 +84,9 @@ pub enum SandboxError {
     },
     #[error("{path} must be a directory owned by hearth's user and closed to others (snapshots hold guest memory)")]
     SnapshotDirUnsafe { path: PathBuf },
-    #[error("the guest image the snapshot was taken with ({path}) cannot be used: {source}")]
-    SnapshotImage {
-        path: PathBuf,
-        source: hearth_sandbox::image::ImageError,
-    },
 }
 
-/// Creates and removes sandboxes on one backend.
+/// Creates and removes sandboxes on this host's backends.
 #[derive(Debug)]
 pub struct SandboxManager {
     pub store: Store,
@@ -121,10 +97,6 @@ pub struct SandboxManager {
     pub firewall: Arc<FirewallManager>,
     /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
-    /// The QEMU backend (also in `backends`), for what only VMs do: pause, resume, boot waits.
-    pub qemu: Option<Arc<QemuBackend>>,
-    /// The Firecracker backend (also in `backends`), for its boot wait, pause and resume.
-    pub firecracker: Option<Arc<FirecrackerBackend>>,
 }
 
 impl SandboxManager {
@@ -140,8 +112,9 @@ impl SandboxManager {
         spec: &SandboxSpec,
         restore: Option<snapshot::Restore>,
     ) -> Result<SandboxRecord, SandboxError> {
-        if spec.backend == BackendKind::Firecracker && spec.workspace.is_some() {
-            // Silently giving the VM an empty /workspace instead would look like lost files.
+        let backend = self.backends.get_for_create(spec.backend)?;
+        if !backend.mounts_workspace() && spec.workspace.is_some() {
+            // Silently giving the sandbox an empty /workspace instead would look like lost files.
             return Err(SandboxError::WorkspaceUnsupported(spec.backend));
         }
         // Shared with other creates, exclusive with reconciliation: a reconcile must never see
@@ -149,7 +122,6 @@ impl SandboxManager {
         let _creating = self
             .lock_sandboxes(nix::fcntl::FlockArg::LockShared)
             .await?;
-        let backend = self.backends.get_for_create(spec.backend)?;
         let record = match self
             .store
             .insert_sandbox(spec, &spec.backend.to_string(), &backend.describe())
@@ -160,7 +132,10 @@ impl SandboxManager {
             }
             other => other?,
         };
-        match self.bring_up(spec, record.host_ids, restore.as_ref()).await {
+        match self
+            .bring_up(backend, spec, record.host_ids, restore.as_ref())
+            .await
+        {
             Ok(()) => {
                 debug_assert!(record.status.can_mark_running());
                 self.store
@@ -182,13 +157,14 @@ impl SandboxManager {
 
     async fn bring_up(
         &self,
+        backend: &dyn SandboxBackend,
         spec: &SandboxSpec,
         ids: Option<HostIds>,
         restore: Option<&snapshot::Restore>,
     ) -> Result<(), SandboxError> {
         let started = std::time::Instant::now();
         let dirs = self.dirs.create_sandbox(&spec.id, ids)?;
-        if spec.backend != BackendKind::Firecracker {
+        if backend.mounts_workspace() {
             let ids = ids.ok_or_else(|| SandboxError::NoHostIds(spec.id.clone()))?;
             let source = match &spec.workspace {
                 Some(dir) => WorkspaceSource::Host(dir.clone()),
@@ -208,23 +184,7 @@ impl SandboxManager {
                 move |firewall| firewall.setup(&id, &policy)
             })
             .await?;
-        let is_vm = spec.backend != BackendKind::Oci;
-        let vm_image = match (spec.backend, restore) {
-            (BackendKind::Oci, _) => None,
-            // The restored kernel has the snapshot's rootfs mounted: that image, not the current.
-            (_, Some(restore)) => Some(
-                crate::vm::guest_image_of(self.store.state_dir(), restore.rootfs()).map_err(
-                    |source| SandboxError::SnapshotImage {
-                        path: restore.rootfs().to_owned(),
-                        source,
-                    },
-                )?,
-            ),
-            (BackendKind::Qemu, None) => Some(crate::vm::guest_image(self.store.state_dir())?),
-            (BackendKind::Firecracker, None) => Some(crate::firecracker::firecracker_image(
-                self.store.state_dir(),
-            )?),
-        };
+        let vm_image = backend.vm_image(restore.map(|r| &r.saved))?;
         // The seccomp listener must be up before the runtime looks for it, the resolver
         // before the sandbox's first lookup, and a VM's relay before the health wait (see
         // `supervisor`).
@@ -234,13 +194,7 @@ impl SandboxManager {
             netns: network.netns.clone(),
             dns_upstream: self.dns_upstream,
         });
-        let relay = crate::vm::relay_duty(
-            spec.backend,
-            self.qemu.as_deref(),
-            self.firecracker.as_deref(),
-            &spec.id,
-            &dirs,
-        );
+        let relay = backend.guest_channel(&spec.id, &dirs);
         crate::supervisor::start_if_needed(
             spec,
             &dirs,
@@ -251,49 +205,39 @@ impl SandboxManager {
         )
         .await?;
         let ctx = LaunchContext {
-            dirs: &dirs,
+            dirs: dirs.clone(),
             netns_path: network.netns,
             guest_binary: self.guest_binary.clone(),
             resolver: network.link.as_ref().map(|link| link.resolver()),
+            // A VM's guest configures its own end of the link; a container's is configured
+            // in its netns by hearth.
             net: network
                 .link
                 .as_ref()
-                .filter(|_| is_vm)
+                .filter(|_| backend.vm().is_some())
                 .map(GuestNet::from_link),
             vm_image,
             ids,
         };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "dirs and netns made; starting the backend");
-        let backend = self.backends.get(spec.backend)?;
-        // QEMU's start waits on QMP and the tap ioctls: off the async threads.
-        let endpoint = tokio::task::block_in_place(|| match restore {
-            None => backend.start(spec, &ctx).map_err(SandboxError::from),
-            Some(restore) => self.start_restored(spec, &ctx, restore),
-        })?;
-        let guest_net = ctx.net;
+        let endpoint = match restore {
+            None => backend.start(spec, &ctx).await?,
+            Some(restore) => {
+                self.vm_of(backend, &spec.id, "be restored")?
+                    .restore(spec, &ctx, &restore.saved)
+                    .await?
+            }
+        };
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "backend started; waiting for the guest");
-        let client = client_for(&endpoint);
-        match (spec.backend, &self.qemu) {
-            (BackendKind::Qemu, Some(qemu)) => {
-                qemu.wait_guest_ready(&spec.id, &client, VM_READY_TIMEOUT)
-                    .await
-                    .map_err(BackendError::from)?;
-            }
-            (BackendKind::Firecracker, _) => {
-                self.wait_firecracker_ready(&spec.id, &client).await?;
-            }
-            _ => {
-                if let Err(source) = client.wait_ready(GUEST_READY_TIMEOUT).await {
-                    return Err(SandboxError::GuestNotReady {
-                        id: spec.id.clone(),
-                        source,
-                        log: guest_log_tail(&dirs),
-                    });
-                }
-            }
+        let client = endpoint.client();
+        if let Err(err) = backend.wait_ready(&spec.id, &dirs, &client).await {
+            // A VMM that died on the way (a seccomp fault, say) is recorded before the error
+            // removes its logs.
+            self.record_observed_exit(backend, &spec.id).await;
+            return Err(err.into());
         }
         if restore.is_some() {
-            Self::thaw_restored(&client, spec, guest_net).await?;
+            Self::thaw_restored(&client, spec, ctx.net).await?;
         }
         tracing::debug!(id = %spec.id, elapsed = ?started.elapsed(), "guest ready");
         Ok(())
@@ -314,11 +258,10 @@ impl SandboxManager {
                         id: id.clone(),
                         source,
                     })?;
-                // Its logs go with it: a VM that died unobserved is looked at first.
-                if record.spec.backend == BackendKind::Firecracker
-                    && record.status == SandboxStatus::Running
-                {
-                    self.note_vmm_gone(id, Duration::ZERO).await?;
+                // Its logs go with it: how a sandbox that died unobserved ended is read first.
+                if record.status == SandboxStatus::Running {
+                    let backend = self.backends.get(record.spec.backend)?;
+                    self.record_observed_exit(backend, id).await;
                 }
             }
             None if force => {}
@@ -337,7 +280,7 @@ impl SandboxManager {
         let kind = self.store.get_sandbox(id).await?.map(|r| r.spec.backend);
         for backend in self.backends.iter() {
             if kind.is_none_or(|kind| kind == backend.kind()) {
-                if let Err(err) = backend.remove(id) {
+                if let Err(err) = backend.remove(id).await {
                     errors.push(err.to_string());
                 }
             }
@@ -384,9 +327,7 @@ impl SandboxManager {
         let Some(record) = self.store.get_sandbox(id).await? else {
             return Ok(());
         };
-        let backend = self.backends.get(record.spec.backend)?;
-        let id = id.clone();
-        tokio::task::block_in_place(|| backend.remove(&id))?;
+        self.backends.get(record.spec.backend)?.remove(id).await?;
         Ok(())
     }
 
@@ -409,8 +350,9 @@ impl SandboxManager {
                 id: id.clone(),
                 source,
             })?;
-        if !self.backends.get(record.spec.backend)?.is_running(id)? {
-            self.observed_exit(id, record.spec.backend).await;
+        let backend = self.backends.get(record.spec.backend)?;
+        if !backend.is_running(id).await? {
+            self.record_observed_exit(backend, id).await;
             self.store
                 .set_sandbox_status(
                     id,
@@ -433,13 +375,9 @@ impl SandboxManager {
     pub async fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
         let mut records = self.store.list_sandboxes().await?;
         for record in &mut records {
-            if record.status == SandboxStatus::Running
-                && !self
-                    .backends
-                    .get(record.spec.backend)?
-                    .is_running(&record.id)?
-            {
-                self.observed_exit(&record.id, record.spec.backend).await;
+            let backend = self.backends.get(record.spec.backend)?;
+            if record.status == SandboxStatus::Running && !backend.is_running(&record.id).await? {
+                self.record_observed_exit(backend, &record.id).await;
                 self.store
                     .set_sandbox_status(
                         &record.id,
@@ -455,12 +393,26 @@ impl SandboxManager {
 }
 
 impl SandboxManager {
-    /// A running sandbox was found stopped: what its backend can tell about why goes into
-    /// the audit (Firecracker: a VMM killed by its own seccomp filter).
-    async fn observed_exit(&self, id: &SandboxId, kind: BackendKind) {
-        if kind == BackendKind::Firecracker {
-            self.record_vmm_exit(id).await;
+    /// A sandbox was found stopped: what its backend can tell about why goes into the audit
+    /// (Firecracker: a VMM killed by its own seccomp filter). Best effort: a failure to record
+    /// is logged, the caller goes on.
+    async fn record_observed_exit(&self, backend: &dyn SandboxBackend, id: &SandboxId) {
+        let Some(exit) = backend.observed_exit(id).await else {
+            return;
+        };
+        let window_ms =
+            u64::try_from(hearth_seccomp::audit::DEFAULT_WINDOW.as_millis()).unwrap_or(60_000);
+        let capacity = hearth_seccomp::audit::DEFAULT_CAPACITY as u64;
+        for entry in &exit.audit {
+            if let Err(err) = self
+                .store
+                .record_seccomp_entry(id, entry, window_ms, capacity)
+                .await
+            {
+                tracing::warn!(%id, %err, "cannot record the sandbox's end in the audit");
+            }
         }
+        tracing::warn!(%id, "{}", exit.summary);
     }
 
     /// The firewall rules of a sandbox with their packet and byte counters.
@@ -494,29 +446,5 @@ impl SandboxManager {
     ) -> Result<T, SandboxError> {
         let firewall = Arc::clone(&self.firewall);
         Ok(tokio::task::spawn_blocking(move || work(&firewall)).await??)
-    }
-}
-
-fn client_for(endpoint: &GuestEndpoint) -> GuestClient {
-    match endpoint {
-        GuestEndpoint::UnixSocket { path } => GuestClient::new(path.clone()),
-    }
-}
-
-/// The last lines hearth-guest printed, to explain why a sandbox did not come up.
-fn guest_log_tail(dirs: &SandboxDirs) -> String {
-    let text = std::fs::read_to_string(dirs.guest_log()).unwrap_or_default();
-    let runtime = std::fs::read_to_string(dirs.runtime_log()).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .chain(runtime.lines())
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    match lines.len() {
-        0 => String::new(),
-        n => format!(
-            " (last output: {})",
-            lines[n.saturating_sub(3)..].join(" | ")
-        ),
     }
 }

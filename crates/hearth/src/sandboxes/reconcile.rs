@@ -82,12 +82,12 @@ impl SandboxManager {
         let orphan = |raw: &str| SandboxId::parse(raw).ok().filter(|id| !known.contains(id));
 
         for backend in self.backends.iter() {
-            for container in backend.list()? {
+            for container in backend.list().await? {
                 let Some(raw) = container.strip_prefix(OBJECT_PREFIX) else {
                     continue;
                 };
                 if let Some(id) = orphan(raw) {
-                    match backend.remove(&id) {
+                    match backend.remove(&id).await {
                         Ok(()) => report.orphan_containers.push(container),
                         Err(err) => report.errors.push(err.to_string()),
                     }

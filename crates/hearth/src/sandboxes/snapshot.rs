@@ -25,12 +25,9 @@
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use hearth_proto::{VmNetIdentity, VmThaw};
-use hearth_sandbox::backend::firecracker::SnapshotManifest as FirecrackerManifest;
-use hearth_sandbox::backend::qemu::{QemuBackend, QemuError, SnapshotManifest as QemuManifest};
-use hearth_sandbox::backend::{BackendError, BackendKind, FirecrackerError};
+use hearth_sandbox::backend::{BackendError, SavedVm};
 use hearth_sandbox::guest_client::GuestClient;
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
@@ -43,32 +40,7 @@ use crate::store::{
 /// Where a restore finds the saved VM, resolved and checked before anything is created.
 #[derive(Debug)]
 pub(super) struct Restore {
-    pub dir: PathBuf,
     pub saved: SavedVm,
-}
-
-/// A snapshot's manifest, as its backend wrote it.
-#[derive(Debug)]
-pub(super) enum SavedVm {
-    Qemu(QemuManifest),
-    Firecracker(FirecrackerManifest),
-}
-
-impl Restore {
-    /// The root filesystem the saved kernel has mounted.
-    pub fn rootfs(&self) -> &Path {
-        match &self.saved {
-            SavedVm::Qemu(manifest) => &manifest.rootfs,
-            SavedVm::Firecracker(manifest) => &manifest.rootfs,
-        }
-    }
-
-    fn nic(&self) -> bool {
-        match &self.saved {
-            SavedVm::Qemu(manifest) => manifest.nic,
-            SavedVm::Firecracker(manifest) => manifest.nic,
-        }
-    }
 }
 
 impl SandboxManager {
@@ -103,13 +75,8 @@ impl SandboxManager {
         name: SnapshotName,
     ) -> Result<SnapshotRecord, SandboxError> {
         let record = self.get(id).await?;
-        if record.spec.backend == BackendKind::Oci {
-            return Err(SandboxError::NotAVm {
-                id: id.clone(),
-                backend: record.spec.backend,
-                action: "be snapshotted",
-            });
-        }
+        let backend = self.backends.get(record.spec.backend)?;
+        let vm = self.vm_of(backend, id, "be snapshotted")?;
         record
             .status
             .check(record.status == SandboxStatus::Running, "snapshot it")
@@ -121,24 +88,26 @@ impl SandboxManager {
             return Err(SandboxError::SnapshotExists(name));
         }
         let dest = self.snapshots_dir()?.join(name.as_str());
-        let saved = match record.spec.backend {
-            BackendKind::Firecracker => self.save_firecracker(id, &dest).await,
-            BackendKind::Qemu => self.save_qemu(id, &dest).await,
-            BackendKind::Oci => unreachable!("refused above"),
-        };
-        let (hearth_version, vmm_version) = match saved {
-            Err(SandboxError::Backend(
-                BackendError::Qemu(QemuError::SnapshotExists { .. })
-                | BackendError::Firecracker(FirecrackerError::SnapshotExists { .. }),
-            )) => return Err(SandboxError::SnapshotExists(name)),
-            other => other?,
+        let guest = self.guest(id).await?;
+        let versions = match vm.save(id, &dest, &guest).await {
+            Ok(versions) => versions,
+            Err(BackendError::SavedVmExists { .. }) => {
+                return Err(SandboxError::SnapshotExists(name))
+            }
+            Err(err) => {
+                // A call that failed may have been the VMM dying (of its own filter, say).
+                if let Err(note) = self.note_if_gone(id, super::vm::EXIT_GRACE).await {
+                    tracing::warn!(%id, error = %note, "cannot tell whether the VMM is gone");
+                }
+                return Err(err.into());
+            }
         };
         let snapshot = new_snapshot_record(
             name.clone(),
             &record.spec,
             dir_size(&dest),
-            hearth_version,
-            vmm_version,
+            versions.hearth,
+            versions.vmm,
         );
         if let Err(err) = self.store.insert_snapshot(&snapshot).await {
             let _ = std::fs::remove_dir_all(&dest);
@@ -148,65 +117,6 @@ impl SandboxManager {
             });
         }
         Ok(snapshot)
-    }
-
-    /// QEMU's save, between the guest's quiesce and thaw of its 9p workspace. Returns the
-    /// hearth and QEMU versions it was taken with.
-    async fn save_qemu(
-        &self,
-        id: &SandboxId,
-        dest: &Path,
-    ) -> Result<(String, String), SandboxError> {
-        let qemu = match &self.qemu {
-            Some(qemu) => qemu.clone(),
-            None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
-        };
-        let client = self.guest(id).await?;
-        let paused = blocking({
-            let (qemu, id) = (qemu.clone(), id.clone());
-            move || qemu.status(&id)
-        })
-        .await?
-        .status
-            == "paused";
-        while_running(&qemu, id, paused, client.vm_quiesce()).await??;
-        let saved = blocking({
-            let (qemu, id, dest) = (qemu.clone(), id.clone(), dest.to_owned());
-            move || qemu.snapshot(&id, &dest)
-        })
-        .await;
-        let thawed = while_running(&qemu, id, paused, client.vm_thaw(&VmThaw::default())).await?;
-        if let Err(err) = thawed {
-            tracing::warn!(%id, error = %err, "the workspace could not be mounted again after the snapshot");
-        }
-        let manifest = saved?;
-        Ok((manifest.hearth_version, manifest.qemu_version))
-    }
-
-    /// Firecracker's save: pause, `PUT /snapshot/create`, resume, files moved to `dest`. A VMM
-    /// that died on the way is recorded like one that died on a pause.
-    async fn save_firecracker(
-        &self,
-        id: &SandboxId,
-        dest: &Path,
-    ) -> Result<(String, String), SandboxError> {
-        let firecracker = self.firecracker_backend()?;
-        match firecracker.save_snapshot(id, dest).await {
-            Ok(manifest) => Ok((manifest.hearth_version, manifest.firecracker_version)),
-            Err(err) => {
-                // An API call that failed may have been the VMM dying (of its own filter, say).
-                if matches!(
-                    err,
-                    FirecrackerError::Api(_) | FirecrackerError::NotRunning { .. }
-                ) {
-                    let grace = super::firecracker::EXIT_GRACE;
-                    if let Err(note) = self.note_vmm_gone(id, grace).await {
-                        tracing::warn!(%id, error = %note, "cannot tell whether the VMM is gone");
-                    }
-                }
-                Err(BackendError::from(err).into())
-            }
-        }
     }
 
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, SandboxError> {
@@ -251,22 +161,30 @@ impl SandboxManager {
         let snapshot = self.get_snapshot(name).await?;
         debug_assert_eq!(spec.backend, snapshot.spec.backend);
         let dir = self.snapshots_dir()?.join(name.as_str());
-        let saved = match spec.backend {
-            BackendKind::Firecracker => self.check_firecracker_snapshot(&dir, spec, name).await?,
-            BackendKind::Qemu => self.check_qemu_snapshot(&dir, name).await?,
-            BackendKind::Oci => {
+        let backend = self.backends.get_for_create(spec.backend)?;
+        let Some(vm) = backend.vm() else {
+            return Err(SandboxError::SnapshotConflict(format!(
+                "snapshot {name} is not of a microVM"
+            )));
+        };
+        let saved = match vm.check_saved(&dir, spec).await {
+            Ok(saved) => saved,
+            Err(BackendError::SavedVmMissing { .. }) => {
+                return Err(SandboxError::SnapshotNotFound(name.clone()))
+            }
+            Err(BackendError::SavedVmConflict(reason)) => {
                 return Err(SandboxError::SnapshotConflict(format!(
-                    "snapshot {name} is not of a microVM"
+                    "snapshot {name}: {reason}"
                 )))
             }
+            Err(err) => return Err(err.into()),
         };
-        let restore = Restore { dir, saved };
         let wants_nic = spec.net.mode != hearth_sandbox::net::NetMode::None;
-        if restore.nic() != wants_nic {
+        if saved.nic != wants_nic {
             return Err(SandboxError::SnapshotConflict(format!(
                 "snapshot {name} was taken {} a network; create the sandbox {}",
-                if restore.nic() { "with" } else { "without" },
-                if restore.nic() {
+                if saved.nic { "with" } else { "without" },
+                if saved.nic {
                     "with --net gateway or allowlist"
                 } else {
                     "with --net none"
@@ -275,99 +193,7 @@ impl SandboxManager {
         }
         // The VM's size and guest policy come from the saved VM; the CLI fills them in.
         debug_assert_eq!(spec.guest_seccomp, snapshot.spec.guest_seccomp);
-        self.create_with(spec, Some(restore)).await
-    }
-
-    /// Firecracker's manifest of snapshot `name`, checked against this host and against the
-    /// size `spec` asks for. Off the async threads: it runs `firecracker --version`.
-    async fn check_firecracker_snapshot(
-        &self,
-        dir: &Path,
-        spec: &SandboxSpec,
-        name: &SnapshotName,
-    ) -> Result<SavedVm, SandboxError> {
-        let firecracker = Arc::clone(
-            self.firecracker
-                .as_ref()
-                .ok_or_else(|| self.backends.unavailable(BackendKind::Firecracker))?,
-        );
-        let checked = tokio::task::spawn_blocking({
-            let dir = dir.to_owned();
-            move || firecracker.check_snapshot(&dir)
-        })
-        .await?;
-        let manifest = match checked {
-            Ok(manifest) => manifest,
-            Err(FirecrackerError::SnapshotFile { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Err(SandboxError::SnapshotNotFound(name.clone()))
-            }
-            Err(err) => return Err(BackendError::from(err).into()),
-        };
-        if !shape_matches(&manifest, spec) {
-            return Err(SandboxError::SnapshotConflict(format!(
-                "snapshot {name} has {} MiB and {} vCPUs, the sandbox to restore {} MiB and {} \
-                 CPUs",
-                manifest.memory_mib,
-                manifest.vcpus,
-                spec.limits.memory.0 >> 20,
-                spec.limits.cpus.0
-            )));
-        }
-        Ok(SavedVm::Firecracker(manifest))
-    }
-
-    /// QEMU's manifest of snapshot `name`, checked against this host's QEMU.
-    async fn check_qemu_snapshot(
-        &self,
-        dir: &Path,
-        name: &SnapshotName,
-    ) -> Result<SavedVm, SandboxError> {
-        let qemu = match &self.qemu {
-            Some(qemu) => qemu.clone(),
-            None => return Err(SandboxError::BackendUnavailable(BackendKind::Qemu)),
-        };
-        let checked = blocking({
-            let dir = dir.to_owned();
-            move || qemu.check_snapshot(&dir)
-        })
-        .await;
-        match checked {
-            Ok(manifest) => Ok(SavedVm::Qemu(manifest)),
-            Err(SandboxError::Backend(BackendError::Qemu(QemuError::File { source, .. })))
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Err(SandboxError::SnapshotNotFound(name.clone()))
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Starts the VMM of a restore on the saved VM (blocking: QMP and the tap ioctls).
-    pub(super) fn start_restored(
-        &self,
-        spec: &SandboxSpec,
-        ctx: &hearth_sandbox::backend::LaunchContext<'_>,
-        restore: &Restore,
-    ) -> Result<hearth_sandbox::backend::GuestEndpoint, SandboxError> {
-        let started = match &restore.saved {
-            SavedVm::Qemu(_) => {
-                let qemu = self
-                    .qemu
-                    .as_deref()
-                    .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
-                qemu.start_from_snapshot(spec, ctx, &restore.dir)
-                    .map_err(BackendError::from)
-            }
-            SavedVm::Firecracker(_) => {
-                let files = hearth_sandbox::backend::firecracker::saved_files(&restore.dir);
-                self.firecracker_backend()?
-                    .restore_vm(spec, ctx, &files)
-                    .map_err(BackendError::from)
-            }
-        };
-        Ok(started?)
+        self.create_with(spec, Some(Restore { saved })).await
     }
 
     /// After a restore: the guest takes the new sandbox's address and hostname, and mounts
@@ -388,51 +214,6 @@ impl SandboxManager {
         };
         Ok(client.vm_thaw(&thaw).await?)
     }
-}
-
-/// Runs a guest request (quiesce, thaw). A paused guest cannot answer, so it runs for just this
-/// request and is paused again: leaving a paused VM's workspace unmounted until some later
-/// resume would let commands queued meanwhile see an empty /workspace.
-async fn while_running<T>(
-    qemu: &QemuBackend,
-    id: &SandboxId,
-    paused: bool,
-    request: impl std::future::Future<Output = T>,
-) -> Result<T, SandboxError> {
-    let toggle = |pause: bool| {
-        let (qemu, id) = (qemu.clone(), id.clone());
-        blocking(move || {
-            if pause {
-                qemu.pause(&id)
-            } else {
-                qemu.resume(&id)
-            }
-        })
-    };
-    if paused {
-        toggle(false).await?;
-    }
-    let answer = request.await;
-    if paused {
-        toggle(true).await?;
-    }
-    Ok(answer)
-}
-
-/// Runs a blocking QEMU call (QMP, files) off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, QemuError> + Send + 'static,
-) -> Result<T, SandboxError> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await?
-        .map_err(BackendError::from)?)
-}
-
-/// Whether the sandbox to restore has the saved VM's memory and vCPUs (the CLI takes them
-/// from the snapshot's record; the manifest is what the VM really had).
-fn shape_matches(manifest: &FirecrackerManifest, spec: &SandboxSpec) -> bool {
-    manifest.memory_mib == spec.limits.memory.0 >> 20
-        && manifest.vcpus == hearth_sandbox::backend::firecracker::boot::vcpus(&spec.limits)
 }
 
 /// Bytes of the regular files directly in `dir` (a snapshot has no subdirectories).

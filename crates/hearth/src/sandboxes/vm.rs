@@ -1,14 +1,21 @@
-//! What only microVM sandboxes can do: pause and resume.
+//! What only microVM sandboxes can do (pause and resume here; snapshots in `snapshot`), through
+//! their backend's [`VmControl`] capability, and noticing a VMM that died on the way.
 
-use hearth_sandbox::backend::{BackendError, BackendKind};
+use std::time::{Duration, Instant};
+
+use hearth_sandbox::backend::{SandboxBackend, VmControl};
 use hearth_sandbox::SandboxId;
 
 use super::{SandboxError, SandboxManager};
 use crate::store::SandboxStatus;
 
+/// After a VM call fails, how long the VMM may take to finish dying for the failure to be
+/// taken as its exit (a dying VMM drops its socket before the process is gone).
+pub(super) const EXIT_GRACE: Duration = Duration::from_secs(2);
+
 impl SandboxManager {
     /// Pauses (`pause`) or resumes a running microVM sandbox; returns the VMM's status
-    /// afterwards (Firecracker's is in `sandboxes::firecracker`).
+    /// afterwards.
     pub async fn set_paused(&self, id: &SandboxId, pause: bool) -> Result<String, SandboxError> {
         let record = self.get(id).await?;
         let action = if pause { "pause" } else { "resume" };
@@ -19,34 +26,55 @@ impl SandboxManager {
                 id: id.clone(),
                 source,
             })?;
-        if record.spec.backend == BackendKind::Firecracker {
-            return self.set_firecracker_paused(id, pause).await;
-        }
-        let qemu = match (record.spec.backend, &self.qemu) {
-            (BackendKind::Qemu, Some(qemu)) => qemu.clone(),
-            (BackendKind::Qemu, None) => {
-                return Err(SandboxError::BackendUnavailable(BackendKind::Qemu))
-            }
-            (kind, _) => {
-                return Err(SandboxError::NotAVm {
-                    id: id.clone(),
-                    backend: kind,
-                    action,
-                })
-            }
+        let backend = self.backends.get(record.spec.backend)?;
+        let vm = self.vm_of(backend, id, action)?;
+        let sent = if pause {
+            vm.pause(id).await
+        } else {
+            vm.resume(id).await
         };
-        let id = id.clone();
-        // QMP is a blocking exchange with a 5 s timeout.
-        let status = tokio::task::spawn_blocking(move || {
-            if pause {
-                qemu.pause(&id)?;
-            } else {
-                qemu.resume(&id)?;
-            }
-            qemu.status(&id)
+        if sent.is_err() {
+            // A VMM that died (of its own filter, say) on this call says so in the audit.
+            self.note_if_gone(id, EXIT_GRACE).await?;
+        }
+        Ok(sent?)
+    }
+
+    /// The VM capability of `backend`, or why a sandbox of it can't `action`.
+    pub(super) fn vm_of<'a>(
+        &self,
+        backend: &'a dyn SandboxBackend,
+        id: &SandboxId,
+        action: &'static str,
+    ) -> Result<&'a dyn VmControl, SandboxError> {
+        backend.vm().ok_or_else(|| SandboxError::NotAVm {
+            id: id.clone(),
+            backend: backend.kind(),
+            action,
         })
-        .await?
-        .map_err(BackendError::from)?;
-        Ok(status.status)
+    }
+
+    /// If the sandbox's VMM is gone, or goes within `grace`: what its backend can tell about
+    /// the end goes into the audit and the sandbox is marked exited (so it is recorded
+    /// once). Returns whether it was gone.
+    pub(super) async fn note_if_gone(
+        &self,
+        id: &SandboxId,
+        grace: Duration,
+    ) -> Result<bool, SandboxError> {
+        let record = self.get(id).await?;
+        let backend = self.backends.get(record.spec.backend)?;
+        let started = Instant::now();
+        while backend.is_running(id).await? {
+            if started.elapsed() >= grace {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.record_observed_exit(backend, id).await;
+        self.store
+            .set_sandbox_status(id, SandboxStatus::Exited, Some("the VMM exited"))
+            .await?;
+        Ok(true)
     }
 }

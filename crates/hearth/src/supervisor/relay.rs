@@ -3,45 +3,36 @@
 //! [`hearth_sandbox::backend::vm::relay`]). It must live as long as the VM, like the seccomp
 //! listener, so it runs in the per-sandbox supervisor.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hearth_sandbox::backend::firecracker::vsock::VsockConnector;
 use hearth_sandbox::backend::qemu::VhostVsockConnector;
 use hearth_sandbox::backend::vm::relay::{self, GuestConnector, RelayError, Upstream};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// Where the guest answers, as handed to the supervisor on its command line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum RelayDuty {
-    /// QEMU's virtio-serial chardev: one HTTP/2 connection carries every request.
-    Http2Mux { socket: PathBuf },
-    /// QEMU with vhost-vsock: a vsock stream per client.
-    VhostVsock { cid: u32, port: u32 },
-    /// Firecracker's vsock Unix socket, with its `CONNECT` handshake per client.
-    FirecrackerVsock { uds: PathBuf, port: u32 },
-}
+/// Where the guest answers, as the backend says ([`SandboxBackend::guest_channel`]) and as
+/// handed to the supervisor on its command line.
+///
+/// [`SandboxBackend::guest_channel`]: hearth_sandbox::backend::SandboxBackend::guest_channel
+pub use hearth_sandbox::backend::GuestChannel as RelayDuty;
 
-impl RelayDuty {
-    fn upstream(&self) -> Upstream {
-        match self {
-            Self::Http2Mux { socket } => Upstream::Http2Mux {
-                socket: socket.clone(),
-            },
-            Self::VhostVsock { cid, port } => {
-                Upstream::PerConnection(Arc::new(VhostVsockConnector {
-                    cid: *cid,
-                    port: *port,
-                }))
-            }
-            Self::FirecrackerVsock { uds, port } => {
-                Upstream::PerConnection(Arc::new(FirecrackerConnector(VsockConnector {
-                    uds: uds.clone(),
-                    port: *port,
-                })))
-            }
+/// The relay's upstream for a guest channel.
+fn upstream(duty: &RelayDuty) -> Upstream {
+    match duty {
+        RelayDuty::Http2Mux { socket } => Upstream::Http2Mux {
+            socket: socket.clone(),
+        },
+        RelayDuty::VhostVsock { cid, port } => {
+            Upstream::PerConnection(Arc::new(VhostVsockConnector {
+                cid: *cid,
+                port: *port,
+            }))
+        }
+        RelayDuty::FirecrackerVsock { uds, port } => {
+            Upstream::PerConnection(Arc::new(FirecrackerConnector(VsockConnector {
+                uds: uds.clone(),
+                port: *port,
+            })))
         }
     }
 }
@@ -73,7 +64,7 @@ impl RelayTask {
     pub fn start(duty: &RelayDuty, guest_socket: &std::path::Path) -> Result<Self, RelayError> {
         let listener = relay::bind(guest_socket)?;
         let (stop, mut stopped) = watch::channel(false);
-        let upstream = duty.upstream();
+        let upstream = upstream(duty);
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;

@@ -3,16 +3,16 @@
 mod control;
 mod ready;
 mod saved;
+mod traits;
 
 pub use control::{SnapshotFiles, VmmExit};
 pub use saved::{saved_files, LaunchKind, SnapshotManifest};
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::api::{ActionType, ApiCall, ApiRequest, InstanceAction};
@@ -22,11 +22,10 @@ use super::jailer::JailerConfig;
 use super::layout::{self, VmLayout};
 use super::process::{MountView, ProcessError, ProcessStamp, VmmCommand};
 use super::seccomp::{write_filter_file, VmmFilter};
-use super::support::tool_version;
 use super::vsock::{VsockConnector, GUEST_VSOCK_PORT};
 use super::FirecrackerError;
 use crate::backend::vm::{self, VmImagePaths};
-use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::backend::{GuestEndpoint, LaunchContext};
 use crate::dirs::{RuntimeDirs, SandboxDirs};
 use crate::id::SandboxId;
 use crate::pidfd::Pidfd;
@@ -62,28 +61,31 @@ pub struct FirecrackerConfig {
 }
 
 /// A fresh boot or a restore from a snapshot.
-#[derive(Debug, Clone, Copy)]
-enum Boot<'a> {
+#[derive(Debug, Clone)]
+enum Boot {
     Fresh,
-    Restore(&'a SnapshotFiles),
+    Restore(SnapshotFiles),
 }
 
-/// Runs sandboxes as Firecracker microVMs.
-#[derive(Debug)]
+/// Runs sandboxes as Firecracker microVMs. Clones share the VMMs they spawned.
+#[derive(Debug, Clone)]
 pub struct FirecrackerBackend {
     config: FirecrackerConfig,
     /// VMMs this process spawned, kept so their exit status can be read (only a parent can).
-    children: Mutex<HashMap<SandboxId, Child>>,
+    children: Arc<Mutex<HashMap<SandboxId, Child>>>,
+    /// Where the guest images its VMs boot are.
+    images: vm::VmImages,
 }
 
 impl FirecrackerBackend {
-    pub fn new(config: FirecrackerConfig) -> Result<Self, FirecrackerError> {
+    pub fn new(config: FirecrackerConfig, images: vm::VmImages) -> Result<Self, FirecrackerError> {
         if let LaunchMode::Jailed(jailer) = &config.mode {
             jailer.validate()?;
         }
         Ok(Self {
             config,
-            children: Mutex::new(HashMap::new()),
+            children: Arc::new(Mutex::new(HashMap::new())),
+            images,
         })
     }
 
@@ -124,12 +126,12 @@ impl FirecrackerBackend {
 
     /// Starts the VM from `ctx.vm_image`; with `ctx.net`, `tap0` (bridged to the sandbox's
     /// link inside its netns) becomes the guest's eth0. On failure nothing of the VM is left.
-    pub fn start_vm(
+    pub async fn start_vm(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
     ) -> Result<GuestEndpoint, FirecrackerError> {
-        self.bring_up(spec, ctx, Boot::Fresh)
+        self.bring_up(spec, ctx, Boot::Fresh).await
     }
 
     /// Starts the sandbox from a snapshot another sandbox took ([`Self::save_snapshot`]),
@@ -140,20 +142,21 @@ impl FirecrackerBackend {
     /// every VM) and the rootfs is the image's own host path. So each restore gets its own
     /// config drive. A snapshot Firecracker can't load (another version, say) fails with its
     /// fault message, and nothing is left behind.
-    pub fn restore_vm(
+    pub async fn restore_vm(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         snapshot: &SnapshotFiles,
     ) -> Result<GuestEndpoint, FirecrackerError> {
-        self.bring_up(spec, ctx, Boot::Restore(snapshot))
+        self.bring_up(spec, ctx, Boot::Restore(snapshot.clone()))
+            .await
     }
 
-    fn bring_up(
+    async fn bring_up(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
-        boot: Boot<'_>,
+        ctx: &LaunchContext,
+        boot: Boot,
     ) -> Result<GuestEndpoint, FirecrackerError> {
         debug_assert_eq!(
             ctx.dirs.base(),
@@ -163,25 +166,61 @@ impl FirecrackerBackend {
         check_socket_paths(&self.layout(&spec.id))?;
         // Exclusive: an existing vm/ belongs to another start, which cleanup must not touch.
         ctx.dirs.create_vm_dir()?;
-        match self.launch(spec, ctx, boot) {
+        match self.launch(spec, ctx, boot).await {
             Ok(()) => Ok(GuestEndpoint::UnixSocket {
                 path: ctx.dirs.guest_socket(),
             }),
             Err(err) => {
-                if let Err(cleanup) = self.remove_vm(&spec.id, ctx.dirs) {
-                    tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                let (this, id, dirs) = (self.clone(), spec.id.clone(), ctx.dirs.clone());
+                match tokio::task::spawn_blocking(move || this.remove_vm(&id, &dirs)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(cleanup)) => {
+                        tracing::warn!(id = %spec.id, error = %cleanup, "cleanup after failed start");
+                    }
+                    Err(join) => {
+                        tracing::warn!(id = %spec.id, error = %join, "cleanup after failed start");
+                    }
                 }
                 Err(err)
             }
         }
     }
 
-    fn launch(
+    async fn launch(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
-        boot: Boot<'_>,
+        ctx: &LaunchContext,
+        boot: Boot,
     ) -> Result<(), FirecrackerError> {
+        // Files, the tap and the spawn are blocking work; the API calls are not.
+        let (this, owned_spec, owned_ctx) = (self.clone(), spec.clone(), ctx.clone());
+        let (calls, pidfd) =
+            tokio::task::spawn_blocking(move || this.prepare(&owned_spec, &owned_ctx, &boot))
+                .await
+                .map_err(|err| FirecrackerError::Runtime(std::io::Error::other(err)))??;
+        let timeout = self.config.start_timeout;
+        let layout = self.layout(&spec.id);
+        let client = ApiClient::new(layout.host(layout::API_SOCKET));
+        let log = ctx.dirs.vm_log();
+        let configure = self.configure(&spec.id, &client, &calls, pidfd.as_ref(), &log);
+        tokio::time::timeout(timeout, configure)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FirecrackerError::StartTimeout {
+                    id: spec.id.clone(),
+                    waited: timeout,
+                })
+            })
+    }
+
+    /// Stages the VM's files, writes the VMM's filter, bridges the tap and spawns the VMM;
+    /// returns the API calls that configure it and a pidfd for it.
+    fn prepare(
+        &self,
+        spec: &SandboxSpec,
+        ctx: &LaunchContext,
+        boot: &Boot,
+    ) -> Result<(Vec<ApiCall>, Option<Pidfd>), FirecrackerError> {
         let layout = self.layout(&spec.id);
         let calls = self.stage(spec, ctx, &layout, boot)?;
         let filter = self.write_filter(&layout)?;
@@ -195,20 +234,7 @@ impl FirecrackerBackend {
             crate::net::tap::bridge_for_vm(&ctx.netns_path, net.address, net.prefix, owner)?;
         }
         let pidfd = self.spawn_vmm(spec, ctx, &layout, filter.as_deref())?;
-        let timeout = self.config.start_timeout;
-        let client = ApiClient::new(layout.host(layout::API_SOCKET));
-        let log = ctx.dirs.vm_log();
-        let configure = self.configure(&spec.id, &client, &calls, pidfd.as_ref(), &log);
-        run_async(async {
-            tokio::time::timeout(timeout, configure)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(FirecrackerError::StartTimeout {
-                        id: spec.id.clone(),
-                        waited: timeout,
-                    })
-                })
-        })?
+        Ok((calls, pidfd))
     }
 
     /// Puts everything the VMM opens where it will look (the jail, when jailed): image,
@@ -217,9 +243,9 @@ impl FirecrackerBackend {
     fn stage(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         layout: &VmLayout,
-        boot: Boot<'_>,
+        boot: &Boot,
     ) -> Result<Vec<ApiCall>, FirecrackerError> {
         let id = &spec.id;
         let host_image = ctx.vm_image.as_ref().ok_or(FirecrackerError::NoImage)?;
@@ -297,7 +323,7 @@ impl FirecrackerBackend {
     fn spawn_vmm(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         layout: &VmLayout,
         filter: Option<&Path>,
     ) -> Result<Option<Pidfd>, FirecrackerError> {
@@ -324,7 +350,7 @@ impl FirecrackerBackend {
     fn command(
         &self,
         id: &SandboxId,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         layout: &VmLayout,
         filter: Option<&Path>,
         spec: &SandboxSpec,
@@ -372,9 +398,7 @@ impl FirecrackerBackend {
         pidfd: Option<&Pidfd>,
         log: &Path,
     ) -> Result<(), FirecrackerError> {
-        let exited = |grace: Duration| -> Option<FirecrackerError> {
-            // No pidfd (it could not be opened): the VMM's state is unknown, keep the error.
-            let gone = pidfd.is_some_and(|fd| fd.wait(grace).unwrap_or(false));
+        let exited = |gone: bool| {
             gone.then(|| FirecrackerError::VmmExited {
                 id: id.clone(),
                 status: self.exit_text(id),
@@ -383,7 +407,7 @@ impl FirecrackerBackend {
         };
         let started = Instant::now();
         while let Err(err) = client.instance_info().await {
-            if let Some(exited) = exited(Duration::ZERO) {
+            if let Some(exited) = exited(vmm_gone_within(pidfd, Duration::ZERO).await) {
                 return Err(exited);
             }
             tracing::trace!(%id, error = %err, elapsed = ?started.elapsed(), "API socket not up yet");
@@ -391,7 +415,7 @@ impl FirecrackerBackend {
         }
         for call in calls {
             if let Err(err) = client.call(call).await {
-                return Err(exited(EXIT_GRACE).unwrap_or(err.into()));
+                return Err(exited(vmm_gone_within(pidfd, EXIT_GRACE).await).unwrap_or(err.into()));
             }
         }
         tracing::debug!(%id, elapsed = ?started.elapsed(), "VM started");
@@ -438,7 +462,11 @@ impl FirecrackerBackend {
 
     /// Kills the VMM (our child, or the process in `vmm.pid`), removes the jail and `vm/`.
     /// Goes through every step and reports every failure.
-    fn remove_vm(&self, id: &SandboxId, dirs: &SandboxDirs) -> Result<(), FirecrackerError> {
+    pub(crate) fn remove_vm(
+        &self,
+        id: &SandboxId,
+        dirs: &SandboxDirs,
+    ) -> Result<(), FirecrackerError> {
         let mut errors = Vec::new();
         let child = self.children().remove(id);
         if let Some(mut child) = child {
@@ -485,43 +513,6 @@ impl FirecrackerBackend {
     }
 }
 
-impl SandboxBackend for FirecrackerBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Firecracker
-    }
-
-    fn describe(&self) -> String {
-        let version = tool_version(&self.config.firecracker).map_or_else(
-            || "firecracker".to_owned(),
-            |v| format!("firecracker {}", v.version),
-        );
-        match &self.config.mode {
-            LaunchMode::Direct => version,
-            LaunchMode::Jailed(_) => format!("{version} (jailer)"),
-        }
-    }
-
-    fn start(
-        &self,
-        spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
-    ) -> Result<GuestEndpoint, BackendError> {
-        Ok(self.start_vm(spec, ctx)?)
-    }
-
-    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
-        Ok(self.remove_vm(id, &self.dirs(id))?)
-    }
-
-    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
-        Ok(self.vm_running(id)?)
-    }
-
-    fn list(&self) -> Result<Vec<String>, BackendError> {
-        Ok(self.list_vms()?)
-    }
-}
-
 /// The API and vsock sockets must fit `sun_path`; a jail's are longer than the sandbox dir's
 /// (`<runtime>/jail/firecracker/<id>/root/vsock.sock`), so a long id can push them over.
 fn check_socket_paths(layout: &VmLayout) -> Result<(), FirecrackerError> {
@@ -545,24 +536,20 @@ fn check_image(image: &VmImagePaths) -> Result<(), FirecrackerError> {
     Ok(())
 }
 
-/// Runs `future` to completion on a private current-thread runtime on a scoped thread, so the
-/// synchronous trait methods work whether or not the caller is inside a tokio runtime.
-fn run_async<F>(future: F) -> Result<F::Output, FirecrackerError>
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(FirecrackerError::Runtime)?;
-            Ok(runtime.block_on(future))
-        });
-        match worker.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
+/// Whether the VMM behind `pidfd` has exited, or does within `grace` (polled, so the async
+/// thread is never blocked). No pidfd (it could not be opened): unknown, taken as running.
+async fn vmm_gone_within(pidfd: Option<&Pidfd>, grace: Duration) -> bool {
+    let Some(pidfd) = pidfd else {
+        return false;
+    };
+    let started = Instant::now();
+    loop {
+        if pidfd.wait(Duration::ZERO).unwrap_or(false) {
+            return true;
         }
-    })
+        if started.elapsed() >= grace {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -81,7 +81,7 @@ pub enum BundleError {
 /// With `workload_cgroup`, PID 1 is told that fd 4 is its workload cgroup's `cgroup.procs`.
 pub fn write_bundle(
     spec: &SandboxSpec,
-    ctx: &LaunchContext<'_>,
+    ctx: &LaunchContext,
     workload_cgroup: bool,
 ) -> Result<PathBuf, BundleError> {
     if !ctx.guest_binary.is_file() {
@@ -108,7 +108,7 @@ pub fn write_bundle(
 
 fn build_spec(
     spec: &SandboxSpec,
-    ctx: &LaunchContext<'_>,
+    ctx: &LaunchContext,
     mounts: Vec<Mount>,
     workload_cgroup: bool,
 ) -> Result<Spec, BundleError> {
@@ -296,7 +296,7 @@ fn tmpfs_size(memory: u64, destination: &str) -> Option<String> {
 }
 
 /// Lays out the rootfs directory and returns the bind mounts that fill it.
-fn prepare_rootfs(spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<Vec<Mount>, BundleError> {
+fn prepare_rootfs(spec: &SandboxSpec, ctx: &LaunchContext) -> Result<Vec<Mount>, BundleError> {
     let rootfs = ctx.dirs.rootfs();
     let mut mounts = vec![bind(Path::new("/usr"), "/usr", true)];
     for name in HOST_SYSTEM_DIRS {

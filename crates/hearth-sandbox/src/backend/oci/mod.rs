@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::backend::{
+    blocking, BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend,
+};
+use crate::dirs::SandboxDirs;
+use crate::guest_client::GuestClient;
 use crate::id::SandboxId;
 use crate::spec::SandboxSpec;
 
@@ -66,7 +70,7 @@ fn bind_guest_socket(path: &Path) -> Result<UnixListener, OciError> {
 
 /// Mounts a sysfs made in the sandbox's network namespace, so `/sys/class/net` shows its own
 /// links, on `dirs.sysfs()` for the bundle to bind read-only.
-fn mount_own_sysfs(ctx: &LaunchContext<'_>) -> Result<(), OciError> {
+fn mount_own_sysfs(ctx: &LaunchContext) -> Result<(), OciError> {
     let target = ctx.dirs.create_sysfs_mount_point()?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     crate::net::netns::in_netns(&ctx.netns_path, |_| {
@@ -97,7 +101,7 @@ impl OciBackend {
     fn start_inner(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
     ) -> Result<GuestEndpoint, OciError> {
         if ctx.ids.is_some() {
             mount_own_sysfs(ctx)?;
@@ -134,6 +138,10 @@ impl OciBackend {
     }
 }
 
+/// How long a new container's guest gets to answer its first health check.
+const GUEST_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[async_trait::async_trait]
 impl SandboxBackend for OciBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Oci
@@ -145,33 +153,73 @@ impl SandboxBackend for OciBackend {
             .unwrap_or_else(|| self.runtime.kind.to_string())
     }
 
-    fn start(
+    async fn start(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
     ) -> Result<GuestEndpoint, BackendError> {
-        Ok(self.start_inner(spec, ctx)?)
+        let (this, spec, ctx) = (self.clone(), spec.clone(), ctx.clone());
+        blocking(move || this.start_inner(&spec, &ctx)).await
     }
 
-    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
-        self.runtime
-            .stop_and_delete(&id.names().container)
-            .map_err(OciError::from)?;
-        // The runtime removes child cgroups with its own; this catches a start that failed
-        // between making the workload cgroup and making the container.
-        workload_cgroup::remove(id);
+    async fn wait_ready(
+        &self,
+        id: &SandboxId,
+        dirs: &SandboxDirs,
+        client: &GuestClient,
+    ) -> Result<(), BackendError> {
+        client
+            .wait_ready(GUEST_READY_TIMEOUT)
+            .await
+            .map_err(|source| BackendError::GuestNotReady {
+                id: id.clone(),
+                source,
+                log: guest_log_tail(dirs),
+            })?;
         Ok(())
     }
 
-    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
-        let status = self
-            .runtime
-            .status(&id.names().container)
-            .map_err(OciError::from)?;
+    async fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
+        let (runtime, id) = (self.runtime.clone(), id.clone());
+        blocking(move || {
+            runtime
+                .stop_and_delete(&id.names().container)
+                .map_err(OciError::from)?;
+            // The runtime removes child cgroups with its own; this catches a start that
+            // failed between making the workload cgroup and making the container.
+            workload_cgroup::remove(&id);
+            Ok::<_, OciError>(())
+        })
+        .await
+    }
+
+    async fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
+        let (runtime, container) = (self.runtime.clone(), id.names().container);
+        let status = blocking(move || runtime.status(&container).map_err(OciError::from)).await?;
         Ok(status.as_deref() == Some("running"))
     }
 
-    fn list(&self) -> Result<Vec<String>, BackendError> {
-        Ok(self.runtime.list().map_err(OciError::from)?)
+    async fn list(&self) -> Result<Vec<String>, BackendError> {
+        let runtime = self.runtime.clone();
+        blocking(move || runtime.list().map_err(OciError::from)).await
+    }
+}
+
+/// The last lines hearth-guest and the runtime printed, to explain why a sandbox did not come
+/// up.
+fn guest_log_tail(dirs: &SandboxDirs) -> String {
+    let text = std::fs::read_to_string(dirs.guest_log()).unwrap_or_default();
+    let runtime = std::fs::read_to_string(dirs.runtime_log()).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .chain(runtime.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    match lines.len() {
+        0 => String::new(),
+        n => format!(
+            " (last output: {})",
+            lines[n.saturating_sub(3)..].join(" | ")
+        ),
     }
 }

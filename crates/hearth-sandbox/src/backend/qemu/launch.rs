@@ -21,7 +21,7 @@ impl QemuBackend {
     pub(super) fn start_inner(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
     ) -> Result<GuestEndpoint, QemuError> {
         let plan = self.plan(spec, ctx)?;
         self.start_planned(spec, ctx, &plan, None)
@@ -31,7 +31,7 @@ impl QemuBackend {
     pub(super) fn start_planned(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         plan: &QemuPlan,
         incoming: Option<&Path>,
     ) -> Result<GuestEndpoint, QemuError> {
@@ -65,7 +65,7 @@ impl QemuBackend {
     fn launch(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         plan: &QemuPlan,
         incoming: bool,
     ) -> Result<(), QemuError> {
@@ -134,7 +134,7 @@ impl QemuBackend {
 /// root's, so an escaped QEMU can replace nothing in it that hearth later trusts (pid file,
 /// sockets, logs). Returns the plan QEMU's argv is built from, naming those fds.
 fn unprivileged(
-    ctx: &LaunchContext<'_>,
+    ctx: &LaunchContext,
     plan: &QemuPlan,
     ids: crate::userns::HostIds,
 ) -> Result<(QemuPlan, process::Unprivileged), QemuError> {

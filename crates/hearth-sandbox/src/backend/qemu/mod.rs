@@ -13,6 +13,7 @@
 //! and `cont`; snapshots are QEMU migration streams into a file (see [`snapshot`]).
 
 pub mod argv;
+mod control;
 mod launch;
 pub mod process;
 pub mod qmp;
@@ -23,7 +24,7 @@ pub mod vsock;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use argv::{build_argv, Accel, Channel, Nic, QemuPlan, PC_KERNEL_ARGS, TCG_ACCEL};
 pub use process::VmmStamp;
@@ -35,7 +36,7 @@ pub use vsock::VhostVsockConnector;
 use crate::backend::vm::{
     self, ConfigDriveError, GuestTransport, KernelCmdline, GUEST_SERIAL_PORT_NAME, GUEST_VSOCK_PORT,
 };
-use crate::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend};
+use crate::backend::LaunchContext;
 use crate::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use crate::guest_client::GuestClient;
 use crate::id::SandboxId;
@@ -169,11 +170,17 @@ impl QemuConfig {
 pub struct QemuBackend {
     config: QemuConfig,
     dirs: RuntimeDirs,
+    /// Where the guest images its VMs boot are.
+    images: vm::VmImages,
 }
 
 impl QemuBackend {
-    pub fn new(config: QemuConfig, dirs: RuntimeDirs) -> Self {
-        Self { config, dirs }
+    pub fn new(config: QemuConfig, dirs: RuntimeDirs, images: vm::VmImages) -> Self {
+        Self {
+            config,
+            dirs,
+            images,
+        }
     }
 
     pub fn config(&self) -> &QemuConfig {
@@ -182,10 +189,10 @@ impl QemuBackend {
 
     /// How QEMU will be run for `spec` in `ctx`: every path and flag resolved. Pure, apart
     /// from reading nothing: the lead's end-to-end tests can print or check it.
-    pub fn plan(&self, spec: &SandboxSpec, ctx: &LaunchContext<'_>) -> Result<QemuPlan, QemuError> {
+    pub fn plan(&self, spec: &SandboxSpec, ctx: &LaunchContext) -> Result<QemuPlan, QemuError> {
         let image = ctx.vm_image.clone().ok_or(QemuError::NoImage)?;
         let id = spec.id.as_str();
-        let dirs = ctx.dirs;
+        let dirs = &ctx.dirs;
         let (transport, channel) = if self.config.vsock {
             let guest_cid = argv::cid_for(id);
             (
@@ -244,7 +251,7 @@ impl QemuBackend {
     pub fn argv(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
     ) -> Result<Vec<OsString>, QemuError> {
         Ok(build_argv(&self.plan(spec, ctx)?))
     }
@@ -291,38 +298,33 @@ impl QemuBackend {
         timeout: Duration,
     ) -> Result<hearth_proto::Health, QemuError> {
         let dirs = self.dirs.sandbox(id);
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            // Longer than the relay's first-answer timeout, so the relay's 502 arrives first.
-            let limit = vm::relay::FIRST_ANSWER_TIMEOUT + Duration::from_secs(2);
-            let probe = tokio::time::timeout(limit, client.health()).await;
-            if let Ok(Ok(health)) = probe {
-                return Ok(health);
+        let waited = vm::boot_wait::wait_for_guest(client, timeout, || {
+            self.vmm(&dirs).is_some_and(|s| s.is_alive())
+        })
+        .await;
+        let console = dirs.vm_console_log();
+        let err = match waited {
+            vm::boot_wait::BootWait::Ready(health) => return Ok(health),
+            vm::boot_wait::BootWait::Died => QemuError::DiedBooting {
+                id: id.clone(),
+                tail: process::log_tail(&console),
+            },
+            vm::boot_wait::BootWait::TimedOut(waited) => QemuError::BootTimeout {
+                id: id.clone(),
+                waited,
+                tail: process::log_tail(&console),
+            },
+        };
+        // The VM directory (console included) goes; the console's tail is in the error.
+        let (this, gone) = (self.clone(), id.clone());
+        match tokio::task::spawn_blocking(move || this.remove_vm(&gone)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(cleanup)) => {
+                tracing::warn!(%id, error = %cleanup, "cleanup after a failed boot")
             }
-            let console = dirs.vm_console_log();
-            let err = if !self.vmm(&dirs).is_some_and(|s| s.is_alive()) {
-                QemuError::DiedBooting {
-                    id: id.clone(),
-                    tail: process::log_tail(&console),
-                }
-            } else if start.elapsed() >= timeout {
-                QemuError::BootTimeout {
-                    id: id.clone(),
-                    waited: start.elapsed(),
-                    tail: process::log_tail(&console),
-                }
-            } else {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-                continue;
-            };
-            // The VM directory (console included) goes; the console's tail is in the error.
-            if let Err(cleanup) = self.remove_vm(id) {
-                tracing::warn!(%id, error = %cleanup, "cleanup after a failed boot");
-            }
-            return Err(err);
+            Err(join) => tracing::warn!(%id, error = %join, "cleanup after a failed boot"),
         }
+        Err(err)
     }
 
     fn qmp(&self, id: &SandboxId) -> Result<Qmp, QemuError> {
@@ -333,14 +335,14 @@ impl QemuBackend {
         Ok(Qmp::connect(&dirs.vm_qmp_socket())?)
     }
 
-    fn vmm(&self, dirs: &SandboxDirs) -> Option<VmmStamp> {
+    pub(crate) fn vmm(&self, dirs: &SandboxDirs) -> Option<VmmStamp> {
         // Unreadable counts as no VMM: removal then goes on with the rest of the cleanup.
         VmmStamp::read(&dirs.vm_pid_file()).ok().flatten()
     }
 
     /// Quits QEMU (QMP, then SIGKILL through a pidfd) and removes the VM directory. Whatever is
     /// already gone is fine.
-    fn remove_vm(&self, id: &SandboxId) -> Result<(), QemuError> {
+    pub(crate) fn remove_vm(&self, id: &SandboxId) -> Result<(), QemuError> {
         let dirs = self.dirs.sandbox(id);
         if let Some(stamp) = self.vmm(&dirs).filter(VmmStamp::is_alive) {
             let pid = i32::try_from(stamp.pid).unwrap_or(i32::MAX);
@@ -378,51 +380,6 @@ fn remove_dir(path: &Path) -> Result<(), QemuError> {
             path: path.to_owned(),
             source,
         }),
-    }
-}
-
-impl SandboxBackend for QemuBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Qemu
-    }
-
-    fn describe(&self) -> String {
-        let accel = match self.config.accel {
-            Accel::Kvm => "kvm, microvm",
-            Accel::Tcg => "tcg, pc",
-        };
-        format!("{} ({accel})", self.config.version)
-    }
-
-    fn start(
-        &self,
-        spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
-    ) -> Result<GuestEndpoint, BackendError> {
-        Ok(self.start_inner(spec, ctx)?)
-    }
-
-    fn remove(&self, id: &SandboxId) -> Result<(), BackendError> {
-        Ok(self.remove_vm(id)?)
-    }
-
-    fn is_running(&self, id: &SandboxId) -> Result<bool, BackendError> {
-        Ok(self
-            .vmm(&self.dirs.sandbox(id))
-            .is_some_and(|stamp| stamp.is_alive()))
-    }
-
-    fn list(&self) -> Result<Vec<String>, BackendError> {
-        let names = self.dirs.list_sandbox_dirs().map_err(QemuError::from)?;
-        Ok(names
-            .into_iter()
-            .filter(|name| {
-                SandboxId::parse(name).is_ok_and(|id| {
-                    self.vmm(&self.dirs.sandbox(&id))
-                        .is_some_and(|stamp| stamp.is_alive())
-                })
-            })
-            .collect())
     }
 }
 

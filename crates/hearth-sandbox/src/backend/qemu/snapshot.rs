@@ -217,7 +217,7 @@ impl QemuBackend {
     pub fn start_from_snapshot(
         &self,
         spec: &SandboxSpec,
-        ctx: &LaunchContext<'_>,
+        ctx: &LaunchContext,
         snapshot: &Path,
     ) -> Result<GuestEndpoint, QemuError> {
         let manifest_path = snapshot.join(MANIFEST_FILE);

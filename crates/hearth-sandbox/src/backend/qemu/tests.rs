@@ -4,8 +4,10 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::time::Instant;
 
 use super::*;
+use crate::backend::{GuestEndpoint, SandboxBackend};
 use crate::backend::vm::VmGuestConfig;
 use crate::net::netns;
 use crate::spec::{MemoryBytes, ResourceLimits};
@@ -25,6 +27,22 @@ fn multiboot_kernel() -> Vec<u8> {
     }
     kernel.extend([0xfa, 0xf4, 0xeb, 0xfd]);
     kernel
+}
+
+/// Whether the backend's QEMU for `id` is alive (the trait's check, without a runtime).
+fn running(backend: &QemuBackend, id: &SandboxId) -> bool {
+    backend
+        .vmm(&backend.dirs.sandbox(id))
+        .is_some_and(|stamp| stamp.is_alive())
+}
+
+/// Runs one of the backend's async calls from a plain test.
+fn block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
 
 fn tcg_config() -> QemuConfig {
@@ -93,9 +111,9 @@ impl Fixture {
         }
     }
 
-    fn ctx(&self) -> LaunchContext<'_> {
+    fn ctx(&self) -> LaunchContext {
         LaunchContext {
-            dirs: &self.sandbox,
+            dirs: self.sandbox.clone(),
             netns_path: self.netns_path.clone(),
             guest_binary: PathBuf::from("/nonexistent"),
             resolver: None,
@@ -106,7 +124,11 @@ impl Fixture {
     }
 
     fn backend(&self) -> QemuBackend {
-        QemuBackend::new(tcg_config(), self.runtime.clone())
+        QemuBackend::new(
+            tcg_config(),
+            self.runtime.clone(),
+            vm::VmImages::new(self._tmp.path()),
+        )
     }
 
     /// A veth from the host into the namespace, addressed as FirewallManager would; returns
@@ -239,15 +261,18 @@ fn a_missing_binary_is_a_clear_error() {
 fn lifecycle_start_pause_resume_remove_leaves_nothing() {
     let fx = Fixture::new("life", &multiboot_kernel());
     let backend = fx.backend();
-    let endpoint = backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    let endpoint = backend.start_inner(&fx.spec(), &fx.ctx()).unwrap();
     assert_eq!(
         endpoint,
         GuestEndpoint::UnixSocket {
             path: fx.sandbox.guest_socket()
         }
     );
-    assert!(backend.is_running(&fx.id).unwrap());
-    assert_eq!(backend.list().unwrap(), vec![fx.id.as_str().to_owned()]);
+    assert!(running(&backend, &fx.id));
+    assert_eq!(
+        block(backend.list()).unwrap(),
+        vec![fx.id.as_str().to_owned()]
+    );
 
     // QEMU runs in the sandbox's namespace, in a session of its own.
     let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
@@ -275,13 +300,13 @@ fn lifecycle_start_pause_resume_remove_leaves_nothing() {
 
     // A paused VM is removed just the same.
     backend.pause(&fx.id).unwrap();
-    backend.remove(&fx.id).unwrap();
+    backend.remove_vm(&fx.id).unwrap();
     assert!(!stamp.is_alive());
     assert!(!fx.sandbox.vm_dir().exists());
     assert_eq!(fx.qemu_processes(), 0);
-    assert!(!backend.is_running(&fx.id).unwrap());
-    assert!(backend.list().unwrap().is_empty());
-    backend.remove(&fx.id).unwrap(); // already gone: fine
+    assert!(!running(&backend, &fx.id));
+    assert!(block(backend.list()).unwrap().is_empty());
+    backend.remove_vm(&fx.id).unwrap(); // already gone: fine
     assert!(matches!(
         backend.pause(&fx.id),
         Err(QemuError::NotRunning { .. })
@@ -331,7 +356,7 @@ fn missing_image_is_refused_before_anything_is_made() {
 async fn a_guest_that_never_answers_times_out_and_the_vm_is_removed() {
     let fx = Fixture::new("boot", &multiboot_kernel());
     let backend = fx.backend();
-    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    backend.start(&fx.spec(), &fx.ctx()).await.unwrap();
     let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
     // The relay in front of QEMU's real virtio-serial chardev: QEMU accepts the connection,
     // the halted payload never answers.
@@ -364,7 +389,7 @@ async fn a_guest_that_never_answers_times_out_and_the_vm_is_removed() {
 async fn a_vmm_that_dies_while_booting_is_reported_and_cleaned_up() {
     let fx = Fixture::new("died", &multiboot_kernel());
     let backend = fx.backend();
-    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    backend.start(&fx.spec(), &fx.ctx()).await.unwrap();
     let stamp = VmmStamp::read(&fx.sandbox.vm_pid_file()).unwrap().unwrap();
     pidfd::kill_and_wait(i32::try_from(stamp.pid).unwrap(), Duration::from_secs(10)).unwrap();
     let client = GuestClient::new(fx.sandbox.guest_socket());
@@ -396,7 +421,7 @@ fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
         dns: host_addr,
     });
     let backend = fx.backend();
-    backend.start(&fx.spec(), &ctx).unwrap();
+    backend.start_inner(&fx.spec(), &ctx).unwrap();
 
     let show = |dev: &str| {
         let out = Command::new("ip")
@@ -434,7 +459,7 @@ fn with_a_link_qemu_attaches_to_the_bridged_tap_inside_the_namespace() {
         argv::format_mac(argv::mac_for(fx.id.as_str()))
     )));
 
-    backend.remove(&fx.id).unwrap();
+    backend.remove_vm(&fx.id).unwrap();
     let _ = host.delete_link(&host_if);
 }
 
@@ -444,7 +469,8 @@ fn the_relay_upstream_follows_the_channel() {
     let runtime = RuntimeDirs::open(tmp.path()).unwrap();
     let id = SandboxId::parse("up").unwrap();
     let dirs = runtime.sandbox(&id);
-    let serial = QemuBackend::new(tcg_config(), runtime.clone());
+    let images = vm::VmImages::new(Path::new("/nonexistent"));
+    let serial = QemuBackend::new(tcg_config(), runtime.clone(), images.clone());
     assert!(matches!(
         serial.upstream(&id, &dirs),
         vm::relay::Upstream::Http2Mux { socket } if socket == dirs.vm_serial_socket()
@@ -455,6 +481,7 @@ fn the_relay_upstream_follows_the_channel() {
             ..tcg_config()
         },
         runtime,
+        images,
     );
     let vm::relay::Upstream::PerConnection(connector) = vsock.upstream(&id, &dirs) else {
         panic!("vsock config must give a per-connection upstream");
@@ -471,7 +498,7 @@ fn the_relay_upstream_follows_the_channel() {
 fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
     let fx = Fixture::new("snap", &multiboot_kernel());
     let backend = fx.backend();
-    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    backend.start_inner(&fx.spec(), &fx.ctx()).unwrap();
     let dest = fx._tmp.path().join("snap1");
     let manifest = backend.snapshot(&fx.id, &dest).unwrap();
     assert_eq!((manifest.memory_mib, manifest.vcpus), (64, 1));
@@ -484,7 +511,7 @@ fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
         backend.snapshot(&fx.id, &dest),
         Err(QemuError::SnapshotExists { .. })
     ));
-    backend.remove(&fx.id).unwrap();
+    backend.remove_vm(&fx.id).unwrap();
 
     // A second sandbox with the same hardware (and the same image) resumes it.
     let mut other = Fixture::new("snap2", &multiboot_kernel());
@@ -494,7 +521,7 @@ fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
         .start_from_snapshot(&other.spec(), &other.ctx(), &dest)
         .unwrap();
     assert_eq!(backend2.status(&other.id).unwrap().status, "running");
-    backend2.remove(&other.id).unwrap();
+    backend2.remove_vm(&other.id).unwrap();
     assert!(!other.sandbox.vm_dir().exists());
 
     // Different hardware is refused before anything starts.
@@ -525,10 +552,10 @@ fn snapshot_saves_a_running_vm_and_a_new_sandbox_resumes_it() {
 fn a_corrupt_snapshot_is_a_clear_error_and_leaves_nothing() {
     let fx = Fixture::new("corrupt", &multiboot_kernel());
     let backend = fx.backend();
-    backend.start(&fx.spec(), &fx.ctx()).unwrap();
+    backend.start_inner(&fx.spec(), &fx.ctx()).unwrap();
     let dest = fx._tmp.path().join("snap");
     backend.snapshot(&fx.id, &dest).unwrap();
-    backend.remove(&fx.id).unwrap();
+    backend.remove_vm(&fx.id).unwrap();
     std::fs::write(dest.join(snapshot::STATE_FILE), b"QEVM but not really").unwrap();
     let err = backend
         .start_from_snapshot(&fx.spec(), &fx.ctx(), &dest)
@@ -689,6 +716,6 @@ async fn boots_the_guest_image_and_serves_through_the_relay() {
     assert_eq!(client.health().await.unwrap().status, "ok");
 
     relay.abort();
-    backend.remove(&fx.id).unwrap();
+    backend.remove_vm(&fx.id).unwrap();
     assert_eq!(fx.qemu_processes(), 0);
 }

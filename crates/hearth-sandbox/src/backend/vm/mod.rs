@@ -2,7 +2,11 @@
 //! command line `hearth-guest` parses, the config drive, and the [`relay`] that joins the
 //! sandbox's guest socket to the guest.
 
+pub mod boot_wait;
+mod images;
 pub mod relay;
+
+pub use images::VmImages;
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};

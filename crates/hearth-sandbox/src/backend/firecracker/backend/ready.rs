@@ -1,10 +1,10 @@
 //! Waiting for `hearth-guest` to answer after `InstanceStart`, while watching the VMM.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::FirecrackerBackend;
 use crate::backend::firecracker::FirecrackerError;
-use crate::backend::vm::relay::FIRST_ANSWER_TIMEOUT;
+use crate::backend::vm::boot_wait::{wait_for_guest, BootWait};
 use crate::guest_client::GuestClient;
 use crate::id::SandboxId;
 
@@ -22,29 +22,29 @@ impl FirecrackerBackend {
         client: &GuestClient,
         timeout: Duration,
     ) -> Result<hearth_proto::Health, FirecrackerError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(10);
-        loop {
-            // Longer than the relay's first-answer timeout, so the relay's 502 arrives first.
-            let limit = FIRST_ANSWER_TIMEOUT + Duration::from_secs(2);
-            if let Ok(Ok(health)) = tokio::time::timeout(limit, client.health()).await {
-                return Ok(health);
+        let mut alive_error = None;
+        let waited = wait_for_guest(client, timeout, || match self.vm_running(id) {
+            Ok(alive) => alive,
+            Err(err) => {
+                alive_error = Some(err);
+                false
             }
-            if !self.vm_running(id)? {
-                return Err(FirecrackerError::DiedBooting {
-                    id: id.clone(),
-                    tail: self.short_tail(id),
-                });
-            }
-            if start.elapsed() >= timeout {
-                return Err(FirecrackerError::BootTimeout {
-                    id: id.clone(),
-                    waited: start.elapsed(),
-                    tail: self.short_tail(id),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+        })
+        .await;
+        if let Some(err) = alive_error {
+            return Err(err);
+        }
+        match waited {
+            BootWait::Ready(health) => Ok(health),
+            BootWait::Died => Err(FirecrackerError::DiedBooting {
+                id: id.clone(),
+                tail: self.short_tail(id),
+            }),
+            BootWait::TimedOut(waited) => Err(FirecrackerError::BootTimeout {
+                id: id.clone(),
+                waited,
+                tail: self.short_tail(id),
+            }),
         }
     }
 
