@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth_sandbox::net::{FirewallConfig, FirewallManager};
+use hearth_net::{FirewallConfig, FirewallManager};
 
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
 

@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_image::kernel::{current_kernel, KernelError};
+use hearth_image::GuestImage;
 use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 use hearth_sandbox::backend::firecracker::{
     FirecrackerBackend, FirecrackerConfig, JailerConfig, LaunchMode, VmmFilter,
 };
-use hearth_sandbox::backend::oci::runtime::find_in_path;
 use hearth_sandbox::backend::vm::VmImagePaths;
 use hearth_sandbox::dirs::RuntimeDirs;
-use hearth_sandbox::image::kernel::{current_kernel, KernelError};
-use hearth_sandbox::image::GuestImage;
+use hearth_sandbox::host_tools::find_in_path;
 
 /// The uid and gid a jailed VMM drops to: unprivileged, owning nothing else on the host.
 pub const JAILER_UID: u32 = 64_000;
@@ -176,7 +176,7 @@ pub enum FirecrackerImageError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("{0} (build one with: hearth image build)")]
-    Image(#[from] hearth_sandbox::image::ImageError),
+    Image(#[from] hearth_image::ImageError),
 }
 
 /// What a Firecracker VM boots: the kernel built by `hearth image kernel --firecracker`, the

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use hearth_image::GuestImage;
 use hearth_sandbox::backend::qemu::{QemuBackend, QemuConfig, QemuSupport, DEFAULT_BINARY};
 use hearth_sandbox::backend::vm::{VmImagePaths, GUEST_VSOCK_PORT};
 use hearth_sandbox::backend::{BackendKind, FirecrackerBackend};
 use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
-use hearth_sandbox::image::GuestImage;
 use hearth_sandbox::SandboxId;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,7 @@ struct CachedProbe {
 
 /// The QEMU binary's path, size and mtime, if it is installed.
 fn qemu_binary() -> Option<(PathBuf, (u64, u64))> {
-    let path = hearth_sandbox::backend::oci::runtime::find_in_path(DEFAULT_BINARY)?;
+    let path = hearth_sandbox::host_tools::find_in_path(DEFAULT_BINARY)?;
     let meta = std::fs::metadata(&path).ok()?;
     let mtime = meta
         .modified()
@@ -98,7 +98,7 @@ pub fn images_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// The current guest image's files, or why there is none.
-pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_sandbox::image::ImageError> {
+pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_image::ImageError> {
     let image = GuestImage::current(&images_dir(state_dir))?;
     Ok(VmImagePaths {
         kernel: image.kernel,
@@ -112,7 +112,7 @@ pub fn guest_image(state_dir: &Path) -> Result<VmImagePaths, hearth_sandbox::ima
 pub fn guest_image_of(
     state_dir: &Path,
     rootfs: &Path,
-) -> Result<VmImagePaths, hearth_sandbox::image::ImageError> {
+) -> Result<VmImagePaths, hearth_image::ImageError> {
     let images = images_dir(state_dir);
     let hash = rootfs
         .parent()
@@ -122,7 +122,7 @@ pub fn guest_image_of(
         .unwrap_or_default();
     let image = GuestImage::open(&images, hash)?;
     if image.rootfs != rootfs {
-        return Err(hearth_sandbox::image::ImageError::Damaged {
+        return Err(hearth_image::ImageError::Damaged {
             hash: hash.to_owned(),
             problem: format!("its rootfs is {}", image.rootfs.display()),
         });

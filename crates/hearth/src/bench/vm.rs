@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use hearth_image::GuestImage;
 use hearth_sandbox::backend::qemu::Accel;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::image::GuestImage;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 

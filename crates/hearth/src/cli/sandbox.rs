@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hearth_net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_proto::ExecRequest;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 

@@ -16,13 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_net::{FirewallError, FirewallManager};
 use hearth_sandbox::backend::qemu::QemuBackend;
 use hearth_sandbox::backend::vm::GuestNet;
 use hearth_sandbox::backend::FirecrackerBackend;
 use hearth_sandbox::backend::{BackendError, BackendKind, GuestEndpoint, LaunchContext};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs, SandboxDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
-use hearth_sandbox::net::{FirewallError, FirewallManager};
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::userns::HostIds;
 use hearth_sandbox::workspace::{self, WorkspaceSource};
@@ -82,7 +82,7 @@ pub enum SandboxError {
         action: &'static str,
     },
     #[error("{0} (build one with: hearth image build)")]
-    Image(#[from] hearth_sandbox::image::ImageError),
+    Image(#[from] hearth_image::ImageError),
     #[error(transparent)]
     Workspace(#[from] hearth_sandbox::workspace::WorkspaceError),
     #[error("sandbox {0} has no host id block to run as")]
@@ -106,7 +106,7 @@ pub enum SandboxError {
     #[error("the guest image the snapshot was taken with ({path}) cannot be used: {source}")]
     SnapshotImage {
         path: PathBuf,
-        source: hearth_sandbox::image::ImageError,
+        source: hearth_image::ImageError,
     },
 }
 
@@ -467,7 +467,7 @@ impl SandboxManager {
     pub async fn firewall_counters(
         &self,
         id: &SandboxId,
-    ) -> Result<Vec<hearth_sandbox::net::RuleCounter>, SandboxError> {
+    ) -> Result<Vec<hearth_net::RuleCounter>, SandboxError> {
         let id = id.clone();
         self.with_firewall(move |firewall| firewall.counters(&id))
             .await

@@ -261,7 +261,7 @@ impl SandboxManager {
             }
         };
         let restore = Restore { dir, saved };
-        let wants_nic = spec.net.mode != hearth_sandbox::net::NetMode::None;
+        let wants_nic = spec.net.mode != hearth_net::NetMode::None;
         if restore.nic() != wants_nic {
             return Err(SandboxError::SnapshotConflict(format!(
                 "snapshot {name} was taken {} a network; create the sandbox {}",
