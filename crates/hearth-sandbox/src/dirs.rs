@@ -363,7 +363,7 @@ fn mkdir_private(path: &Path) -> Result<(), DirsError> {
 
 /// Creates `path` (and missing parents) with mode 0700, or checks an existing one: a directory,
 /// not a symlink, owned by us, not writable by group or others.
-pub(crate) fn ensure_private_dir(path: &Path) -> Result<(), DirsError> {
+pub fn ensure_private_dir(path: &Path) -> Result<(), DirsError> {
     match fs::symlink_metadata(path) {
         Ok(meta) => check_private_dir(path, &meta),
         Err(err) if err.kind() == io::ErrorKind::NotFound => DirBuilder::new()

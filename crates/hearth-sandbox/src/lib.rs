@@ -1,15 +1,14 @@
-//! Isolation for hearth: validated sandbox ids and their directories, the backends that run
-//! sandboxes, network namespaces, and the client that talks to `hearth-guest` inside them.
+//! Isolation for hearth: sandbox directories, the backends that run sandboxes, and the client
+//! that talks to `hearth-guest` inside them. The sandbox id is `hearth-id`'s; the network
+//! (namespaces, firewall, DNS) is `hearth-net`'s.
 
 pub mod backend;
 pub mod cgroup;
 pub mod dirs;
 pub mod guest_client;
-pub mod id;
-pub mod image;
+pub mod host_tools;
 pub mod logs;
 pub mod mounts;
-pub mod net;
 pub mod pidfd;
 pub mod process_stamp;
 pub mod spec;
@@ -17,4 +16,9 @@ pub mod userns;
 pub mod vmm_cgroup;
 pub mod workspace;
 
-pub use id::{IdError, SandboxId, SandboxNames};
+pub use hearth_id::{IdError, SandboxId, SandboxNames};
+
+// In-crate paths only (`crate::id::SandboxId`, `crate::net::tap`), so the backends read as before;
+// not re-exported: users name `hearth_id` and `hearth_net` themselves.
+use hearth_id as id;
+use hearth_net as net;

@@ -1,14 +1,10 @@
 //! Firecracker's API as hearth speaks it: every request body against Firecracker's own spec,
 //! and the whole boot sequence against a local server that speaks that API.
 
-mod fc_support;
-
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use fc_support::fake_api::{Behaviour, FakeApi};
-use fc_support::spec::Spec;
 use hearth_sandbox::backend::firecracker::api::{
     ActionType, ApiCall, ApiRequest, InstanceAction, MemoryBackend, MemoryBackendType,
     SnapshotCreate, SnapshotLoad, SnapshotType, Vm, VmState, VsockOverride,
@@ -18,6 +14,8 @@ use hearth_sandbox::backend::firecracker::layout::VmLayout;
 use hearth_sandbox::backend::firecracker::{ApiClient, ApiError, VsockConnector};
 use hearth_sandbox::backend::vm::{GuestNet, VmImagePaths};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits};
+use hearth_test_support::firecracker::fake_api::{Behaviour, FakeApi};
+use hearth_test_support::firecracker::spec::Spec;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -2,7 +2,6 @@
 //! pause, resume, remove, the jailer, and every way a start can fail leaving nothing.
 
 mod fc_backend;
-mod fc_support;
 
 use fc_backend::*;
 

@@ -3,7 +3,6 @@
 //! that fail leaving nothing.
 
 mod fc_backend;
-mod fc_support;
 
 use fc_backend::*;
 

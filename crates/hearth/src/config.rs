@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hearth_sandbox::net::{FirewallConfig, FirewallManager};
+use hearth_net::{FirewallConfig, FirewallManager};
 
-use hearth_sandbox::backend::vm::VmImages;
+use hearth_image::VmImages;
 use hearth_sandbox::backend::{OciBackend, OciRuntime, OciRuntimeKind};
 
 use crate::sandboxes::Backends;

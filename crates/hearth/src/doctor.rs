@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use hearth_sandbox::backend::oci::runtime::find_in_path;
+use hearth_net::netns;
 use hearth_sandbox::backend::OciRuntimeKind;
 use hearth_sandbox::cgroup::CgroupVersion;
-use hearth_sandbox::net::netns;
+use hearth_sandbox::host_tools::find_in_path;
 use serde::Serialize;
 
 use crate::cli::escape::field;
@@ -189,7 +189,7 @@ fn check_tool(name: &'static str, args: &[&str], fix: &str, required: bool) -> C
 /// The gateway's port is trusted because no unprivileged user can bind it; a host that lowered
 /// the privileged range gives that away.
 fn check_gateway_port() -> Check {
-    let port = hearth_sandbox::net::firewall::DEFAULT_GATEWAY_PORT;
+    let port = hearth_net::firewall::DEFAULT_GATEWAY_PORT;
     let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
     match std::fs::read_to_string(path)
         .ok()
@@ -310,7 +310,7 @@ fn check_qemu(state_dir: &Path) -> Check {
 /// The microVM guest image `--backend qemu|firecracker` boots.
 fn check_image(state_dir: &Path) -> Check {
     let images = crate::vm::images_dir(state_dir);
-    match hearth_sandbox::image::GuestImage::current(&images) {
+    match hearth_image::GuestImage::current(&images) {
         Ok(image) => Check::pass(
             "guest-image",
             format!("{} (kernel {})", image.dir.display(), image.kernel_release),

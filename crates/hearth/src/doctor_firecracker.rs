@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use hearth_image::kernel::current_kernel;
 use hearth_sandbox::backend::firecracker::support::tool_version;
 use hearth_sandbox::backend::qemu::KvmState;
-use hearth_sandbox::image::kernel::current_kernel;
 
 use crate::config::Settings;
 use crate::doctor::Check;
@@ -47,8 +47,7 @@ pub fn checks(settings: &Settings) -> Vec<Check> {
     let kernel_ok = kernel.ok;
     checks.push(kernel);
     let image_ok =
-        hearth_sandbox::image::GuestImage::current(&crate::vm::images_dir(&settings.state_dir))
-            .is_ok();
+        hearth_image::GuestImage::current(&crate::vm::images_dir(&settings.state_dir)).is_ok();
     let missing: Vec<&str> = [
         (!firecracker_ok).then_some("the firecracker binary"),
         (!kvm_ok).then_some("a KVM that runs guests"),

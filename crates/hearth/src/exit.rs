@@ -20,12 +20,12 @@
 //! output was cut short, and a `hearth run` it cancelled did not succeed. hearth itself ignores
 //! SIGPIPE (see `cli/output.rs`), so it cleans up before it exits.
 
+use hearth_net::FirewallError;
 use hearth_sandbox::backend::oci::{OciError, RuntimeError};
 use hearth_sandbox::backend::qemu::QemuError;
 use hearth_sandbox::backend::{BackendError, FirecrackerError};
 use hearth_sandbox::dirs::DirsError;
 use hearth_sandbox::guest_client::GuestClientError;
-use hearth_sandbox::net::FirewallError;
 use hearth_sandbox::workspace::WorkspaceError;
 
 use crate::sandboxes::SandboxError;
@@ -118,7 +118,6 @@ fn sandbox_code(err: &SandboxError) -> u8 {
         SandboxError::Backend(
             BackendError::Firecracker(FirecrackerError::VersionUnknown { .. })
             | BackendError::Image(_)
-            | BackendError::Kernel(_)
             | BackendError::SavedImage { .. },
         ) => HOST,
         SandboxError::Backend(_) => SANDBOX_FAILED,

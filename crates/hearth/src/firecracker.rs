@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hearth_image::VmImages;
 use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 use hearth_sandbox::backend::firecracker::{
     FirecrackerBackend, FirecrackerConfig, JailerConfig, LaunchMode, VmmFilter,
 };
-use hearth_sandbox::backend::oci::runtime::find_in_path;
-use hearth_sandbox::backend::vm::VmImages;
 use hearth_sandbox::dirs::RuntimeDirs;
+use hearth_sandbox::host_tools::find_in_path;
 
 /// The uid and gid a jailed VMM drops to: unprivileged, owning nothing else on the host.
 pub const JAILER_UID: u32 = 64_000;
@@ -163,7 +163,7 @@ fn build_backend(
             runtime: dirs.clone(),
             start_timeout: START_TIMEOUT,
         },
-        images.clone(),
+        Arc::new(images.clone()),
     )
     .map(Arc::new)
     .map_err(|err| err.to_string())

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use hearth_image::VmImages;
 use hearth_sandbox::backend::qemu::{QemuBackend, QemuConfig, QemuSupport, DEFAULT_BINARY};
-use hearth_sandbox::backend::vm::VmImages;
 use hearth_sandbox::dirs::RuntimeDirs;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ struct CachedProbe {
 
 /// The QEMU binary's path, size and mtime, if it is installed.
 fn qemu_binary() -> Option<(PathBuf, (u64, u64))> {
-    let path = hearth_sandbox::backend::oci::runtime::find_in_path(DEFAULT_BINARY)?;
+    let path = hearth_sandbox::host_tools::find_in_path(DEFAULT_BINARY)?;
     let meta = std::fs::metadata(&path).ok()?;
     let mtime = meta
         .modified()
@@ -84,7 +84,7 @@ pub fn qemu_backend(state_dir: &Path, dirs: &RuntimeDirs) -> Option<Arc<QemuBack
     Some(Arc::new(QemuBackend::new(
         QemuConfig::from_support(&support),
         dirs.clone(),
-        VmImages::new(state_dir),
+        Arc::new(VmImages::new(state_dir)),
     )))
 }
 

@@ -5,8 +5,6 @@
 
 mod common;
 mod fc_fake;
-#[path = "../../hearth-sandbox/tests/fc_support/mod.rs"]
-mod fc_support;
 
 use std::process::Command;
 
@@ -72,7 +70,7 @@ fn without_a_firecracker_binary_the_backend_is_unavailable_with_exit_6() {
         "{err}"
     );
     // Nothing is found on PATH here either (no Firecracker can be installed on these hosts).
-    if hearth_sandbox::backend::oci::runtime::find_in_path("firecracker").is_none() {
+    if hearth_sandbox::host_tools::find_in_path("firecracker").is_none() {
         let out = run(&[
             "sandbox",
             "create",
@@ -239,7 +237,7 @@ fn a_jailed_vm_is_reached_through_the_jails_vsock_socket_and_rm_removes_the_jail
     fake_images();
     let tmp = tempfile::tempdir().unwrap();
     let fc = fake_firecracker(tmp.path(), &[]);
-    let jailer = fake_jailer(tmp.path());
+    let jailer = fake_jailer(tmp.path(), JailerTrace::default());
     let id = "fcj";
     let with = |args: &[&str]| jailed_cmd(&fc, &jailer, args);
     ok_output(with(&[

@@ -4,8 +4,6 @@
 
 mod common;
 mod fc_fake;
-#[path = "../../hearth-sandbox/tests/fc_support/mod.rs"]
-mod fc_support;
 
 use std::path::Path;
 
@@ -223,7 +221,7 @@ fn a_jailed_snapshot_restores_in_a_jail_and_not_without_one() {
     let tmp = tempfile::tempdir().unwrap();
     let thaws = tmp.path().join("thaws.jsonl");
     let fc = fake_firecracker(tmp.path(), &[(THAW_LOG, thaws.to_str().unwrap())]);
-    let jailer = fake_jailer(tmp.path());
+    let jailer = fake_jailer(tmp.path(), JailerTrace::default());
     let with = |args: &[&str]| jailed_cmd(&fc, &jailer, args);
     let (src, dst) = ("fcj-snap-src", "fcj-snap-dst");
     ok_output(with(&[

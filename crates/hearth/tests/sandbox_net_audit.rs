@@ -4,14 +4,11 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../../hearth-sandbox/tests/net_support/test_dns.rs"]
-mod test_dns;
-
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{ok, run, stdout, Sandbox};
+use hearth_test_support::net::test_dns;
 
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).expect("JSON output")

@@ -29,7 +29,7 @@ use crate::spec::SandboxSpec;
 pub use firecracker::{FirecrackerBackend, FirecrackerError};
 pub use oci::{OciBackend, OciError, OciRuntime, OciRuntimeKind};
 pub use qemu::{QemuBackend, QemuError};
-pub use vm::{GuestNet, VmImagePaths, VmImages};
+pub use vm::{GuestNet, VmImagePaths};
 
 /// Which isolation technology runs a sandbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,14 +147,12 @@ pub enum BackendError {
         /// The last lines the guest and the runtime printed, as ` (last output: ...)`.
         log: String,
     },
-    #[error("{0} (build one with: hearth image build)")]
-    Image(#[from] crate::image::ImageError),
     #[error(transparent)]
-    Kernel(#[from] crate::image::kernel::KernelError),
+    Image(#[from] vm::ImageUnavailable),
     #[error("the guest image the snapshot was taken with ({path}) cannot be used: {source}")]
     SavedImage {
         path: PathBuf,
-        source: crate::image::ImageError,
+        source: vm::ImageUnavailable,
     },
     /// The saved VM's files are gone (removed behind hearth's back).
     #[error("no saved VM in {dir}")]

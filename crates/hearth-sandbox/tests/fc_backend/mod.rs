@@ -19,7 +19,6 @@ pub use std::process::{Child, Command};
 pub use std::sync::{Arc, Mutex};
 pub use std::time::Duration;
 
-pub use crate::fc_support::fake_api::{Behaviour, FakeApi, Recorded};
 pub use base64::Engine as _;
 pub use hearth_sandbox::backend::firecracker::jailer::JailCgroups;
 pub use hearth_sandbox::backend::firecracker::process::ProcessStamp;
@@ -33,6 +32,8 @@ pub use hearth_sandbox::dirs::{RuntimeDirs, SandboxDirs};
 pub use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 pub use hearth_sandbox::SandboxId;
 pub use hearth_seccomp::audit::VmmFault;
+pub use hearth_test_support::firecracker::fake_api::{Behaviour, FakeApi, Recorded};
+pub use hearth_test_support::firecracker::jailer::{fake_jailer, JailerTrace, JAIL_ROOT as ROOT};
 pub use serde::{Deserialize, Serialize};
 pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,7 +41,6 @@ pub const RECORD: &str = "HEARTH_FAKE_FC_RECORD";
 pub const DIE_AT: &str = "HEARTH_FAKE_FC_DIE_AT";
 pub const FAIL_AT: &str = "HEARTH_FAKE_FC_FAIL_AT";
 pub const FAULT_AT: &str = "HEARTH_FAKE_FC_SECCOMP_FAULT_AT";
-pub const ROOT: &str = "HEARTH_FAKE_FC_ROOT";
 
 /// The first line the fake VMM records.
 #[derive(Debug, Serialize, Deserialize)]
@@ -269,37 +269,16 @@ impl Fixture {
         .unwrap()
     }
 
-    /// A jailed backend whose `jailer` is a stand-in: it records its argv, makes the cgroup
-    /// directory, joins the netns and runs the exec file with the jail root where the real
-    /// jailer would chroot (the fake VMM resolves its paths under it). It stays root: the
-    /// privilege drop is the real jailer's, but the ownership hearth prepares is checked.
+    /// A jailed backend whose `jailer` is the stand-in ([`fake_jailer`]), recording its argv
+    /// and making the cgroup directory under [`Self::cgroup_root`].
     pub fn jailed_backend(&self, uid: u32) -> FirecrackerBackend {
         let direct = self.backend(&[], LONG);
-        let jailer = self.tmp.path().join("jailer");
-        let script = format!(
-            r#"#!/bin/sh
-printf '%s\n' "$@" > '{args}'
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --id) id=$2; shift 2;;
-    --exec-file) exec_file=$2; shift 2;;
-    --chroot-base-dir) base=$2; shift 2;;
-    --netns) netns=$2; shift 2;;
-    --) shift; break;;
-    *) shift 2;;
-  esac
-done
-root="$base/$(basename "$exec_file")/$id/root"
-[ -d "$root" ] || {{ echo "no jail root $root" >&2; exit 1; }}
-mkdir -p '{cgroups}/firecracker/'"$id"
-export {ROOT}="$root"
-exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
-"#,
-            args = self.jailer_args().display(),
-            cgroups = self.cgroup_root().display(),
-        );
-        std::fs::write(&jailer, script).unwrap();
-        std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (args, cgroups) = (self.jailer_args(), self.cgroup_root());
+        let trace = JailerTrace {
+            args: Some(&args),
+            cgroup_root: Some(&cgroups),
+        };
+        let jailer = fake_jailer(self.tmp.path(), trace);
         let config = direct.config();
         FirecrackerBackend::new(
             FirecrackerConfig {
@@ -319,9 +298,9 @@ exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
         .unwrap()
     }
 
-    /// Guest images under the fixture's own state dir (the fake VMM boots nothing).
-    pub fn images(&self) -> hearth_sandbox::backend::VmImages {
-        hearth_sandbox::backend::VmImages::new(&self.tmp.path().join("state"))
+    /// No image store: the fixture passes its image paths (the fake VMM boots nothing).
+    pub fn images(&self) -> std::sync::Arc<dyn hearth_sandbox::backend::vm::GuestImageSource> {
+        std::sync::Arc::new(hearth_sandbox::backend::vm::NoGuestImages)
     }
 
     pub fn jailer_args(&self) -> PathBuf {

@@ -112,7 +112,7 @@ fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
             | DirsError::TooOpen { .. }
             | DirsError::Symlink { .. },
         )
-        | SandboxError::Net(hearth_sandbox::net::FirewallError::Policy(_))
+        | SandboxError::Net(hearth_net::FirewallError::Policy(_))
         | SandboxError::WorkspaceUnsupported(_)
         | SandboxError::Workspace(
             WorkspaceError::NotADirectory { .. } | WorkspaceError::Inspect { .. },

@@ -7,15 +7,16 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use hearth_image::GuestImage;
 use hearth_sandbox::backend::qemu::Accel;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::image::GuestImage;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
 use super::{bench_spec, progress, Percentiles};
 use crate::cli::escape::field;
 use crate::cli::output::{self, outln};
+use crate::exit::{CliError, HOST};
 use crate::sandboxes::{SandboxError, SandboxManager};
 
 /// A baseline boot that takes longer than this is counted as failed.
@@ -34,9 +35,10 @@ pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::
     // The baseline boots this host's QEMU directly, with the same accelerator.
     let qemu = crate::vm::qemu_backend(manager.store.state_dir(), &manager.dirs)
         .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
-    let image = GuestImage::current(&crate::vm::images_dir(manager.store.state_dir()))
-        .map_err(hearth_sandbox::backend::BackendError::from)
-        .map_err(SandboxError::from)?;
+    let image =
+        GuestImage::current(&crate::vm::images_dir(manager.store.state_dir())).map_err(|err| {
+            CliError::new(HOST, format!("{err} (build one with: hearth image build)"))
+        })?;
     manager.reconcile().await?;
     let accel = qemu.config().accel;
     let scratch = tempfile::Builder::new()

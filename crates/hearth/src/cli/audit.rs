@@ -1,4 +1,4 @@
-//! `hearth sandbox audit ID [--json] [--follow]` and the hidden `hearth sandbox supervise ID`.
+//! `hearth sandbox audit ID [--json] [--follow]`.
 //!
 //! Counts come from the store, where the sandbox's supervisor flushes every second; before
 //! reading, `audit` sends the supervisor SIGUSR1 and waits for that flush, so the counts include
@@ -17,9 +17,6 @@ use super::output::{self, outln, OutputError};
 use crate::sandboxes::{SandboxError, SandboxManager};
 use crate::store::{AuditCount, AuditState, NetworkDrops, StoredDrop, StoredEntry};
 use crate::supervisor;
-use crate::supervisor::net::NetDuty;
-use crate::supervisor::relay::RelayDuty;
-use crate::supervisor::run::Duties;
 
 /// How long `audit` waits for the supervisor's flush before showing what is stored.
 const FLUSH_WAIT: Duration = Duration::from_secs(3);
@@ -36,21 +33,6 @@ pub struct AuditArgs {
     /// Keep printing new entries until Ctrl-C or until the sandbox is gone.
     #[arg(long, short)]
     follow: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct SuperviseArgs {
-    /// Sandbox id.
-    id: String,
-    /// Answer and record the calls the sandbox's seccomp policy audits.
-    #[arg(long)]
-    seccomp: bool,
-    /// The sandbox's network (JSON): resolve its allowed names and record its drops.
-    #[arg(long, value_name = "JSON")]
-    net: Option<String>,
-    /// The VM's guest channel (JSON): serve the guest socket and forward it into the VM.
-    #[arg(long, value_name = "JSON")]
-    relay: Option<String>,
 }
 
 /// What `audit --json` prints.
@@ -71,30 +53,6 @@ struct SupervisorInfo {
     running: bool,
     #[serde(flatten)]
     state: AuditState,
-}
-
-/// `hearth sandbox supervise ID` (started by `create`, never by hand).
-pub async fn supervise(
-    args: SuperviseArgs,
-    settings: &crate::config::Settings,
-) -> anyhow::Result<u8> {
-    let id = SandboxId::parse(&args.id)?;
-    let net = args
-        .net
-        .as_deref()
-        .map(serde_json::from_str::<NetDuty>)
-        .transpose()?;
-    let relay = args
-        .relay
-        .as_deref()
-        .map(serde_json::from_str::<RelayDuty>)
-        .transpose()?;
-    let duties = Duties {
-        seccomp: args.seccomp,
-        net,
-        relay,
-    };
-    supervisor::run::run(id, &settings.runtime_dir, &settings.state_dir, duties).await
 }
 
 pub async fn audit(manager: &SandboxManager, args: AuditArgs) -> anyhow::Result<u8> {

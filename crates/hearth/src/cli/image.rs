@@ -1,13 +1,12 @@
 //! `hearth image build|ls|rm`: the microVM guest image under `<state dir>/images`;
-//! `hearth image kernel --firecracker`: the Firecracker guest kernel (see `kernel.rs`).
+//! `hearth image kernel --firecracker`: the Firecracker guest kernel (see `image/kernel.rs`).
 
-#[path = "image_kernel.rs"]
 mod kernel;
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use hearth_sandbox::image::{self, GuestImage, ImageBuilder, ImageError};
+use hearth_image::{self as image, GuestImage, ImageBuilder, ImageError};
 use serde::Serialize;
 
 use super::escape::field;

@@ -11,6 +11,7 @@ pub(crate) mod seccomp;
 mod serve;
 mod snapshot;
 mod spinner;
+mod supervise;
 mod task;
 
 use std::path::PathBuf;
@@ -97,7 +98,7 @@ pub enum Command {
     Task(task::TaskCommand),
     /// Create, use and remove sandboxes.
     #[command(subcommand)]
-    Sandbox(sandbox::SandboxCommand),
+    Sandbox(SandboxCommand),
     /// Validate and render seccomp policies.
     #[command(subcommand)]
     Seccomp(seccomp::SeccompCommand),
@@ -126,13 +127,24 @@ pub enum BenchCommand {
     Other(crate::bench::BenchCommand),
 }
 
+/// `hearth sandbox ...`: the commands of sandbox.rs, and the supervisor's hidden entry.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    #[command(flatten)]
+    Other(sandbox::SandboxCommand),
+    /// Run a sandbox's seccomp supervisor (started by `create`, not by hand).
+    #[command(hide = true)]
+    Supervise(supervise::SuperviseArgs),
+}
+
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings = Settings::from_args(&cli.global)?;
     match cli.command {
         Command::Run(args) => run::run(args, &settings).await,
         Command::Task(command) => task::run(command, &settings).await,
-        Command::Sandbox(command) => sandbox::run(command, &settings).await,
+        Command::Sandbox(SandboxCommand::Other(command)) => sandbox::run(command, &settings).await,
+        Command::Sandbox(SandboxCommand::Supervise(args)) => supervise::run(args, &settings).await,
         Command::Seccomp(command) => seccomp::run(command),
         Command::Doctor { json } => crate::doctor::run(&settings, json),
         Command::Serve(args) => serve::run(args, &settings).await,

@@ -1,6 +1,6 @@
 //! `hearth sandbox net ID`: the network policy in force for a sandbox and its rule counters.
 
-use hearth_sandbox::net::{NetPolicy, RuleCounter, SlotAddrs};
+use hearth_net::{NetPolicy, RuleCounter, SlotAddrs};
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 

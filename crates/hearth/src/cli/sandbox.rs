@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hearth_net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_proto::ExecRequest;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
 use hearth_sandbox::SandboxId;
 
@@ -91,9 +91,6 @@ pub enum SandboxCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Run a sandbox's seccomp supervisor (started by `create`, not by hand).
-    #[command(hide = true)]
-    Supervise(super::audit::SuperviseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -196,10 +193,6 @@ pub struct ExecArgs {
 }
 
 pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result<u8> {
-    // The supervisor needs its sandbox dir and the store, not a whole manager.
-    if let SandboxCommand::Supervise(args) = command {
-        return super::audit::supervise(args, settings).await;
-    }
     let manager = settings.manager().await?;
     match command {
         SandboxCommand::Create(args) => create(&manager, args).await,
@@ -214,7 +207,6 @@ pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result
         SandboxCommand::Snapshot(args) => super::snapshot::snapshot(&manager, args).await,
         SandboxCommand::Snapshots { json } => super::snapshot::list(&manager, json).await,
         SandboxCommand::SnapshotRm { names } => super::snapshot::remove(&manager, &names).await,
-        SandboxCommand::Supervise(args) => super::audit::supervise(args, settings).await,
     }
 }
 

@@ -14,11 +14,11 @@ mod vm;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hearth_net::{FirewallError, FirewallManager};
 use hearth_sandbox::backend::vm::GuestNet;
 use hearth_sandbox::backend::{BackendError, BackendKind, LaunchContext, SandboxBackend};
 use hearth_sandbox::dirs::{DirsError, RuntimeDirs};
 use hearth_sandbox::guest_client::{GuestClient, GuestClientError};
-use hearth_sandbox::net::{FirewallError, FirewallManager};
 use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::userns::HostIds;
 use hearth_sandbox::workspace::{self, WorkspaceSource};
@@ -419,7 +419,7 @@ impl SandboxManager {
     pub async fn firewall_counters(
         &self,
         id: &SandboxId,
-    ) -> Result<Vec<hearth_sandbox::net::RuleCounter>, SandboxError> {
+    ) -> Result<Vec<hearth_net::RuleCounter>, SandboxError> {
         let id = id.clone();
         self.with_firewall(move |firewall| firewall.counters(&id))
             .await

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use hearth_sandbox::id::OBJECT_PREFIX;
+use hearth_id::OBJECT_PREFIX;
 use hearth_sandbox::vmm_cgroup::{CgroupParent, VmmCgroup};
 use hearth_sandbox::SandboxId;
 use nix::errno::Errno;

@@ -179,7 +179,7 @@ impl SandboxManager {
             }
             Err(err) => return Err(err.into()),
         };
-        let wants_nic = spec.net.mode != hearth_sandbox::net::NetMode::None;
+        let wants_nic = spec.net.mode != hearth_net::NetMode::None;
         if saved.nic != wants_nic {
             return Err(SandboxError::SnapshotConflict(format!(
                 "snapshot {name} was taken {} a network; create the sandbox {}",

@@ -1,11 +1,11 @@
 //! The persisted firewall drop log (tables in `migrations/0005_network_drops.sql`).
 //!
 //! Writer: a sandbox's supervisor, which reads its nflog group into a bounded
-//! [`DropLog`](hearth_sandbox::net::DropLog) and stores a snapshot every flush: the counters are
+//! [`DropLog`](hearth_net::DropLog) and stores a snapshot every flush: the counters are
 //! absolute values (replaced, not added), new ring entries are appended and the oldest beyond the
 //! capacity trimmed. Readers: `hearth sandbox audit` and the task timeline.
 
-use hearth_sandbox::net::DropSnapshot;
+use hearth_net::DropSnapshot;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
@@ -255,7 +255,7 @@ impl Store {
 async fn insert_drop(
     tx: &mut Transaction<'_, Sqlite>,
     id: &SandboxId,
-    entry: &hearth_sandbox::net::droplog::DropEntry,
+    entry: &hearth_net::droplog::DropEntry,
 ) -> Result<(), StoreError> {
     let e = &entry.event;
     sqlx::query(

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use hearth_sandbox::net::{SlotStore, SlotStoreError};
+use hearth_net::{SlotStore, SlotStoreError};
 use hearth_sandbox::SandboxId;
 use sqlx::Row;
 use tokio::runtime::Handle;

@@ -37,7 +37,7 @@ impl SnapshotName {
 
     /// A fresh random name such as `snap-k3x9q2m7w1ab` (60 bits of randomness).
     pub fn generate() -> Self {
-        Self(hearth_sandbox::id::random_name("snap"))
+        Self(hearth_id::random_name("snap"))
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,7 +3,7 @@
 //! Both need a live process for as long as the sandbox runs, like the seccomp notify fd:
 //! - the resolver answers on the sandbox's host-side address (what its `resolv.conf` names) and
 //!   opens the addresses of allowed names in the sandbox's nft sets (see
-//!   [`hearth_sandbox::net::dns`]); without it, `--allow domain` would open nothing;
+//!   [`hearth_net::dns`]); without it, `--allow domain` would open nothing;
 //! - the drop reader binds the sandbox's own nflog group (`FirewallConfig::log_group_of` its
 //!   slot: the kernel lets one socket bind a group, and each supervisor reads only its sandbox)
 //!   and records every logged drop into a bounded [`DropLog`], which the flusher stores.
@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_sandbox::net::dns::{system_upstream, DomainRule};
-use hearth_sandbox::net::droplog::{DropLogError, DEFAULT_CAPACITY};
-use hearth_sandbox::net::{
+use hearth_net::dns::{system_upstream, DomainRule};
+use hearth_net::droplog::{DropLogError, DEFAULT_CAPACITY};
+use hearth_net::{
     DnsError, DropLog, DropSnapshot, NetPolicy, NflogError, NflogReader, ResolverConfig,
     ResolverHandle, SandboxLink, SandboxResolver,
 };

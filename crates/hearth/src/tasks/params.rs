@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth_sandbox::net::{AllowRule, NetMode, NetPolicy};
+use hearth_net::{AllowRule, NetMode, NetPolicy};
 use hearth_sandbox::spec::ResourceLimits;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

@@ -4,9 +4,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hearth_net::{NetMode, NetPolicy};
 use hearth_proto::{ExecRequest, ExitStatus};
 use hearth_sandbox::guest_client::{GuestClient, OutputChunk};
-use hearth_sandbox::net::{NetMode, NetPolicy};
 use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -322,7 +322,7 @@ impl TaskRunner<'_> {
             .gateway_ports
             .first()
             .copied()
-            .unwrap_or(hearth_sandbox::net::firewall::DEFAULT_GATEWAY_PORT);
+            .unwrap_or(hearth_net::firewall::DEFAULT_GATEWAY_PORT);
         let listener = tokio::net::TcpListener::bind((addrs.host, port))
             .await
             .map_err(|err| {

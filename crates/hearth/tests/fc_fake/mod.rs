@@ -18,13 +18,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use crate::common::{env, guest_bin, hearth, run, stderr, stdout};
-use crate::fc_support::fake_api::{Behaviour, FakeApi, Recorded};
+use hearth_test_support::firecracker::fake_api::{Behaviour, FakeApi, Recorded};
+pub use hearth_test_support::firecracker::jailer::{fake_jailer, JailerTrace, JAIL_ROOT as ROOT};
 
 pub const FAKE: &str = "HEARTH_TEST_FAKE_FC";
 pub const FAKE_GUEST: &str = "HEARTH_TEST_FAKE_FC_GUEST";
 pub const FAULT_AT: &str = "HEARTH_TEST_FAKE_FC_FAULT_AT";
-/// Set by the fake jailer: the jail's root, where the real jailer would chroot.
-pub const ROOT: &str = "HEARTH_TEST_FAKE_FC_ROOT";
 /// A directory where each fake VMM appends its API requests, to `<sandbox id>.jsonl`.
 pub const RECORD_DIR: &str = "HEARTH_TEST_FAKE_FC_RECORD_DIR";
 /// Where the fake answers and logs the guest's thaw (see `Behaviour::thaw_log`).
@@ -163,34 +162,6 @@ pub fn recording_fake(dir: &Path, env: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     env.push((RECORD_DIR, records.to_str().unwrap()));
     let firecracker = fake_firecracker(dir, &env);
     (records, firecracker)
-}
-
-/// A `jailer` standing in for Firecracker's: it reads the flags hearth passes, joins the
-/// netns and runs the exec file with the jail root where the real one would chroot (the fake
-/// VMM resolves its paths under it). It stays root: the uid drop is the real jailer's.
-pub fn fake_jailer(dir: &Path) -> PathBuf {
-    let script = format!(
-        r#"#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --id) id=$2; shift 2;;
-    --exec-file) exec_file=$2; shift 2;;
-    --chroot-base-dir) base=$2; shift 2;;
-    --netns) netns=$2; shift 2;;
-    --) shift; break;;
-    *) shift 2;;
-  esac
-done
-root="$base/$(basename "$exec_file")/$id/root"
-[ -d "$root" ] || {{ echo "no jail root $root" >&2; exit 1; }}
-export {ROOT}="$root"
-exec nsenter --net="$netns" "$exec_file" --id="$id" "$@"
-"#
-    );
-    let path = dir.join("jailer");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 /// Stand-in image files where hearth looks for the guest image and the Firecracker kernel.

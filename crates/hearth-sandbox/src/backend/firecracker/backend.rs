@@ -74,11 +74,14 @@ pub struct FirecrackerBackend {
     /// VMMs this process spawned, kept so their exit status can be read (only a parent can).
     children: Arc<Mutex<HashMap<SandboxId, Child>>>,
     /// Where the guest images its VMs boot are.
-    images: vm::VmImages,
+    images: Arc<dyn vm::GuestImageSource>,
 }
 
 impl FirecrackerBackend {
-    pub fn new(config: FirecrackerConfig, images: vm::VmImages) -> Result<Self, FirecrackerError> {
+    pub fn new(
+        config: FirecrackerConfig,
+        images: Arc<dyn vm::GuestImageSource>,
+    ) -> Result<Self, FirecrackerError> {
         if let LaunchMode::Jailed(jailer) = &config.mode {
             jailer.validate()?;
         }

@@ -361,5 +361,4 @@ fn readable_by(meta: &fs::Metadata, uid: u32, gid: u32) -> bool {
 }
 
 #[cfg(test)]
-#[path = "jailer_tests.rs"]
 mod tests;

@@ -23,9 +23,10 @@
 //! "bad syscall (N)" log line are a seccomp fault of the VMM's own filter, for the audit).
 //!
 //! # Measuring `InstanceStart` to guest-ready (goal: at most 150 ms on KVM hardware)
-//! Firecracker cannot run on hosts without usable KVM, so this is how `hearth bench boot
-//! --backend firecracker` measures it where it can. The clock is `Instant` (monotonic) in the
-//! hearth process; the VM's work lies between two points hearth itself observes:
+//! Firecracker cannot run on hosts without usable KVM, and no `hearth bench` subcommand boots it
+//! yet (`hearth bench vm` measures QEMU): this is how a Firecracker boot bench is to measure it
+//! where it can. The clock is `Instant` (monotonic) in the hearth process; the VM's work lies
+//! between two points hearth itself observes:
 //! - `t0`: just before the `PUT /actions {"action_type": "InstanceStart"}` request is written
 //!   (after every configuration call has returned, so API round trips before it are excluded);
 //! - `t1`: when the first `GET /v1/health` through [`vsock::VsockConnector`] (`CONNECT 1024`,
@@ -34,13 +35,13 @@
 //!   adds at most about a millisecond of error.
 //!
 //! `t1 - t0` is the figure: guest kernel boot, `hearth-guest` as PID 1 mounting the rootfs and
-//! listening on vsock, plus one request, which is what a task waits for. The bench runs N boots
-//! (default 20) of fresh sandboxes, and prints p50, p90 and max next to a reference measured in
-//! the same run on the same kernel: the same VM booted with `init=/bin/true`-style trivial init
+//! listening on vsock, plus one request, which is what a task waits for. The bench is to run N
+//! boots (default 20) of fresh sandboxes, and print p50, p90 and max next to a reference measured
+//! in the same run on the same kernel: the same VM booted with `init=/bin/true`-style trivial init
 //! that powers off at once (`t0` to the VMM's exit), which is the floor Firecracker and the
 //! kernel set; for example
 //! `firecracker InstanceStart->ready  p50 128 ms  p90 141 ms  max 155 ms  (trivial init p50 96 ms, 1.33x)`.
-//! It also prints, without judging them, the spawn->API-socket and configuration times, since
+//! It is also to print, without judging them, the spawn->API-socket and configuration times, since
 //! those are hearth's own overhead before `t0`. No test asserts a duration.
 
 pub mod api;

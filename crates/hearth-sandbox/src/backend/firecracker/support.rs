@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::backend::oci::runtime::find_in_path;
+use crate::host_tools::find_in_path;
 
 /// An installed tool and the version it reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::CgroupVersion;
+use crate::host_tools::find_in_path;
 
 /// The OCI runtimes hearth knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,21 +357,6 @@ fn last_error_in_log(path: &Path) -> String {
         .unwrap_or_else(|| "the runtime failed without logging an error".to_owned())
 }
 
-/// Looks a program up in `PATH` (plus the sbin dirs, which root's PATH may lack under sudo).
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,12 +382,6 @@ mod tests {
         assert!(!OciRuntimeKind::Crun.supports(CgroupVersion::Hybrid));
         assert!(OciRuntimeKind::Crun.supports(CgroupVersion::V2));
         assert!(OciRuntimeKind::Runc.supports(CgroupVersion::Hybrid));
-    }
-
-    #[test]
-    fn finds_sh_but_not_nonsense() {
-        assert!(find_in_path("sh").is_some());
-        assert!(find_in_path("no-such-runtime-hearth").is_none());
     }
 
     #[test]

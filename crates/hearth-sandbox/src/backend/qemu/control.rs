@@ -7,7 +7,7 @@ use std::time::Duration;
 use hearth_proto::VmThaw;
 
 use super::{argv, QemuBackend, QemuError, SnapshotManifest};
-use crate::backend::vm::{VmImagePaths, GUEST_VSOCK_PORT};
+use crate::backend::vm::{BootKernel, VmImagePaths, GUEST_VSOCK_PORT};
 use crate::backend::{
     blocking, BackendError, BackendKind, GuestChannel, GuestEndpoint, LaunchContext,
     SandboxBackend, SavedVersions, SavedVm, VmControl,
@@ -39,7 +39,7 @@ impl SandboxBackend for QemuBackend {
             // The restored kernel has the saved VM's rootfs mounted: that image, not the
             // current one.
             Some(saved) => self.images.of_saved(&saved.rootfs)?,
-            None => self.images.current()?,
+            None => self.images.current(BootKernel::Image)?,
         }))
     }
 

@@ -171,11 +171,15 @@ pub struct QemuBackend {
     config: QemuConfig,
     dirs: RuntimeDirs,
     /// Where the guest images its VMs boot are.
-    images: vm::VmImages,
+    images: std::sync::Arc<dyn vm::GuestImageSource>,
 }
 
 impl QemuBackend {
-    pub fn new(config: QemuConfig, dirs: RuntimeDirs, images: vm::VmImages) -> Self {
+    pub fn new(
+        config: QemuConfig,
+        dirs: RuntimeDirs,
+        images: std::sync::Arc<dyn vm::GuestImageSource>,
+    ) -> Self {
         Self {
             config,
             dirs,

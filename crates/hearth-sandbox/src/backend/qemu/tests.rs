@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::*;
-use crate::backend::{GuestEndpoint, SandboxBackend};
 use crate::backend::vm::VmGuestConfig;
+use crate::backend::{GuestEndpoint, SandboxBackend};
 use crate::net::netns;
 use crate::spec::{MemoryBytes, ResourceLimits};
 
@@ -127,7 +127,7 @@ impl Fixture {
         QemuBackend::new(
             tcg_config(),
             self.runtime.clone(),
-            vm::VmImages::new(self._tmp.path()),
+            std::sync::Arc::new(vm::NoGuestImages),
         )
     }
 
@@ -469,7 +469,7 @@ fn the_relay_upstream_follows_the_channel() {
     let runtime = RuntimeDirs::open(tmp.path()).unwrap();
     let id = SandboxId::parse("up").unwrap();
     let dirs = runtime.sandbox(&id);
-    let images = vm::VmImages::new(Path::new("/nonexistent"));
+    let images: std::sync::Arc<dyn vm::GuestImageSource> = std::sync::Arc::new(vm::NoGuestImages);
     let serial = QemuBackend::new(tcg_config(), runtime.clone(), images.clone());
     assert!(matches!(
         serial.upstream(&id, &dirs),

@@ -3,10 +3,7 @@
 //! sandbox's guest socket to the guest.
 
 pub mod boot_wait;
-mod images;
 pub mod relay;
-
-pub use images::VmImages;
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -28,6 +25,63 @@ pub struct VmImagePaths {
     pub initrd: PathBuf,
     /// Read-only ext4 root filesystem, attached as the first virtio-blk drive (`/dev/vda`).
     pub rootfs: PathBuf,
+}
+
+/// Which kernel a VM boots with the guest image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootKernel {
+    /// The image's own (Debian) kernel and its initramfs with modules: QEMU.
+    Image,
+    /// The kernel built for Firecracker (everything built in) and the module-less initramfs.
+    Firecracker,
+}
+
+/// Why a VM has no image to boot: one line, saying how to make one where hearth knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImageUnavailable(pub String);
+
+/// Where a VM backend finds what it boots: hearth's image store (`hearth-image`, which builds
+/// the images and depends on this crate, implements it).
+pub trait GuestImageSource: std::fmt::Debug + Send + Sync {
+    /// The current image, with `kernel`.
+    fn current(&self, kernel: BootKernel) -> Result<VmImagePaths, ImageUnavailable>;
+
+    /// The image whose root filesystem is `rootfs` (a saved VM has it mounted), if it is
+    /// still complete.
+    fn with_rootfs(&self, rootfs: &std::path::Path) -> Result<VmImagePaths, ImageUnavailable>;
+
+    /// [`Self::with_rootfs`] for a restore, its error naming the saved VM's image.
+    fn of_saved(
+        &self,
+        rootfs: &std::path::Path,
+    ) -> Result<VmImagePaths, crate::backend::BackendError> {
+        self.with_rootfs(rootfs)
+            .map_err(|source| crate::backend::BackendError::SavedImage {
+                path: rootfs.to_owned(),
+                source,
+            })
+    }
+}
+
+/// An image source with no images: for backends driven with explicit `LaunchContext::vm_image`
+/// paths (tests, tools), whose lookups say so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGuestImages;
+
+impl GuestImageSource for NoGuestImages {
+    fn current(&self, _kernel: BootKernel) -> Result<VmImagePaths, ImageUnavailable> {
+        Err(ImageUnavailable(
+            "no image store: pass the image paths".to_owned(),
+        ))
+    }
+
+    fn with_rootfs(&self, rootfs: &std::path::Path) -> Result<VmImagePaths, ImageUnavailable> {
+        Err(ImageUnavailable(format!(
+            "no image store to find {}",
+            rootfs.display()
+        )))
+    }
 }
 
 /// The guest's side of the sandbox link: the guest configures `eth0` with it (the VM's NIC is

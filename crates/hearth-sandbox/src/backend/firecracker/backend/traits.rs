@@ -9,7 +9,7 @@ use hearth_seccomp::audit::{AuditConfig, AuditEntry, SeccompAuditLog, VmmFault};
 use super::{saved_files, FirecrackerBackend, LaunchMode, SnapshotManifest};
 use crate::backend::firecracker::support::tool_version;
 use crate::backend::firecracker::FirecrackerError;
-use crate::backend::vm::VmImagePaths;
+use crate::backend::vm::{BootKernel, VmImagePaths};
 use crate::backend::{
     blocking, BackendError, BackendKind, GuestChannel, GuestEndpoint, LaunchContext, ObservedExit,
     SandboxBackend, SavedVersions, SavedVm, VmControl,
@@ -47,7 +47,7 @@ impl SandboxBackend for FirecrackerBackend {
     fn vm_image(&self, restore: Option<&SavedVm>) -> Result<Option<VmImagePaths>, BackendError> {
         Ok(Some(match restore {
             Some(saved) => self.images.of_saved(&saved.rootfs)?,
-            None => self.images.firecracker()?,
+            None => self.images.current(BootKernel::Firecracker)?,
         }))
     }
 
