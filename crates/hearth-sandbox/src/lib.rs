@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod net;
 pub mod pidfd;
 pub mod process_stamp;
+pub mod seccomp;
 pub mod spec;
 pub mod userns;
 pub mod vmm_cgroup;
