@@ -11,6 +11,7 @@ pub mod logs;
 pub mod mounts;
 pub mod pidfd;
 pub mod process_stamp;
+pub mod seccomp;
 pub mod spec;
 pub mod userns;
 pub mod vmm_cgroup;

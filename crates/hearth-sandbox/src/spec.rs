@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::SandboxId;
 use crate::net::NetPolicy;
+use crate::seccomp::SpecSeccomp;
 
 /// Default memory limit: enough for a compiler or a test suite, small enough to pack many.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
@@ -136,23 +137,79 @@ impl ResourceLimits {
 
 /// Everything needed to create one sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredSpec")]
 pub struct SandboxSpec {
     pub id: SandboxId,
     pub limits: ResourceLimits,
     /// Host directory mounted read-write at `/workspace`; `None` gives an empty private one.
     pub workspace: Option<PathBuf>,
-    /// The OCI `linux.seccomp` section, already rendered; `None` runs without a filter.
-    pub seccomp: Option<serde_json::Value>,
+    /// The workload's seccomp policy, hardened, on every backend: the OCI runtime applies it
+    /// (audited calls to the supervisor), a microVM's `hearth-guest` installs it as BPF
+    /// (audited calls answered by the guest). `None` runs without a filter.
+    pub seccomp: Option<SpecSeccomp>,
     /// Network mode and allowlist; the default reaches only hearth's gateway and resolver.
     #[serde(default)]
     pub net: NetPolicy,
-    /// Seccomp BPF (the `hearth_proto::bpf` file format) that `hearth-guest` installs in every
-    /// process it starts, on top of the runtime's filter; `None` leaves filtering to the runtime.
+    /// An OCI sandbox's extra policy, which `hearth-guest` installs as BPF in every process it
+    /// starts on top of the runtime's filter; `None` leaves filtering to the runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guest_seccomp: Option<Vec<u8>>,
+    pub guest_seccomp: Option<SpecSeccomp>,
     /// Which isolation technology runs it (records from before this field are OCI).
     #[serde(default)]
     pub backend: crate::backend::BackendKind,
+}
+
+impl SandboxSpec {
+    /// Whether the OCI runtime hands this sandbox's audited calls to a listener (the
+    /// supervisor's `seccomp.sock`): an OCI sandbox whose policy audits something. A microVM's
+    /// guest answers its own.
+    pub fn seccomp_listener(&self) -> bool {
+        self.backend == crate::backend::BackendKind::Oci
+            && self.seccomp.as_ref().is_some_and(SpecSeccomp::audits)
+    }
+}
+
+/// A spec as stored: this version's or an older one's. Before typed policies, a microVM's
+/// workload filter was its `guest_seccomp` (rendered BPF) and its `seccomp` was empty; loading
+/// moves it to `seccomp`, where this version keeps a microVM's workload policy.
+#[derive(Deserialize)]
+struct StoredSpec {
+    id: SandboxId,
+    limits: ResourceLimits,
+    workspace: Option<PathBuf>,
+    seccomp: Option<SpecSeccomp>,
+    #[serde(default)]
+    net: NetPolicy,
+    #[serde(default)]
+    guest_seccomp: Option<SpecSeccomp>,
+    #[serde(default)]
+    backend: crate::backend::BackendKind,
+}
+
+impl From<StoredSpec> for SandboxSpec {
+    fn from(stored: StoredSpec) -> Self {
+        let StoredSpec {
+            id,
+            limits,
+            workspace,
+            mut seccomp,
+            net,
+            mut guest_seccomp,
+            backend,
+        } = stored;
+        if backend != crate::backend::BackendKind::Oci && seccomp.is_none() {
+            seccomp = guest_seccomp.take();
+        }
+        Self {
+            id,
+            limits,
+            workspace,
+            seccomp,
+            net,
+            guest_seccomp,
+            backend,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +239,36 @@ mod tests {
         for bad in ["0", "-1", "abc", "5000"] {
             assert!(bad.parse::<Cpus>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn old_records_load_with_their_renderings() {
+        use crate::backend::BackendKind;
+        // Specs as hearth stored them before it kept typed policies.
+        let oci: SandboxSpec = serde_json::from_str(include_str!(
+            "../../hearth/tests/fixtures/old-records/sandbox-spec-oci.json"
+        ))
+        .unwrap();
+        assert_eq!(oci.backend, BackendKind::Oci);
+        assert!(matches!(oci.seccomp, Some(SpecSeccomp::Oci(_))));
+        assert!(matches!(oci.guest_seccomp, Some(SpecSeccomp::Bpf(_))));
+        assert!(oci.seccomp_listener());
+        // A microVM's guest filter was its workload policy: it is `seccomp` now.
+        let vm: SandboxSpec = serde_json::from_str(include_str!(
+            "../../hearth/tests/fixtures/old-records/sandbox-spec-qemu.json"
+        ))
+        .unwrap();
+        assert_eq!(vm.backend, BackendKind::Qemu);
+        let Some(SpecSeccomp::Bpf(bytes)) = &vm.seccomp else {
+            panic!("{:?}", vm.seccomp)
+        };
+        assert!(bytes.starts_with(b"HRTHBPF"), "{:?}", &bytes[..8]);
+        assert!(vm.guest_seccomp.is_none());
+        assert!(!vm.seccomp_listener());
+        // And stored again, it loads the same.
+        let again: SandboxSpec =
+            serde_json::from_str(&serde_json::to_string(&vm).unwrap()).unwrap();
+        assert_eq!(again.seccomp, vm.seccomp);
     }
 
     #[test]

@@ -256,6 +256,13 @@ impl SeccompPolicy {
         }
     }
 
+    /// Whether any call under the policy is audited (`audit_deny`), so whoever enforces it
+    /// needs a listener to answer and record those calls.
+    pub fn audits(&self) -> bool {
+        self.default_action == Action::AuditDeny
+            || self.rules.iter().any(|r| r.action == Action::AuditDeny)
+    }
+
     /// The policy as TOML text.
     pub fn to_toml_string(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
@@ -316,6 +323,20 @@ mod flex_u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audits_when_any_action_is_audit_deny() {
+        let mut policy = SeccompPolicy {
+            default_action: Action::Allow,
+            rules: vec![Rule::new("mount", Action::Errno(EPERM))],
+        };
+        assert!(!policy.audits());
+        policy.rules.push(Rule::new("umount2", Action::AuditDeny));
+        assert!(policy.audits());
+        policy.rules.clear();
+        policy.default_action = Action::AuditDeny;
+        assert!(policy.audits());
+    }
 
     #[test]
     fn toml_and_json_read_the_same_policy() {

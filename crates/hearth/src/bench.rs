@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use hearth_proto::ExecRequest;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
@@ -26,6 +26,7 @@ mod vm;
 
 use crate::cli::output::{self, errln, outln, OutputError};
 use crate::config::Settings;
+use crate::request::{RequestError, SandboxRequest, SeccompRequest};
 use crate::sandboxes::SandboxManager;
 
 #[derive(Debug, Subcommand)]
@@ -208,7 +209,7 @@ fn print_table(r: &SandboxBench) -> Result<(), OutputError> {
 async fn bench_cycle(manager: &SandboxManager, cycles: usize) -> anyhow::Result<Percentiles> {
     let mut samples = Vec::with_capacity(cycles);
     for _ in 0..cycles {
-        let spec = bench_spec();
+        let spec = bench_spec()?;
         let start = Instant::now();
         manager.create(&spec).await?;
         let status = manager
@@ -231,7 +232,7 @@ async fn bench_exec(
     scratch: &Path,
     execs: usize,
 ) -> anyhow::Result<(Percentiles, Percentiles)> {
-    let spec = bench_spec();
+    let spec = bench_spec()?;
     manager.create(&spec).await?;
     let outcome = exec_samples(manager, settings, scratch, &spec.id, execs).await;
     manager.remove(&spec.id, false).await?;
@@ -307,16 +308,18 @@ fn runtime_exec_samples(
     }
 }
 
-pub(crate) fn bench_spec() -> SandboxSpec {
-    SandboxSpec {
-        id: SandboxId::generate(),
-        limits: ResourceLimits::default(),
-        workspace: None,
-        seccomp: None,
-        net: Default::default(),
-        guest_seccomp: None,
-        backend: hearth_sandbox::backend::BackendKind::Oci,
+/// A plain sandbox without a seccomp filter, to compare with a bare runtime.
+pub(crate) fn bench_request(backend: BackendKind) -> SandboxRequest {
+    SandboxRequest {
+        backend,
+        seccomp: SeccompRequest::Unfiltered,
+        ..SandboxRequest::default()
     }
+}
+
+/// [`bench_request`] of an OCI sandbox, validated.
+pub(crate) fn bench_spec() -> Result<SandboxSpec, RequestError> {
+    bench_request(BackendKind::Oci).validate()
 }
 
 fn true_request() -> ExecRequest {

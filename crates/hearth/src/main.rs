@@ -8,6 +8,7 @@ mod doctor;
 mod doctor_firecracker;
 mod exit;
 mod firecracker;
+mod request;
 mod sandboxes;
 mod store;
 mod supervisor;

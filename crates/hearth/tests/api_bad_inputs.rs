@@ -192,3 +192,43 @@ fn bad_inputs_get_a_json_error_naming_the_problem() {
     write_request(&mut unix, "GET", "/v1/tasks", &[], None);
     assert_eq!(read_response(unix).0, 401);
 }
+
+/// The API and the CLI build a sandbox's network policy with one set of rules, so they refuse
+/// the same requests: an allow rule needs the allowlist mode, IPv6 can't be allowed, a
+/// destination must parse. Nothing is created either way.
+#[test]
+fn the_api_and_the_cli_refuse_the_same_network_requests() {
+    let daemon = Daemon::start(None, 1);
+    let id = "rq-net-bad";
+    for (mode, allow) in [
+        (Some("gateway"), "10.0.0.0/8"),
+        (Some("none"), "10.0.0.0/8:443"),
+        (None, "2001:db8::/32"),
+        (None, "not a destination"),
+    ] {
+        let mut body = serde_json::json!({"id": id, "allow": [allow]});
+        let mut flags = vec!["sandbox", "create", "--id", id, "--allow", allow];
+        if let Some(mode) = mode {
+            body["net"] = mode.into();
+            flags.extend(["--net", mode]);
+        }
+        let body = body.to_string();
+        assert_error(
+            &daemon,
+            "POST",
+            "/v1/sandboxes",
+            Some(body.as_bytes()),
+            422,
+            "invalid_request",
+            "allow",
+        );
+        let out = common::run(&flags);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{flags:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--allow"), "{err}");
+    }
+    let (status, list) = daemon.json("GET", "/v1/sandboxes", None);
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains(id), "{list}");
+}

@@ -210,9 +210,11 @@ impl Fixture {
             id,
             limits: ResourceLimits::default(),
             workspace: None,
-            seccomp: None,
+            seccomp: Some(hearth_sandbox::seccomp::SpecSeccomp::Bpf(vec![
+                0xde, 0xad, 0xbe, 0xef,
+            ])),
             net: Default::default(),
-            guest_seccomp: Some(vec![0xde, 0xad, 0xbe, 0xef]),
+            guest_seccomp: None,
             backend: hearth_sandbox::backend::BackendKind::Firecracker,
         };
         let record = tmp.path().join("record.jsonl");

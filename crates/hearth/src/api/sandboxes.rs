@@ -9,16 +9,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use hearth_net::{AllowRule, NetMode, NetPolicy};
 use hearth_proto::ExecRequest;
 use hearth_sandbox::guest_client::OutputChunk;
-use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::{Cpus, MemoryBytes};
 use hearth_sandbox::SandboxId;
 use serde::{Deserialize, Serialize};
 
 use super::body::{read_limited, JsonBody, FILE_LIMIT};
 use super::server::AppState;
 use super::ApiError;
+use crate::request::{NetRequest, RequestError, SandboxRequest, SeccompRequest};
 use crate::store::{SandboxRecord, TaskId};
 use crate::tasks::params::InvalidParam;
 
@@ -62,83 +62,53 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateSandbox>,
 ) -> Result<(StatusCode, Json<SandboxRecord>), ApiError> {
-    let manager = &state.manager;
-    let id = match &body.id {
-        Some(raw) => parse_id(raw)?,
-        None => SandboxId::generate(),
-    };
-    let defaults = ResourceLimits::default();
-    let limits = ResourceLimits {
-        memory: match &body.memory {
-            Some(raw) => raw
-                .parse::<MemoryBytes>()
-                .map_err(|e| invalid("memory", e.to_string()))?,
-            None => defaults.memory,
-        },
-        cpus: match body.cpus {
-            Some(n) => n
-                .to_string()
-                .parse::<Cpus>()
-                .map_err(|e| invalid("cpus", e.to_string()))?,
-            None => defaults.cpus,
-        },
-        pids: body.pids.unwrap_or(defaults.pids),
-        disk: match &body.disk {
-            Some(raw) => raw
-                .parse::<MemoryBytes>()
-                .map_err(|e| invalid("disk", e.to_string()))?,
-            None => defaults.disk,
-        },
-    };
-    limits
-        .validate()
-        .map_err(|e| invalid("pids", e.to_string()))?;
-    let workspace = match &body.workspace {
-        Some(dir) if dir.is_absolute() => Some(
-            dir.canonicalize()
-                .map_err(|e| invalid("workspace", format!("{}: {e}", dir.display())))?,
-        ),
-        Some(dir) => {
-            return Err(invalid(
-                "workspace",
-                format!("{} is not absolute", dir.display()),
-            ))
-        }
-        None => None,
-    };
-    let net = net_policy(body.net.as_deref(), &body.allow)?;
-    let listener = manager.dirs.sandbox(&id).seccomp_socket();
-    let profile = body.seccomp.as_deref().unwrap_or("default");
-    let seccomp = crate::cli::seccomp::render_for_sandbox(profile, &listener)
-        .map_err(|e| invalid("seccomp", e.message))?;
-    let spec = SandboxSpec {
-        id,
-        limits,
-        workspace,
-        seccomp: Some(seccomp),
-        net,
-        guest_seccomp: None,
-        backend: hearth_sandbox::backend::BackendKind::Oci,
-    };
-    let record = manager.create(&spec).await?;
+    let spec = body.request()?.validate().map_err(refused)?;
+    let record = state.manager.create(&spec).await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-fn net_policy(mode: Option<&str>, allow: &[String]) -> Result<NetPolicy, ApiError> {
-    let mode = match mode {
-        Some(raw) => raw
-            .parse::<NetMode>()
-            .map_err(|e| invalid("net", e.to_string()))?,
-        None if allow.is_empty() => NetMode::Gateway,
-        None => NetMode::Allowlist,
-    };
-    let mut net = NetPolicy::new(mode);
-    net.allow = allow
-        .iter()
-        .map(|raw| AllowRule::parse(raw))
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid("allow", e.to_string()))?;
-    Ok(net)
+impl CreateSandbox {
+    /// The body as a [`SandboxRequest`]: sizes parse as the CLI's flags do.
+    fn request(&self) -> Result<SandboxRequest, ApiError> {
+        let size = |field, raw: &Option<String>| {
+            raw.as_deref()
+                .map(str::parse::<MemoryBytes>)
+                .transpose()
+                .map_err(|e| invalid(field, e.to_string()))
+        };
+        Ok(SandboxRequest {
+            id: self.id.clone(),
+            backend: hearth_sandbox::backend::BackendKind::Oci,
+            memory: size("memory", &self.memory)?,
+            cpus: self
+                .cpus
+                .map(|n| n.to_string().parse::<Cpus>())
+                .transpose()
+                .map_err(|e| invalid("cpus", e.to_string()))?,
+            pids: self.pids,
+            disk: size("disk", &self.disk)?,
+            workspace: self.workspace.clone(),
+            seccomp: SeccompRequest::Profile(
+                self.seccomp
+                    .clone()
+                    .unwrap_or_else(|| crate::request::DEFAULT_PROFILE.to_owned()),
+            ),
+            guest_seccomp: None,
+            net: NetRequest {
+                mode: self.net.clone(),
+                allow: self.allow.clone(),
+                ..NetRequest::default()
+            },
+        })
+    }
+}
+
+/// A refused request: a bad id as for every route taking one, any other field by name.
+fn refused(err: RequestError) -> ApiError {
+    match err {
+        RequestError::Id { raw, source } => ApiError::BadId { raw, source },
+        other => invalid(other.field(), other.to_string()),
+    }
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<SandboxRecord>>, ApiError> {

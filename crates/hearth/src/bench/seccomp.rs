@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use hearth_proto::ExecRequest;
 use hearth_sandbox::guest_client::OutputChunk;
-use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::SandboxSpec;
 use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
 use super::{progress, Percentiles};
 use crate::cli::output::{self, outln, OutputError};
+use crate::request::{RequestError, SandboxRequest};
 use crate::sandboxes::SandboxManager;
 use crate::supervisor::launch;
 
@@ -67,8 +68,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     manager.reconcile().await?;
-    let flood = sandbox_spec(manager)?;
-    let quiet = sandbox_spec(manager)?;
+    let flood = sandbox_spec()?;
+    let quiet = sandbox_spec()?;
     manager.create(&flood).await?;
     let outcome = match manager.create(&quiet).await {
         Ok(_) => measure(flood.id.clone(), quiet.id.clone()).await,
@@ -80,19 +81,8 @@ where
 }
 
 /// A sandbox under the `default` profile, its audited calls going to its supervisor.
-pub(super) fn sandbox_spec(manager: &SandboxManager) -> anyhow::Result<SandboxSpec> {
-    let id = SandboxId::generate();
-    let listener = manager.dirs.sandbox(&id).seccomp_socket();
-    let seccomp = crate::cli::seccomp::render_for_sandbox("default", &listener)?;
-    Ok(SandboxSpec {
-        limits: ResourceLimits::default(),
-        workspace: None,
-        seccomp: Some(seccomp),
-        net: Default::default(),
-        guest_seccomp: None,
-        backend: hearth_sandbox::backend::BackendKind::Oci,
-        id,
-    })
+pub(super) fn sandbox_spec() -> Result<SandboxSpec, RequestError> {
+    SandboxRequest::default().validate()
 }
 
 async fn measure(

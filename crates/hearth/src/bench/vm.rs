@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use hearth_image::GuestImage;
 use hearth_sandbox::backend::qemu::Accel;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::SandboxId;
 use serde::Serialize;
 
-use super::{bench_spec, progress, Percentiles};
+use super::{bench_request, progress, Percentiles};
 use crate::cli::escape::field;
 use crate::cli::output::{self, outln};
 use crate::exit::{CliError, HOST};
+use crate::request::SandboxRequest;
 use crate::sandboxes::{SandboxError, SandboxManager};
 
 /// A baseline boot that takes longer than this is counted as failed.
@@ -57,11 +57,12 @@ pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::
     );
     let mut hearth = Vec::with_capacity(boots);
     for n in 0..boots {
-        let id = SandboxId::parse(&format!("bench-vm-{}-{n}", std::process::id()))?;
-        let mut spec = bench_spec();
-        spec.id = id.clone();
-        spec.backend = BackendKind::Qemu;
-        spec.seccomp = None;
+        let spec = SandboxRequest {
+            id: Some(format!("bench-vm-{}-{n}", std::process::id())),
+            ..bench_request(BackendKind::Qemu)
+        }
+        .validate()?;
+        let id = spec.id.clone();
         let started = Instant::now();
         let created = manager.create(&spec).await;
         let elapsed = started.elapsed();

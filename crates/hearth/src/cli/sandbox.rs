@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hearth_net::{AllowRule, NetMode, NetPolicy, PolicyError, Rate};
 use hearth_proto::ExecRequest;
 use hearth_sandbox::backend::BackendKind;
-use hearth_sandbox::spec::{Cpus, MemoryBytes, ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::{Cpus, MemoryBytes};
 use hearth_sandbox::SandboxId;
 
 use crate::config::Settings;
 use crate::exit::{CliError, BAD_INPUT, COMMAND_NOT_FOUND, TIMED_OUT, TOO_LARGE};
+use crate::request::{NetRequest, RequestError, SandboxRequest, SeccompRequest};
 use crate::sandboxes::SandboxManager;
 
 /// Largest file `cp` moves in one go (the guest enforces its own cap too).
@@ -221,52 +221,47 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
     if args.from_snapshot.is_some() {
         return super::snapshot::create_from(manager, args).await;
     }
-    let id = match &args.id {
-        Some(raw) => SandboxId::parse(raw)?,
-        None => SandboxId::generate(),
-    };
-    let net = net_policy(&args)?;
-    let backend = args.backend.unwrap_or(BackendKind::Oci);
-    let seccomp_policy = args.seccomp.as_deref().unwrap_or("default");
-    let defaults = ResourceLimits::default();
-    let limits = ResourceLimits {
-        memory: args.memory.unwrap_or(defaults.memory),
-        cpus: args.cpus.unwrap_or(defaults.cpus),
-        pids: args.pids.unwrap_or(defaults.pids),
-        disk: args.disk.unwrap_or(defaults.disk),
-    };
-    limits
-        .validate()
-        .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
-    let workspace = workspace(args.workspace.as_deref())?;
-    // A container is filtered by its runtime (audited through the supervisor); a VM's
-    // processes by its hearth-guest, which installs the policy's BPF in each one and answers
-    // the audited calls itself (the supervisor copies its log).
-    let (seccomp, guest_seccomp) = if backend == BackendKind::Oci {
-        let listener = manager.dirs.sandbox(&id).seccomp_socket();
-        let seccomp = super::seccomp::render_for_sandbox(seccomp_policy, &listener)?;
-        let guest = args
-            .guest_seccomp
-            .as_deref()
-            .map(super::seccomp::guest_bpf)
-            .transpose()?;
-        (Some(seccomp), guest)
-    } else {
-        let policy = args.guest_seccomp.as_deref().unwrap_or(seccomp_policy);
-        (None, Some(super::seccomp::vm_guest_bpf(policy)?))
-    };
+    let spec = request(&args)?.validate().map_err(bad_request)?;
     manager.reconcile().await?;
-    let spec = SandboxSpec {
-        id,
-        limits,
-        workspace,
-        seccomp,
-        net,
-        guest_seccomp,
-        backend,
-    };
     let record = manager.create(&spec).await?;
     print_created(&record, args.json)
+}
+
+/// The flags as a [`SandboxRequest`]; a relative `--workspace` is taken from the current
+/// directory.
+pub(super) fn request(args: &CreateArgs) -> Result<SandboxRequest, CliError> {
+    Ok(SandboxRequest {
+        id: args.id.clone(),
+        backend: args.backend.unwrap_or(BackendKind::Oci),
+        memory: args.memory,
+        cpus: args.cpus,
+        pids: args.pids,
+        disk: args.disk,
+        workspace: args.workspace.as_deref().map(absolute).transpose()?,
+        seccomp: SeccompRequest::Profile(
+            args.seccomp
+                .clone()
+                .unwrap_or_else(|| crate::request::DEFAULT_PROFILE.to_owned()),
+        ),
+        guest_seccomp: args.guest_seccomp.clone(),
+        net: NetRequest {
+            mode: args.net.clone(),
+            allow: args.allow.clone(),
+            allow_private: args.allow_private,
+            publish: args.publish.clone(),
+            rate: args.net_rate.clone(),
+        },
+    })
+}
+
+/// A refused request as the CLI reports it: bad input, in one line.
+pub(super) fn bad_request(err: RequestError) -> CliError {
+    CliError::new(BAD_INPUT, err.to_string())
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, CliError> {
+    std::path::absolute(dir)
+        .map_err(|err| CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display())))
 }
 
 pub(super) fn print_created(
@@ -279,15 +274,6 @@ pub(super) fn print_created(
         outln!("{}", record.id)?;
     }
     Ok(0)
-}
-
-/// `--workspace`, resolved to an absolute path.
-pub(super) fn workspace(dir: Option<&Path>) -> Result<Option<PathBuf>, CliError> {
-    dir.map(|dir| {
-        dir.canonicalize()
-            .map_err(|err| CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display())))
-    })
-    .transpose()
 }
 
 async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
@@ -353,38 +339,6 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
 }
 
 /// The network policy from `--net`, `--allow`, `--allow-private`, `--publish`, `--net-rate`.
-pub(super) fn net_policy(args: &CreateArgs) -> Result<NetPolicy, CliError> {
-    let bad = |err: PolicyError| CliError::new(BAD_INPUT, err.to_string());
-    let mode = match (&args.net, args.allow.is_empty()) {
-        (Some(raw), _) => raw.parse::<NetMode>().map_err(bad)?,
-        (None, false) => NetMode::Allowlist,
-        (None, true) => NetMode::Gateway,
-    };
-    if mode != NetMode::Allowlist && !args.allow.is_empty() {
-        return Err(CliError::new(
-            BAD_INPUT,
-            format!("--allow needs --net allowlist, not --net {mode}"),
-        ));
-    }
-    let mut policy = NetPolicy::new(mode);
-    policy.allow = args
-        .allow
-        .iter()
-        .map(|raw| AllowRule::parse(raw))
-        .collect::<Result<_, _>>()
-        .map_err(bad)?;
-    policy.allow_private = args.allow_private;
-    policy.publish.clone_from(&args.publish);
-    policy.rate = args
-        .net_rate
-        .as_deref()
-        .map(Rate::parse)
-        .transpose()
-        .map_err(bad)?;
-    policy.validate().map_err(bad)?;
-    Ok(policy)
-}
-
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked positive and finite; saturates
 fn seconds_to_ms(secs: f64) -> u64 {
     (secs * 1000.0).ceil() as u64

@@ -1,12 +1,13 @@
 //! `hearth sandbox snapshot|snapshots|snapshot-rm` and `create --from-snapshot`.
 
 use clap::Args;
-use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::ResourceLimits;
 use hearth_sandbox::SandboxId;
 
 use super::output::{self, outln};
 use super::sandbox::CreateArgs;
 use crate::exit::{CliError, BAD_INPUT};
+use crate::request::{SandboxRequest, SeccompRequest};
 use crate::sandboxes::SandboxManager;
 use crate::store::{SnapshotName, SnapshotRecord};
 
@@ -81,24 +82,20 @@ pub async fn remove(manager: &SandboxManager, raw: &[String]) -> anyhow::Result<
 pub async fn create_from(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8> {
     let raw = args.from_snapshot.as_deref().unwrap_or_default();
     let name = SnapshotName::parse(raw)?;
-    let id = match &args.id {
-        Some(raw) => SandboxId::parse(raw)?,
-        None => SandboxId::generate(),
+    // The id, workspace and network are asked for as for any sandbox; the VM's shape and its
+    // seccomp policy are the snapshot's (its guest installed that policy before it was saved).
+    let request = SandboxRequest {
+        seccomp: SeccompRequest::Unfiltered,
+        guest_seccomp: None,
+        ..super::sandbox::request(&args)?
     };
+    let mut spec = request.validate().map_err(super::sandbox::bad_request)?;
     let snapshot = manager.get_snapshot(&name).await?;
-    let limits = restored_limits(&args, &snapshot)?;
-    let net = super::sandbox::net_policy(&args)?;
-    let workspace = super::sandbox::workspace(args.workspace.as_deref())?;
+    spec.limits = restored_limits(&args, &snapshot)?;
+    spec.backend = snapshot.spec.backend;
+    spec.seccomp.clone_from(&snapshot.spec.seccomp);
+    spec.guest_seccomp.clone_from(&snapshot.spec.guest_seccomp);
     manager.reconcile().await?;
-    let spec = SandboxSpec {
-        id,
-        limits,
-        workspace,
-        seccomp: None,
-        net,
-        guest_seccomp: snapshot.spec.guest_seccomp.clone(),
-        backend: snapshot.spec.backend,
-    };
     let record = manager.create_from_snapshot(&spec, &name).await?;
     super::sandbox::print_created(&record, args.json)
 }
@@ -167,7 +164,8 @@ mod tests {
     use super::*;
     use clap::Parser;
     use hearth_sandbox::backend::BackendKind;
-    use hearth_sandbox::spec::{Cpus, MemoryBytes};
+    use hearth_sandbox::seccomp::SpecSeccomp;
+    use hearth_sandbox::spec::{Cpus, MemoryBytes, SandboxSpec};
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -195,9 +193,9 @@ mod tests {
                 ..ResourceLimits::default()
             },
             workspace: None,
-            seccomp: None,
+            seccomp: Some(SpecSeccomp::Bpf(vec![7])),
             net: Default::default(),
-            guest_seccomp: Some(vec![7]),
+            guest_seccomp: None,
             backend,
         };
         crate::store::new_snapshot_record(

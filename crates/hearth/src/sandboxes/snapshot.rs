@@ -192,6 +192,7 @@ impl SandboxManager {
             )));
         }
         // The VM's size and guest policy come from the saved VM; the CLI fills them in.
+        debug_assert_eq!(spec.seccomp, snapshot.spec.seccomp);
         debug_assert_eq!(spec.guest_seccomp, snapshot.spec.guest_seccomp);
         self.create_with(spec, Some(Restore { saved })).await
     }

@@ -377,4 +377,63 @@ mod tests {
         let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
     }
+
+    /// Rows written before specs held typed policies (rendered OCI JSON with its
+    /// `listenerPath`, guest BPF bytes) still list, read and delete.
+    #[tokio::test]
+    async fn old_rows_with_rendered_seccomp_still_load() {
+        use hearth_sandbox::backend::BackendKind;
+        use hearth_sandbox::seccomp::SpecSeccomp;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state")).await.unwrap();
+        let fixtures = [
+            (
+                "old-oci",
+                include_str!("../../tests/fixtures/old-records/sandbox-spec-oci.json"),
+            ),
+            (
+                "old-qemu",
+                include_str!("../../tests/fixtures/old-records/sandbox-spec-qemu.json"),
+            ),
+        ];
+        for (id, old) in fixtures {
+            let rec = store
+                .insert_sandbox(&spec(id), "oci", "runc")
+                .await
+                .unwrap();
+            sqlx::query("UPDATE sandboxes SET spec = ? WHERE id = ?")
+                .bind(old)
+                .bind(rec.id.as_str())
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let listed = store.list_sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let oci = store
+            .get_sandbox(&SandboxId::parse("old-oci").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(SpecSeccomp::Oci(section)) = &oci.spec.seccomp else {
+            panic!("{:?}", oci.spec.seccomp)
+        };
+        assert!(section["listenerPath"].is_string());
+        assert!(oci.spec.seccomp_listener());
+        assert!(matches!(oci.spec.guest_seccomp, Some(SpecSeccomp::Bpf(_))));
+        assert_eq!(oci.spec.net.allow.len(), 1);
+        let vm = store
+            .get_sandbox(&SandboxId::parse("old-qemu").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(vm.spec.backend, BackendKind::Qemu);
+        assert!(matches!(vm.spec.seccomp, Some(SpecSeccomp::Bpf(_))));
+        // `sandbox ls --json` and the API print records: they still serialize.
+        assert!(serde_json::to_string(&listed).is_ok());
+        for rec in listed {
+            store.delete_sandbox(&rec.id).await.unwrap();
+        }
+        assert!(store.list_sandboxes().await.unwrap().is_empty());
+    }
 }

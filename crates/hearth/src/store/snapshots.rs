@@ -180,6 +180,7 @@ fn snapshot_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRecord, St
 mod tests {
     use super::*;
     use hearth_sandbox::backend::BackendKind;
+    use hearth_sandbox::seccomp::SpecSeccomp;
     use hearth_sandbox::spec::{MemoryBytes, ResourceLimits};
 
     #[test]
@@ -209,9 +210,9 @@ mod tests {
                 ..ResourceLimits::default()
             },
             workspace: None,
-            seccomp: None,
+            seccomp: Some(SpecSeccomp::Bpf(vec![1, 2, 3])),
             net: Default::default(),
-            guest_seccomp: Some(vec![1, 2, 3]),
+            guest_seccomp: None,
             backend: BackendKind::Qemu,
         };
         let name = SnapshotName::parse("s1").unwrap();
@@ -225,7 +226,7 @@ mod tests {
         assert_eq!(got.source_id.as_str(), "src");
         assert_eq!((got.backend.as_str(), got.size_bytes), ("qemu", 42));
         assert_eq!(got.spec.limits.memory, MemoryBytes(256 << 20));
-        assert_eq!(got.spec.guest_seccomp, Some(vec![1, 2, 3]));
+        assert_eq!(got.spec.seccomp, Some(SpecSeccomp::Bpf(vec![1, 2, 3])));
         // The spec (with its seccomp program) stays out of the listing's JSON.
         let json = serde_json::to_value(&got).unwrap();
         assert_eq!(json["name"], "s1");
@@ -234,5 +235,40 @@ mod tests {
         store.delete_snapshot(&name).await.unwrap();
         assert!(store.get_snapshot(&name).await.unwrap().is_none());
         assert!(store.list_snapshots().await.unwrap().is_empty());
+    }
+
+    /// A snapshot of a microVM recorded before specs held typed policies: its guest's BPF
+    /// program (what the restored guest must get) is the restored sandbox's workload filter.
+    #[tokio::test]
+    async fn an_old_snapshot_row_still_restores_its_guest_filter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state")).await.unwrap();
+        let old = include_str!("../../tests/fixtures/old-records/sandbox-spec-qemu.json");
+        let old_bytes: Vec<u8> = serde_json::from_value(
+            serde_json::from_str::<serde_json::Value>(old).unwrap()["guest_seccomp"].clone(),
+        )
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO snapshots (name, source_id, backend, size_bytes, created_at, \
+             hearth_version, vmm_version, spec) VALUES ('old', 'old-qemu', 'qemu', 1, 0, '0.1.0', 'QEMU 7', ?)",
+        )
+        .bind(old)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let name = SnapshotName::parse("old").unwrap();
+        let got = store.get_snapshot(&name).await.unwrap().unwrap();
+        assert_eq!(got.spec.backend, BackendKind::Qemu);
+        assert_eq!(got.spec.seccomp, Some(SpecSeccomp::Bpf(old_bytes.clone())));
+        assert!(got.spec.guest_seccomp.is_none());
+        // What the VM backends put on the restored guest's config drive.
+        let config = hearth_sandbox::backend::vm::spec_guest_config(&got.spec).unwrap();
+        use base64::Engine as _;
+        let carried = base64::engine::general_purpose::STANDARD
+            .decode(config.seccomp_bpf_b64.unwrap())
+            .unwrap();
+        assert_eq!(carried, old_bytes);
+        assert_eq!(store.list_snapshots().await.unwrap().len(), 1);
+        store.delete_snapshot(&name).await.unwrap();
     }
 }

@@ -25,16 +25,8 @@ use crate::store::Store;
 /// The line a supervisor prints once its listener is bound.
 pub const READY_LINE: &str = "ready";
 
-/// The `listenerPath` a rendered OCI seccomp section names, if any.
-fn listener_path(spec: &SandboxSpec) -> Option<PathBuf> {
-    spec.seccomp
-        .as_ref()?
-        .get("listenerPath")?
-        .as_str()
-        .map(PathBuf::from)
-}
-
-/// Starts the sandbox's supervisor when it has a duty (its seccomp section names a listener, or
+/// Starts the sandbox's supervisor when it has a duty (its runtime hands audited calls to a
+/// listener, see [`SandboxSpec::seccomp_listener`], or
 /// it has a network link to resolve names for and log drops of), and waits until it is ready.
 /// Returns its pid, or `None` when there is nothing to supervise.
 pub async fn start_if_needed(
@@ -45,20 +37,8 @@ pub async fn start_if_needed(
     net: Option<&NetDuty>,
     relay: Option<&RelayDuty>,
 ) -> Result<Option<u32>, SupervisorError> {
-    let seccomp = match listener_path(spec) {
-        Some(given) => {
-            let expected = dirs.seccomp_socket();
-            if given != expected {
-                return Err(SupervisorError::ListenerPath {
-                    id: spec.id.clone(),
-                    given,
-                    expected,
-                });
-            }
-            true
-        }
-        None => false,
-    };
+    // The backend names this sandbox's socket as the runtime's listener (`dirs.seccomp_socket()`).
+    let seccomp = spec.seccomp_listener();
     if !seccomp && net.is_none() && relay.is_none() {
         return Ok(None);
     }

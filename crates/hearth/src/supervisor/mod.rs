@@ -81,14 +81,6 @@ pub enum SupervisorError {
         why: String,
         log: String,
     },
-    #[error(
-        "sandbox {id}: the seccomp listenerPath {given} is not the sandbox's socket {expected}"
-    )]
-    ListenerPath {
-        id: SandboxId,
-        given: PathBuf,
-        expected: PathBuf,
-    },
     #[error("stopping seccomp supervisor: {0}")]
     Stop(#[from] PidfdError),
     #[error("seccomp supervisor {pid} still runs after SIGKILL")]

@@ -30,8 +30,6 @@ pub enum TaskError {
     },
     #[error("gateway: {0}")]
     Gateway(String),
-    #[error("rendering the task's seccomp policy: {0}")]
-    Seccomp(#[from] hearth_seccomp::OciError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]

@@ -3,12 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hearth_net::{AllowRule, NetMode, NetPolicy};
-use hearth_sandbox::spec::ResourceLimits;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::runner::TaskRequest;
+use crate::request::{NetRequest, SandboxRequest};
 
 /// One parameter that failed validation, named so a client can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -90,30 +89,26 @@ impl TaskParams {
         if self.max_tokens == 0 {
             return Err(invalid("max_tokens", "must be at least 1"));
         }
-        let workspace = self.workspace.as_deref().map(workspace_dir).transpose()?;
-        let mut net = NetPolicy::new(if self.allow.is_empty() {
-            NetMode::Gateway
-        } else {
-            NetMode::Allowlist
-        });
-        net.allow = self
-            .allow
-            .iter()
-            .map(|raw| AllowRule::parse(raw))
-            .collect::<Result<_, _>>()
-            .map_err(|err| invalid("allow", err.to_string()))?;
-        let seccomp = hearth_seccomp::load_workload_policy("default")
-            .map_err(|err| invalid("seccomp", err.to_string()))?;
+        // The task's sandbox, checked now so a bad one is refused before the task is queued;
+        // the runner gives it the task's id.
+        let request = SandboxRequest {
+            workspace: self.workspace.clone(),
+            net: NetRequest {
+                allow: self.allow.clone(),
+                ..NetRequest::default()
+            },
+            ..SandboxRequest::default()
+        };
+        let sandbox = request
+            .validate()
+            .map_err(|err| invalid(err.field(), err.to_string()))?;
         Ok(TaskRequest {
             prompt: self.prompt.clone(),
             model: self.model.clone(),
-            workspace,
             max_steps: self.max_steps,
             max_tokens: self.max_tokens,
             timeout: Duration::from_secs_f64(self.timeout_s),
-            net,
-            limits: ResourceLimits::default(),
-            seccomp,
+            sandbox,
         })
     }
 }
@@ -121,30 +116,10 @@ impl TaskParams {
 /// The `spec` column of a task: what it was asked to do besides the prompt and model.
 pub fn stored_spec(request: &TaskRequest) -> Value {
     json!({
-        "workspace": request.workspace, "max_steps": request.max_steps,
+        "workspace": request.sandbox.workspace, "max_steps": request.max_steps,
         "max_tokens": request.max_tokens, "timeout_s": request.timeout.as_secs_f64(),
-        "net": request.net,
+        "net": request.sandbox.net,
     })
-}
-
-/// An existing absolute directory, canonical (the sandbox mounts exactly what was checked).
-fn workspace_dir(raw: &std::path::Path) -> Result<PathBuf, InvalidParam> {
-    if !raw.is_absolute() {
-        return Err(invalid(
-            "workspace",
-            format!("{} is not an absolute path", raw.display()),
-        ));
-    }
-    let dir = raw
-        .canonicalize()
-        .map_err(|err| invalid("workspace", format!("{}: {err}", raw.display())))?;
-    if !dir.is_dir() {
-        return Err(invalid(
-            "workspace",
-            format!("{} is not a directory", raw.display()),
-        ));
-    }
-    Ok(dir)
 }
 
 #[cfg(test)]

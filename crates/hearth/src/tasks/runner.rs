@@ -4,10 +4,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hearth_net::{NetMode, NetPolicy};
+use hearth_net::NetMode;
 use hearth_proto::{ExecRequest, ExitStatus};
 use hearth_sandbox::guest_client::{GuestClient, OutputChunk};
-use hearth_sandbox::spec::{ResourceLimits, SandboxSpec};
+use hearth_sandbox::spec::SandboxSpec;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -40,15 +40,12 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(2);
 pub struct TaskRequest {
     pub prompt: String,
     pub model: String,
-    pub workspace: Option<PathBuf>,
     pub max_steps: u32,
     pub max_tokens: u64,
     pub timeout: Duration,
-    pub net: NetPolicy,
-    pub limits: ResourceLimits,
-    /// Rendered for the task's sandbox with its supervisor as listener, so audited denials
-    /// reach the audit and the timeline.
-    pub seccomp: hearth_seccomp::SeccompPolicy,
+    /// The task's sandbox, validated (see [`crate::request`]); it runs under the task's id.
+    /// Its policy audits through the sandbox's supervisor, so denials reach the timeline.
+    pub sandbox: SandboxSpec,
 }
 
 /// What the runner reports while a task runs.
@@ -174,24 +171,16 @@ impl TaskRunner<'_> {
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<Ended, TaskError> {
         let store = &self.manager.store;
-        let mut net = request.net.clone();
-        if net.mode == NetMode::None {
-            // The agent must reach the gateway; `none` would leave it no way to the model.
-            net.mode = NetMode::Gateway;
-        }
-        let listener = self.manager.dirs.sandbox(&id.sandbox_id()).seccomp_socket();
-        let seccomp = crate::cli::seccomp::render_policy_for_sandbox(&request.seccomp, &listener)?;
-        let spec = SandboxSpec {
+        // Without a workspace of the user's, the task works on a private filesystem of its
+        // disk quota, copied out when it ends.
+        let mut spec = SandboxSpec {
             id: id.sandbox_id(),
-            limits: request.limits,
-            // Without one of the user's, the task works on a private filesystem of its disk
-            // quota, copied out when it ends.
-            workspace: request.workspace.clone(),
-            seccomp: Some(seccomp),
-            guest_seccomp: None,
-            backend: hearth_sandbox::backend::BackendKind::Oci,
-            net,
+            ..request.sandbox.clone()
         };
+        if spec.net.mode == NetMode::None {
+            // The agent must reach the gateway; `none` would leave it no way to the model.
+            spec.net.mode = NetMode::Gateway;
+        }
         self.manager.create(&spec).await?;
         store
             .append_event(
@@ -209,7 +198,7 @@ impl TaskRunner<'_> {
         let gateway_url = format!("http://{}", listener.local_addr());
         let client = self.manager.guest(&spec.id).await?;
         let live = self.manager.dirs.sandbox(&spec.id).workspace();
-        if request.workspace.is_none() && self.model.scripted.is_some() {
+        if request.sandbox.workspace.is_none() && self.model.scripted.is_some() {
             // The scripted upstream replays the demo fixture, which works on the demo files.
             seed_demo_files(&client).await?;
         }
@@ -272,8 +261,8 @@ impl TaskRunner<'_> {
         }
         let workspace = handed_back_workspace(request, task_dir);
         let live = self.manager.dirs.sandbox(&sandbox).workspace();
-        if request.workspace.is_none() && live.is_dir() {
-            let (from, to, limit) = (live, workspace.clone(), request.limits.disk.0);
+        if request.sandbox.workspace.is_none() && live.is_dir() {
+            let (from, to, limit) = (live, workspace.clone(), request.sandbox.limits.disk.0);
             let copied = tokio::task::spawn_blocking(move || copy_out(&from, &to, limit)).await;
             match copied {
                 Ok(Ok(report)) if report.skipped + report.stripped > 0 || report.truncated => {
@@ -432,7 +421,7 @@ fn gateway_task_id(id: &TaskId) -> hearth_gateway::TaskId {
 /// Where a task's workspace is on the host once it ended: the user's own, or the private one
 /// copied out into the task's dir.
 fn handed_back_workspace(request: &TaskRequest, task_dir: &Path) -> PathBuf {
-    match &request.workspace {
+    match &request.sandbox.workspace {
         Some(dir) => dir.clone(),
         None => task_dir.join("workspace"),
     }

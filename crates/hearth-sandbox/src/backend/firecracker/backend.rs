@@ -255,11 +255,7 @@ impl FirecrackerBackend {
         if let LaunchMode::Jailed(jailer) = &self.config.mode {
             jailer.create_root(&jailer.jail(id))?;
         }
-        let config = vm::guest_config(
-            id.as_str(),
-            spec.guest_seccomp.as_deref(),
-            Some(spec.limits.pids),
-        );
+        let config = vm::spec_guest_config(spec)?;
         self.write_vm_file(
             layout,
             layout::CONFIG_IMAGE,

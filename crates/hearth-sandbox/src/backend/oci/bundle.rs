@@ -75,6 +75,8 @@ pub enum BundleError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error("cannot serialize config.json: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompRenderError),
 }
 
 /// Writes `config.json`, the rootfs skeleton and the sandbox's `/etc`.
@@ -92,14 +94,16 @@ pub fn write_bundle(
     // The workspace was made on the host (a private filesystem or a view of the user's dir).
     let mut mounts = prepare_rootfs(spec, ctx)?;
     mounts.push(bind(&ctx.dirs.workspace(), "/workspace", false));
-    if let Some(bpf) = &spec.guest_seccomp {
-        write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), bpf, 0o444)?;
+    if let Some(extra) = &spec.guest_seccomp {
+        let bpf = extra.guest_bpf()?;
+        write_new_file(&ctx.dirs.guest_dir().join("seccomp.bpf"), &bpf, 0o444)?;
     }
     write_etc(&ctx.dirs.etc(), spec.id.as_str(), ctx.resolver)?;
     let config = build_spec(spec, ctx, mounts, workload_cgroup)?;
     let mut value = serde_json::to_value(&config)?;
     if let Some(seccomp) = &spec.seccomp {
-        value["linux"]["seccomp"] = seccomp.clone();
+        // Audited calls go to the sandbox's supervisor, listening on its socket.
+        value["linux"]["seccomp"] = seccomp.oci_section(&ctx.dirs.seccomp_socket())?;
     }
     let path = ctx.dirs.bundle().join("config.json");
     write_new_file(&path, &serde_json::to_vec_pretty(&value)?, 0o600)?;

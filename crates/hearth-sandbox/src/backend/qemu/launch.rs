@@ -69,11 +69,7 @@ impl QemuBackend {
         plan: &QemuPlan,
         incoming: bool,
     ) -> Result<(), QemuError> {
-        let config = vm::guest_config(
-            spec.id.as_str(),
-            spec.guest_seccomp.as_deref(),
-            Some(spec.limits.pids),
-        );
+        let config = vm::spec_guest_config(spec)?;
         vm::write_config_drive(&ctx.dirs.vm_config_img(), &config)?;
         if let Some(net) = &ctx.net {
             let owner = ctx.ids.map(|ids| ids.root());

@@ -104,9 +104,10 @@ impl Fixture {
                 ..ResourceLimits::default()
             },
             workspace: None,
-            seccomp: None,
+            // A VM's workload filter, as BPF bytes (a rendered file passes through as is).
+            seccomp: Some(crate::seccomp::SpecSeccomp::Bpf(vec![1, 2, 3])),
             net: Default::default(),
-            guest_seccomp: Some(vec![1, 2, 3]),
+            guest_seccomp: None,
             backend: crate::backend::BackendKind::Qemu,
         }
     }
@@ -625,7 +626,7 @@ async fn boots_the_guest_image_and_serves_through_the_relay() {
     };
     let mut spec = fx.spec();
     spec.limits.memory = MemoryBytes(512 << 20);
-    spec.guest_seccomp = None;
+    spec.seccomp = None;
     let backend = fx.backend();
     let started = Instant::now();
     let (host_addr, guest_addr) = (

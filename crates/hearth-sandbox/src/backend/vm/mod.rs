@@ -176,6 +176,8 @@ pub enum ConfigDriveError {
     TooLarge { len: usize },
     #[error("cannot write the config drive {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompRenderError),
 }
 
 /// The config drive's bytes: the JSON document then NULs up to [`CONFIG_DRIVE_SIZE`].
@@ -187,6 +189,23 @@ pub fn config_drive_bytes(config: &VmGuestConfig) -> Result<Vec<u8>, ConfigDrive
     }
     bytes.resize(CONFIG_DRIVE_SIZE, 0);
     Ok(bytes)
+}
+
+/// The config drive's document for a sandbox's VM: its workload policy as the BPF its
+/// `hearth-guest` installs, audited calls answered by the guest.
+pub fn spec_guest_config(
+    spec: &crate::spec::SandboxSpec,
+) -> Result<VmGuestConfig, ConfigDriveError> {
+    let bpf = spec
+        .seccomp
+        .as_ref()
+        .map(crate::seccomp::SpecSeccomp::vm_guest_bpf)
+        .transpose()?;
+    Ok(guest_config(
+        spec.id.as_str(),
+        bpf.as_deref(),
+        Some(spec.limits.pids),
+    ))
 }
 
 /// The config drive's document for a sandbox: its hostname and the guest's seccomp program (raw
