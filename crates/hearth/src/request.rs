@@ -167,7 +167,7 @@ impl SandboxRequest {
             SeccompRequest::Profile(name) => Some(name.as_str()),
             SeccompRequest::Unfiltered => None,
         };
-        if self.backend == BackendKind::Oci {
+        if !self.backend.is_vm() {
             let seccomp = profile
                 .map(|name| {
                     load("seccomp", name, |p| {

@@ -41,6 +41,27 @@ pub enum BackendKind {
     Qemu,
 }
 
+impl BackendKind {
+    pub const ALL: [Self; 3] = [Self::Oci, Self::Firecracker, Self::Qemu];
+
+    /// Whether sandboxes of this kind are microVMs: their `hearth-guest` filters and audits
+    /// the workload itself (no runtime filter on the host), and they may offer [`VmControl`].
+    pub fn is_vm(self) -> bool {
+        self != Self::Oci
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.to_string() == text)
+            .ok_or_else(|| format!("{text:?} is not a backend: oci, qemu or firecracker"))
+    }
+}
+
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -78,7 +78,7 @@ impl CreateSandbox {
         };
         Ok(SandboxRequest {
             id: self.id.clone(),
-            backend: hearth_sandbox::backend::BackendKind::Oci,
+            backend: hearth_sandbox::backend::BackendKind::default(),
             memory: size("memory", &self.memory)?,
             cpus: self
                 .cpus

@@ -161,14 +161,7 @@ pub struct CreateArgs {
 }
 
 fn parse_backend(text: &str) -> Result<BackendKind, String> {
-    match text {
-        "oci" => Ok(BackendKind::Oci),
-        "qemu" => Ok(BackendKind::Qemu),
-        "firecracker" => Ok(BackendKind::Firecracker),
-        other => Err(format!(
-            "{other:?} is not a backend: oci, qemu or firecracker"
-        )),
-    }
+    text.parse()
 }
 
 #[derive(Debug, Args)]
@@ -232,7 +225,7 @@ async fn create(manager: &SandboxManager, args: CreateArgs) -> anyhow::Result<u8
 pub(super) fn request(args: &CreateArgs) -> Result<SandboxRequest, CliError> {
     Ok(SandboxRequest {
         id: args.id.clone(),
-        backend: args.backend.unwrap_or(BackendKind::Oci),
+        backend: args.backend.unwrap_or_default(),
         memory: args.memory,
         cpus: args.cpus,
         pids: args.pids,
