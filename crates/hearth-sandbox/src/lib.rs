@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cgroup;
 pub mod dirs;
+pub mod error_kind;
 pub mod guest_client;
 pub mod id;
 pub mod image;
@@ -17,4 +18,5 @@ pub mod userns;
 pub mod vmm_cgroup;
 pub mod workspace;
 
+pub use error_kind::{Classify, ErrorKind};
 pub use id::{IdError, SandboxId, SandboxNames};
