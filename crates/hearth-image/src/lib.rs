@@ -21,6 +21,7 @@
 pub(crate) mod apt;
 mod boot;
 mod build;
+mod classify;
 mod cpio;
 mod elf;
 mod initramfs;

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cgroup;
 pub mod dirs;
+pub mod error_kind;
 pub mod guest_client;
 pub mod host_tools;
 pub mod logs;
@@ -17,6 +18,7 @@ pub mod userns;
 pub mod vmm_cgroup;
 pub mod workspace;
 
+pub use error_kind::{Classify, ErrorKind};
 pub use hearth_id::{IdError, SandboxId, SandboxNames};
 
 // In-crate paths only (`crate::id::SandboxId`, `crate::net::tap`), so the backends read as before;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::escape::field;
 use crate::cli::output::{self, outln};
 use crate::config::Settings;
-use crate::exit::HOST;
+use crate::exit::{code, HOST};
 
 /// One check's outcome.
 #[derive(Debug, Serialize)]
@@ -75,7 +75,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<u8> {
         }
     }
     let usable = checks.iter().all(|c| c.ok || !c.required);
-    Ok(if usable { 0 } else { HOST })
+    Ok(if usable { 0 } else { code(HOST) })
 }
 
 fn collect(settings: &Settings) -> Vec<Check> {

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod classify;
 mod cli;
 mod config;
 mod doctor;
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             let _ = errln!("hearth: cannot start the async runtime: {err}");
-            return ExitCode::from(exit::INTERNAL);
+            return ExitCode::from(exit::code(exit::INTERNAL));
         }
     };
     match runtime.block_on(cli::run(args)) {

@@ -84,8 +84,8 @@ fn bad_inputs_get_a_json_error_naming_the_problem() {
         "GET",
         "/v1/tasks/Bad_Id",
         None,
-        400,
-        "bad_request",
+        422,
+        "invalid_request",
         "Bad_Id",
     );
     assert_error(
@@ -187,7 +187,7 @@ fn bad_inputs_get_a_json_error_naming_the_problem() {
         None,
     );
     let (status, _) = read_response(unix);
-    assert_eq!(status, 400);
+    assert_eq!(status, 422, "a bad id is bad input, as on the CLI");
     let mut unix = UnixStream::connect(&daemon.socket).unwrap();
     write_request(&mut unix, "GET", "/v1/tasks", &[], None);
     assert_eq!(read_response(unix).0, 401);

@@ -18,6 +18,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use hearth_sandbox::{Classify, ErrorKind};
+
 use crate::sandboxes::SandboxError;
 use crate::store::{StoreError, TaskStatus};
 use crate::tasks::params::InvalidParam;
@@ -65,95 +67,47 @@ pub enum ApiError {
 
 impl ApiError {
     fn status_and_type(&self) -> (StatusCode, &'static str) {
-        match self {
-            Self::MissingToken | Self::WrongToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            Self::InvalidBody(_) | Self::InvalidParam(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+        let kind = match self {
+            // Refusals of the HTTP exchange itself, which the CLI cannot meet (as the API cannot
+            // meet clap's exit 2).
+            Self::MissingToken | Self::WrongToken => {
+                return (StatusCode::UNAUTHORIZED, "unauthorized")
             }
-            Self::BadId { .. } | Self::Body(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Self::NoRoute { .. } | Self::TaskNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::TaskSandbox { .. } => (StatusCode::CONFLICT, "conflict"),
-            Self::Queue(QueueError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::Queue(QueueError::AlreadyFinal { .. } | QueueError::NotOurs { .. }) => {
-                (StatusCode::CONFLICT, "conflict")
+            Self::MalformedJson(_) => return (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::Body(_) => return (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::MethodNotAllowed { .. } => {
+                return (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
-            Self::Queue(QueueError::ShuttingDown) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-            Self::Queue(QueueError::Store(_)) | Self::Store(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-            Self::Sandbox(err) => sandbox_status(err),
-            Self::Guest(err) => guest_status(err),
-        }
+            Self::InvalidBody(_) | Self::BadId { .. } => ErrorKind::BadInput,
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::NoRoute { .. } | Self::TaskNotFound(_) => ErrorKind::NotFound,
+            // A sandbox a task owns is the task's to end.
+            Self::TaskSandbox { .. } => ErrorKind::Conflict,
+            Self::InvalidParam(err) => err.kind(),
+            Self::Queue(err) => err.kind(),
+            Self::Sandbox(err) => err.kind(),
+            Self::Guest(err) => err.kind(),
+            Self::Store(err) => err.kind(),
+        };
+        status(kind)
     }
 }
 
-/// Sorted by cause as the CLI's exit codes are (exit.rs), so both front ends agree.
-fn sandbox_status(err: &SandboxError) -> (StatusCode, &'static str) {
-    use hearth_sandbox::backend::BackendError;
-    use hearth_sandbox::dirs::DirsError;
-    use hearth_sandbox::workspace::WorkspaceError;
-    match err {
-        SandboxError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        SandboxError::AlreadyExists(_) | SandboxError::Dirs(DirsError::SandboxExists { .. }) => {
-            (StatusCode::CONFLICT, "conflict")
-        }
-        SandboxError::Status { .. }
-        | SandboxError::NotAVm { .. }
-        | SandboxError::Backend(BackendError::Firecracker(
-            hearth_sandbox::backend::FirecrackerError::SnapshotBusy { .. },
-        )) => (StatusCode::CONFLICT, "conflict"),
-        SandboxError::Dirs(
-            DirsError::SocketPathTooLong { .. }
-            | DirsError::TooOpen { .. }
-            | DirsError::Symlink { .. },
-        )
-        | SandboxError::Net(hearth_net::FirewallError::Policy(_))
-        | SandboxError::WorkspaceUnsupported(_)
-        | SandboxError::Workspace(
-            WorkspaceError::NotADirectory { .. } | WorkspaceError::Inspect { .. },
-        ) => (StatusCode::BAD_REQUEST, "bad_request"),
-        SandboxError::Guest(guest) => guest_status(guest),
-        // The host lacks it: the request can't succeed here as it stands.
-        SandboxError::BackendUnavailable(_)
-        | SandboxError::Workspace(WorkspaceError::Spawn { .. } | WorkspaceError::Command { .. }) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "unavailable")
-        }
-        SandboxError::Store(crate::store::StoreError::IdBlocksExhausted { .. }) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
-        SandboxError::Store(_) | SandboxError::Join(_) | SandboxError::Dirs(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        }
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
-    }
-}
-
-fn guest_status(
-    err: &hearth_sandbox::guest_client::GuestClientError,
-) -> (StatusCode, &'static str) {
-    use hearth_proto::ErrorKind;
-    if matches!(
-        err,
-        hearth_sandbox::guest_client::GuestClientError::TooLarge { .. }
-    ) {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-    }
-    match err.guest_kind() {
-        Some(ErrorKind::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
-        Some(ErrorKind::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        Some(
-            ErrorKind::BadRequest
-            | ErrorKind::NotADirectory
-            | ErrorKind::IsADirectory
-            | ErrorKind::PermissionDenied
-            | ErrorKind::AlreadyExists,
-        ) => (StatusCode::BAD_REQUEST, "bad_request"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
+/// The HTTP status and error type of each kind of error: the only place the API picks one (the
+/// CLI's counterpart is `exit::code`).
+pub fn status(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        // Well-formed JSON that asks for something invalid: 422, as for every field hearth
+        // validates; 400 stays for requests that cannot be read at all.
+        ErrorKind::BadInput => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::Exists => (StatusCode::CONFLICT, "already_exists"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        // The request is fine; this server cannot serve it until its host gets what it lacks.
+        ErrorKind::HostLacks => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::SandboxFailed => (StatusCode::INTERNAL_SERVER_ERROR, "sandbox_failed"),
+        ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::escape::field;
 use super::output::{self, errln, outln};
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT, HOST, NOT_FOUND};
+use crate::exit::{Classify, CliError};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -81,14 +81,7 @@ impl ImageReport {
 }
 
 fn cli_error(err: ImageError) -> CliError {
-    let code = match err {
-        ImageError::BadHash(_) | ImageError::InUse(_) | ImageError::GuestNotStatic { .. } => {
-            BAD_INPUT
-        }
-        ImageError::NoCurrent { .. } => NOT_FOUND,
-        _ => HOST,
-    };
-    CliError::new(code, err.to_string())
+    CliError::new(err.kind(), err.to_string())
 }
 
 pub fn run(command: ImageCommand, settings: &Settings) -> anyhow::Result<u8> {

@@ -241,7 +241,7 @@ mod tests {
             &["--guest-seccomp", "default"],
         ] {
             let err = restored_limits(&args(flags), &record()).unwrap_err();
-            assert_eq!(err.code, BAD_INPUT, "{flags:?}");
+            assert_eq!(err.kind, BAD_INPUT, "{flags:?}");
             assert!(err.message.contains(flags[0]), "{}", err.message);
             assert!(!err.message.contains('\n'));
         }
@@ -252,7 +252,7 @@ mod tests {
         let firecracker = record_of(BackendKind::Firecracker);
         assert!(restored_limits(&args(&["--backend", "firecracker"]), &firecracker).is_ok());
         let err = restored_limits(&args(&["--backend", "qemu"]), &firecracker).unwrap_err();
-        assert_eq!(err.code, BAD_INPUT);
+        assert_eq!(err.kind, BAD_INPUT);
         assert!(
             err.message.contains("a firecracker sandbox"),
             "{}",

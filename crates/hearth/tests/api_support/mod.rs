@@ -27,8 +27,23 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, fixture: Option<&Path>, max_concurrent: u32) -> Self {
+        Self::launch(dir, fixture, max_concurrent, &[])
+    }
+
+    /// A daemon with these extra environment variables (e.g. another guest binary).
+    pub fn start_with_env(envs: &[(&str, &str)]) -> Self {
+        Self::launch(tempfile::tempdir().unwrap(), None, 1, envs)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        fixture: Option<&Path>,
+        max_concurrent: u32,
+        envs: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.path().join("api.sock");
         let mut cmd = common::hearth();
+        cmd.envs(envs.iter().copied());
         cmd.env_remove("OPENAI_BASE_URL")
             .env_remove("OPENAI_API_KEY")
             .env_remove("HEARTH_API_TOKEN")

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::output::{self, errln, outln};
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT, HOST, INTERNAL};
+use crate::exit::{Classify, CliError, BAD_INPUT, HOST};
 
 #[derive(Debug, Args)]
 pub struct KernelArgs {
@@ -65,12 +65,7 @@ fn base_config(args: &KernelArgs) -> Result<PathBuf, CliError> {
 }
 
 fn cli_error(err: KernelError) -> CliError {
-    let code = match &err {
-        KernelError::NotAConfig { .. } => BAD_INPUT,
-        KernelError::Io { .. } => INTERNAL,
-        _ => HOST,
-    };
-    CliError::new(code, err.to_string())
+    CliError::new(err.kind(), err.to_string())
 }
 
 pub fn run(args: KernelArgs, settings: &Settings) -> anyhow::Result<u8> {
