@@ -25,9 +25,9 @@
 
 pub use hearth_sandbox::{Classify, ErrorKind};
 
-use hearth_sandbox::guest_client::GuestClientError;
 use hearth_image::kernel::KernelError;
 use hearth_image::ImageError;
+use hearth_sandbox::guest_client::GuestClientError;
 
 use crate::sandboxes::SandboxError;
 use crate::store::{SnapshotNameError, StoreError};
