@@ -188,6 +188,18 @@ pub enum BackendError {
     Blocking(#[from] tokio::task::JoinError),
 }
 
+impl BackendError {
+    /// Whether the failure may be the VMM dying under the call (its API or QMP socket dropped,
+    /// or it is gone): worth waiting a moment to see it exit, so its end gets recorded.
+    pub fn may_mean_vmm_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::Firecracker(FirecrackerError::Api(_) | FirecrackerError::NotRunning { .. })
+                | Self::Qemu(QemuError::Qmp(_) | QemuError::NotRunning { .. })
+        )
+    }
+}
+
 /// A technology that can start and remove isolated sandboxes.
 ///
 /// `start` must leave nothing of its own behind when it fails; `remove` must succeed for a
@@ -234,8 +246,9 @@ pub trait SandboxBackend: fmt::Debug + Send + Sync {
         client: &GuestClient,
     ) -> Result<(), BackendError>;
 
-    /// What the backend can tell about how the sandbox ended, once it is found gone (read it
-    /// before [`Self::remove`], which deletes the backend's logs). `None`: nothing to add.
+    /// What the backend can tell about how the sandbox ended: asked when it is found gone and
+    /// before [`Self::remove`] (which deletes the backend's logs). A sandbox still running, or
+    /// one that ended without a story, has nothing to add (`None`).
     async fn observed_exit(&self, _id: &SandboxId) -> Option<ObservedExit> {
         None
     }

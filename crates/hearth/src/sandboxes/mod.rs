@@ -259,9 +259,11 @@ impl SandboxManager {
                         source,
                     })?;
                 // Its logs go with it: how a sandbox that died unobserved ended is read first.
+                // Best effort: a host that lost the backend can still remove what is left.
                 if record.status == SandboxStatus::Running {
-                    let backend = self.backends.get(record.spec.backend)?;
-                    self.record_observed_exit(backend, id).await;
+                    if let Ok(backend) = self.backends.get(record.spec.backend) {
+                        self.record_observed_exit(backend, id).await;
+                    }
                 }
             }
             None if force => {}
@@ -285,10 +287,14 @@ impl SandboxManager {
                 }
             }
         }
-        // After the container: with its filter gone the supervisor flushes and exits by itself.
-        if let Err(err) = crate::supervisor::stop(&self.dirs.sandbox(id))
-            .and_then(|()| crate::supervisor::remove_cgroup(id))
-        {
+        // After the container: with its filter gone the supervisor flushes and exits by itself
+        // (a stop waits on it: off the async threads).
+        let (dirs, owned) = (self.dirs.sandbox(id), id.clone());
+        let stopped = tokio::task::spawn_blocking(move || {
+            crate::supervisor::stop(&dirs).and_then(|()| crate::supervisor::remove_cgroup(&owned))
+        })
+        .await?;
+        if let Err(err) = stopped {
             errors.push(err.to_string());
         }
         let id_owned = id.clone();
@@ -375,8 +381,11 @@ impl SandboxManager {
     pub async fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
         let mut records = self.store.list_sandboxes().await?;
         for record in &mut records {
+            if record.status != SandboxStatus::Running {
+                continue;
+            }
             let backend = self.backends.get(record.spec.backend)?;
-            if record.status == SandboxStatus::Running && !backend.is_running(&record.id).await? {
+            if !backend.is_running(&record.id).await? {
                 self.record_observed_exit(backend, &record.id).await;
                 self.store
                     .set_sandbox_status(

@@ -88,7 +88,8 @@ impl SandboxManager {
             return Err(SandboxError::SnapshotExists(name));
         }
         let dest = self.snapshots_dir()?.join(name.as_str());
-        let guest = self.guest(id).await?;
+        // No liveness check here: a dead VMM fails the save and is noted below, as the VMM's.
+        let guest = GuestClient::new(self.dirs.sandbox(id).guest_socket());
         let versions = match vm.save(id, &dest, &guest).await {
             Ok(versions) => versions,
             Err(BackendError::SavedVmExists { .. }) => {
@@ -96,7 +97,7 @@ impl SandboxManager {
             }
             Err(err) => {
                 // A call that failed may have been the VMM dying (of its own filter, say).
-                if let Err(note) = self.note_if_gone(id, super::vm::EXIT_GRACE).await {
+                if let Err(note) = self.note_if_gone(id, super::vm::grace_for(&err)).await {
                     tracing::warn!(%id, error = %note, "cannot tell whether the VMM is gone");
                 }
                 return Err(err.into());

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use hearth_sandbox::backend::{SandboxBackend, VmControl};
+use hearth_sandbox::backend::{BackendError, SandboxBackend, VmControl};
 use hearth_sandbox::SandboxId;
 
 use super::{SandboxError, SandboxManager};
@@ -12,6 +12,15 @@ use crate::store::SandboxStatus;
 /// After a VM call fails, how long the VMM may take to finish dying for the failure to be
 /// taken as its exit (a dying VMM drops its socket before the process is gone).
 pub(super) const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long to watch for the VMM's exit after a VM call failed with `err`.
+pub(super) fn grace_for(err: &BackendError) -> Duration {
+    if err.may_mean_vmm_gone() {
+        EXIT_GRACE
+    } else {
+        Duration::ZERO
+    }
+}
 
 impl SandboxManager {
     /// Pauses (`pause`) or resumes a running microVM sandbox; returns the VMM's status
@@ -33,9 +42,9 @@ impl SandboxManager {
         } else {
             vm.resume(id).await
         };
-        if sent.is_err() {
+        if let Err(err) = &sent {
             // A VMM that died (of its own filter, say) on this call says so in the audit.
-            self.note_if_gone(id, EXIT_GRACE).await?;
+            self.note_if_gone(id, grace_for(err)).await?;
         }
         Ok(sent?)
     }
