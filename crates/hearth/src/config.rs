@@ -12,7 +12,7 @@ use crate::sandboxes::Backends;
 use hearth_sandbox::dirs::RuntimeDirs;
 
 use crate::cli::GlobalArgs;
-use crate::exit::{CliError, HOST};
+use crate::exit::{CliError, ErrorKind};
 use crate::firecracker::FirecrackerSettings;
 use crate::sandboxes::SandboxManager;
 use crate::store::{SqliteSlotStore, Store};
@@ -43,7 +43,7 @@ impl Settings {
             .as_deref()
             .map(str::parse::<OciRuntimeKind>)
             .transpose()
-            .map_err(|err| CliError::new(crate::exit::BAD_INPUT, err.to_string()))?;
+            .map_err(|err| CliError::new(crate::exit::ErrorKind::BadInput, err.to_string()))?;
         Ok(Self {
             runtime_dir: args.runtime_dir.clone().unwrap_or_else(default_runtime_dir),
             state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
@@ -62,7 +62,7 @@ impl Settings {
                     .as_deref()
                     .map(crate::firecracker::parse_vmm_filter)
                     .transpose()
-                    .map_err(|err| CliError::new(crate::exit::BAD_INPUT, err))?
+                    .map_err(|err| CliError::new(crate::exit::ErrorKind::BadInput, err))?
                     .unwrap_or_default(),
             },
         })
@@ -79,10 +79,10 @@ impl Settings {
         let dirs = RuntimeDirs::open(&self.runtime_dir)?;
         let store = Store::open(&self.state_dir).await?;
         let runtime = OciRuntime::detect(self.oci_runtime, dirs.runtime_state_dir())
-            .map_err(|err| CliError::new(HOST, err.to_string()))?;
+            .map_err(|err| CliError::new(ErrorKind::HostLacks, err.to_string()))?;
         let slots = SqliteSlotStore::new(store.clone(), tokio::runtime::Handle::current());
         let firewall = FirewallManager::new(FirewallConfig::default(), Arc::new(slots))
-            .map_err(|err| CliError::new(HOST, err.to_string()))?;
+            .map_err(|err| CliError::new(ErrorKind::HostLacks, err.to_string()))?;
         let mut backends = Backends::new(Arc::new(OciBackend::new(runtime)));
         if let Some(qemu) = crate::vm::qemu_backend(&self.state_dir, &dirs) {
             backends.add(qemu);
@@ -113,7 +113,7 @@ fn require_root() -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::new(
-            HOST,
+            ErrorKind::HostLacks,
             "hearth needs root to create namespaces and cgroups; run it with sudo",
         ))
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::escape::field;
 use crate::cli::output::{self, outln};
 use crate::config::Settings;
-use crate::exit::{code, HOST};
+use crate::exit::{code, ErrorKind};
 
 /// One check's outcome.
 #[derive(Debug, Serialize)]
@@ -75,7 +75,11 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<u8> {
         }
     }
     let usable = checks.iter().all(|c| c.ok || !c.required);
-    Ok(if usable { 0 } else { code(HOST) })
+    Ok(if usable {
+        0
+    } else {
+        code(ErrorKind::HostLacks)
+    })
 }
 
 fn collect(settings: &Settings) -> Vec<Check> {

@@ -32,13 +32,6 @@ use hearth_sandbox::guest_client::GuestClientError;
 use crate::sandboxes::SandboxError;
 use crate::store::{SnapshotNameError, StoreError};
 
-// Shorthands for `CliError::new(BAD_INPUT, ...)`: the kinds, named as the codes they become.
-pub const BAD_INPUT: ErrorKind = ErrorKind::BadInput;
-pub const NOT_FOUND: ErrorKind = ErrorKind::NotFound;
-pub const HOST: ErrorKind = ErrorKind::HostLacks;
-pub const TOO_LARGE: ErrorKind = ErrorKind::TooLarge;
-pub const INTERNAL: ErrorKind = ErrorKind::Internal;
-
 pub const TIMED_OUT: u8 = 124;
 pub const COMMAND_NOT_FOUND: u8 = 127;
 /// 128 + SIGPIPE.

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => {
             let _ = errln!("hearth: cannot start the async runtime: {err}");
-            return ExitCode::from(exit::code(exit::INTERNAL));
+            return ExitCode::from(exit::code(exit::ErrorKind::Internal));
         }
     };
     match runtime.block_on(cli::run(args)) {

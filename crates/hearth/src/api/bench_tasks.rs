@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::cli::output::{self, outln};
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT};
+use crate::exit::{CliError, ErrorKind};
 use crate::store::TaskStatus;
 use crate::tasks::model::{ModelBackend, BASE_URL_ENV};
 use crate::tasks::params::TaskParams;
@@ -36,7 +36,7 @@ pub struct TasksBenchArgs {
 pub async fn run(args: TasksBenchArgs, settings: &Settings) -> anyhow::Result<u8> {
     if std::env::var_os(BASE_URL_ENV).is_some() {
         return Err(CliError::new(
-            BAD_INPUT,
+            ErrorKind::BadInput,
             format!("unset {BASE_URL_ENV}: the benchmark uses the scripted upstream"),
         )
         .into());

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{bench_request, progress, Percentiles};
 use crate::cli::escape::field;
 use crate::cli::output::{self, outln};
-use crate::exit::{CliError, HOST};
+use crate::exit::{CliError, ErrorKind};
 use crate::request::SandboxRequest;
 use crate::sandboxes::{SandboxError, SandboxManager};
 
@@ -37,7 +37,10 @@ pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::
         .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
     let image =
         GuestImage::current(&crate::vm::images_dir(manager.store.state_dir())).map_err(|err| {
-            CliError::new(HOST, format!("{err} (build one with: hearth image build)"))
+            CliError::new(
+                ErrorKind::HostLacks,
+                format!("{err} (build one with: hearth image build)"),
+            )
         })?;
     manager.reconcile().await?;
     let accel = qemu.config().accel;

@@ -11,7 +11,7 @@ use super::escape::field;
 use super::output::{self, errln, outln, OutputError};
 use super::spinner::Spinner;
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT};
+use crate::exit::{CliError, ErrorKind};
 use crate::store::{TaskId, TaskRecord, TaskStatus};
 use crate::tasks::model::ModelBackend;
 use crate::tasks::params;
@@ -105,7 +105,9 @@ fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
     let workspace = match &args.workspace {
         Some(dir) if dir.is_relative() => Some(
             std::env::current_dir()
-                .map_err(|err| CliError::new(BAD_INPUT, format!("current directory: {err}")))?
+                .map_err(|err| {
+                    CliError::new(ErrorKind::BadInput, format!("current directory: {err}"))
+                })?
                 .join(dir),
         ),
         other => other.clone(),
@@ -125,7 +127,7 @@ fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
             "timeout_s" => "--timeout".to_owned(),
             field => format!("--{}", field.replace('_', "-")),
         };
-        CliError::new(BAD_INPUT, format!("{flag}: {}", err.problem))
+        CliError::new(ErrorKind::BadInput, format!("{flag}: {}", err.problem))
     })
 }
 

@@ -15,7 +15,7 @@ use hearth_sandbox::spec::{Cpus, MemoryBytes};
 use hearth_sandbox::SandboxId;
 
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT, COMMAND_NOT_FOUND, TIMED_OUT, TOO_LARGE};
+use crate::exit::{CliError, ErrorKind, COMMAND_NOT_FOUND, TIMED_OUT};
 use crate::request::{NetRequest, RequestError, SandboxRequest, SeccompRequest};
 use crate::sandboxes::SandboxManager;
 
@@ -249,12 +249,16 @@ pub(super) fn request(args: &CreateArgs) -> Result<SandboxRequest, CliError> {
 
 /// A refused request as the CLI reports it: bad input, in one line.
 pub(super) fn bad_request(err: RequestError) -> CliError {
-    CliError::new(BAD_INPUT, err.to_string())
+    CliError::new(ErrorKind::BadInput, err.to_string())
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, CliError> {
-    std::path::absolute(dir)
-        .map_err(|err| CliError::new(BAD_INPUT, format!("workspace {}: {err}", dir.display())))
+    std::path::absolute(dir).map_err(|err| {
+        CliError::new(
+            ErrorKind::BadInput,
+            format!("workspace {}: {err}", dir.display()),
+        )
+    })
 }
 
 pub(super) fn print_created(
@@ -281,7 +285,7 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         Some(secs) if secs > 0.0 && secs.is_finite() => Some(seconds_to_ms(secs)),
         Some(secs) => {
             return Err(CliError::new(
-                BAD_INPUT,
+                ErrorKind::BadInput,
                 format!("--timeout {secs} must be a positive number of seconds"),
             )
             .into())
@@ -348,7 +352,7 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
             }
             _ => {
                 return Err(CliError::new(
-                    BAD_INPUT,
+                    ErrorKind::BadInput,
                     format!("--env {pair:?} is not KEY=VALUE"),
                 ))
             }
@@ -360,9 +364,11 @@ fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 fn read_stdin() -> anyhow::Result<Vec<u8>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        return Err(
-            CliError::new(BAD_INPUT, "--stdin needs input piped in, not a terminal").into(),
-        );
+        return Err(CliError::new(
+            ErrorKind::BadInput,
+            "--stdin needs input piped in, not a terminal",
+        )
+        .into());
     }
     let mut data = Vec::new();
     stdin
@@ -372,7 +378,7 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
         .context("cannot read stdin")?;
     if data.len() as u64 > MAX_STDIN_BYTES {
         return Err(CliError::new(
-            TOO_LARGE,
+            ErrorKind::TooLarge,
             format!("stdin is over the {MAX_STDIN_BYTES}-byte limit"),
         )
         .into());
@@ -396,7 +402,7 @@ fn parse_location(raw: &str) -> anyhow::Result<Location> {
                 SandboxId::parse(prefix).with_context(|| format!("bad sandbox id in {raw:?}"))?;
             if !path.starts_with('/') {
                 return Err(CliError::new(
-                    BAD_INPUT,
+                    ErrorKind::BadInput,
                     format!("{raw:?}: the path inside a sandbox must be absolute"),
                 )
                 .into());
@@ -415,7 +421,11 @@ async fn copy(manager: &SandboxManager, src: &str, dst: &str) -> anyhow::Result<
         (Location::Sandbox(id, path), Location::Host(local)) => {
             copy_out(manager, &id, &path, &local).await
         }
-        _ => Err(CliError::new(BAD_INPUT, "exactly one of SRC and DST must be ID:/path").into()),
+        _ => Err(CliError::new(
+            ErrorKind::BadInput,
+            "exactly one of SRC and DST must be ID:/path",
+        )
+        .into()),
     }
 }
 
@@ -425,15 +435,11 @@ async fn copy_in(
     id: &SandboxId,
     path: &str,
 ) -> anyhow::Result<u8> {
-    let meta = std::fs::metadata(local).map_err(|err| {
-        CliError::new(
-            crate::exit::NOT_FOUND,
-            format!("{}: {err}", local.display()),
-        )
-    })?;
+    let meta = std::fs::metadata(local)
+        .map_err(|err| CliError::new(ErrorKind::NotFound, format!("{}: {err}", local.display())))?;
     if !meta.is_file() {
         return Err(CliError::new(
-            BAD_INPUT,
+            ErrorKind::BadInput,
             format!(
                 "{} is not a regular file; cp copies single files",
                 local.display()
@@ -443,7 +449,7 @@ async fn copy_in(
     }
     if meta.len() > MAX_COPY_BYTES {
         return Err(CliError::new(
-            TOO_LARGE,
+            ErrorKind::TooLarge,
             format!(
                 "{} is {} bytes, over the {MAX_COPY_BYTES}-byte copy limit",
                 local.display(),
@@ -480,9 +486,9 @@ async fn copy_out(
     let client = manager.guest(id).await?;
     let data = client.read_file(path).await?;
     let target = if local.is_dir() {
-        let name = Path::new(path)
-            .file_name()
-            .ok_or_else(|| CliError::new(BAD_INPUT, format!("{path} has no file name")))?;
+        let name = Path::new(path).file_name().ok_or_else(|| {
+            CliError::new(ErrorKind::BadInput, format!("{path} has no file name"))
+        })?;
         local.join(name)
     } else {
         local.to_owned()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Subcommand, ValueEnum};
 
 use super::output::{self, outln, Stream};
-use crate::exit::{CliError, BAD_INPUT};
+use crate::exit::{CliError, ErrorKind};
 
 #[derive(Debug, Subcommand)]
 pub enum SeccompCommand {
@@ -38,14 +38,14 @@ pub enum Target {
 }
 
 fn bad(policy: &str, err: impl std::fmt::Display) -> CliError {
-    CliError::new(BAD_INPUT, format!("{policy}: {err}"))
+    CliError::new(ErrorKind::BadInput, format!("{policy}: {err}"))
 }
 
 pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
     match command {
         SeccompCommand::Check { file } => {
             hearth_seccomp::load_policy(&file)
-                .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+                .map_err(|err| CliError::new(ErrorKind::BadInput, err.to_string()))?;
             outln!("ok")?;
         }
         SeccompCommand::Render {
@@ -54,7 +54,7 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
             output,
         } => {
             let loaded = hearth_seccomp::load_policy(&policy)
-                .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+                .map_err(|err| CliError::new(ErrorKind::BadInput, err.to_string()))?;
             let text = match target {
                 Target::Oci => {
                     let value = hearth_seccomp::render_oci(&loaded, None)
@@ -92,5 +92,5 @@ pub fn run(command: SeccompCommand) -> anyhow::Result<u8> {
 
 fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     std::fs::write(path, bytes)
-        .map_err(|err| CliError::new(BAD_INPUT, format!("{}: {err}", path.display())))
+        .map_err(|err| CliError::new(ErrorKind::BadInput, format!("{}: {err}", path.display())))
 }

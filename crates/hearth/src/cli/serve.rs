@@ -11,7 +11,7 @@ use super::output::{outln, OutputError};
 use crate::api::auth::ApiToken;
 use crate::api::server::{router, AppState, Listeners};
 use crate::config::Settings;
-use crate::exit::{CliError, BAD_INPUT};
+use crate::exit::{CliError, ErrorKind};
 use crate::tasks::model::ModelBackend;
 use crate::tasks::queue::TaskQueue;
 use crate::tasks::recorder::StoreRecorder;
@@ -42,7 +42,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
     // Plain HTTP with a bearer token: fine on loopback, not across a network.
     if !args.listen.ip().is_loopback() {
         return Err(CliError::new(
-            BAD_INPUT,
+            ErrorKind::BadInput,
             format!(
                 "--listen {}: only loopback addresses are allowed",
                 args.listen
@@ -119,7 +119,7 @@ fn load_token(args: &ServeArgs, settings: &Settings) -> anyhow::Result<(ApiToken
         .create(&settings.state_dir)
         .map_err(|err| {
             CliError::new(
-                crate::exit::HOST,
+                crate::exit::ErrorKind::HostLacks,
                 format!("{}: {err}", settings.state_dir.display()),
             )
         })?;

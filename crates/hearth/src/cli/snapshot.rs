@@ -6,7 +6,7 @@ use hearth_sandbox::SandboxId;
 
 use super::output::{self, outln};
 use super::sandbox::CreateArgs;
-use crate::exit::{CliError, BAD_INPUT};
+use crate::exit::{CliError, ErrorKind};
 use crate::request::{SandboxRequest, SeccompRequest};
 use crate::sandboxes::SandboxManager;
 use crate::store::{SnapshotName, SnapshotRecord};
@@ -109,7 +109,7 @@ fn restored_limits(
     let saved = snapshot.spec.limits;
     let conflict = |what: String| {
         CliError::new(
-            BAD_INPUT,
+            ErrorKind::BadInput,
             format!(
                 "--from-snapshot {}: {what}; the restored VM keeps the snapshot's",
                 snapshot.name
@@ -146,7 +146,7 @@ fn restored_limits(
     };
     limits
         .validate()
-        .map_err(|err| CliError::new(BAD_INPUT, err.to_string()))?;
+        .map_err(|err| CliError::new(ErrorKind::BadInput, err.to_string()))?;
     Ok(limits)
 }
 
@@ -241,7 +241,7 @@ mod tests {
             &["--guest-seccomp", "default"],
         ] {
             let err = restored_limits(&args(flags), &record()).unwrap_err();
-            assert_eq!(err.kind, BAD_INPUT, "{flags:?}");
+            assert_eq!(err.kind, ErrorKind::BadInput, "{flags:?}");
             assert!(err.message.contains(flags[0]), "{}", err.message);
             assert!(!err.message.contains('\n'));
         }
@@ -252,7 +252,7 @@ mod tests {
         let firecracker = record_of(BackendKind::Firecracker);
         assert!(restored_limits(&args(&["--backend", "firecracker"]), &firecracker).is_ok());
         let err = restored_limits(&args(&["--backend", "qemu"]), &firecracker).unwrap_err();
-        assert_eq!(err.kind, BAD_INPUT);
+        assert_eq!(err.kind, ErrorKind::BadInput);
         assert!(
             err.message.contains("a firecracker sandbox"),
             "{}",

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::escape::field;
 use super::output::{self, outln, OutputError};
 use crate::config::Settings;
-use crate::exit::{CliError, NOT_FOUND};
+use crate::exit::{CliError, ErrorKind};
 use crate::store::{Store, TaskId, TaskRecord};
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +90,7 @@ async fn find(store: &Store, raw: &str) -> anyhow::Result<TaskRecord> {
     Ok(store
         .get_task(&id)
         .await?
-        .ok_or_else(|| CliError::new(NOT_FOUND, format!("no task with id {id}")))?)
+        .ok_or_else(|| CliError::new(ErrorKind::NotFound, format!("no task with id {id}")))?)
 }
 
 /// The task for people. The prompt, reason, answer and diff are multi-line text the model or

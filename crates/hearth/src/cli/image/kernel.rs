@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::output::{self, errln, outln};
 use crate::config::Settings;
-use crate::exit::{Classify, CliError, BAD_INPUT, HOST};
+use crate::exit::{Classify, CliError, ErrorKind};
 
 #[derive(Debug, Args)]
 pub struct KernelArgs {
@@ -45,7 +45,7 @@ fn base_config(args: &KernelArgs) -> Result<PathBuf, CliError> {
             Ok(path.clone())
         } else {
             Err(CliError::new(
-                BAD_INPUT,
+                ErrorKind::BadInput,
                 format!("--config {} is not a file", path.display()),
             ))
         };
@@ -55,7 +55,7 @@ fn base_config(args: &KernelArgs) -> Result<PathBuf, CliError> {
     starts.extend(std::env::current_exe().ok());
     find_shared_file(FIRECRACKER_CONFIG_NAME, &starts).ok_or_else(|| {
         CliError::new(
-            HOST,
+            ErrorKind::HostLacks,
             format!(
                 "no Firecracker kernel config: shared/firecracker/{FIRECRACKER_CONFIG_NAME} is not \
                  beside the working directory or the hearth binary; pass --config FILE"
