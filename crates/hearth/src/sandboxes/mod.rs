@@ -29,6 +29,9 @@ pub use backends::Backends;
 
 use crate::supervisor::net::NetDuty;
 
+/// Why a sandbox found stopped is marked exited.
+const INIT_EXITED: &str = "the sandbox's init process exited";
+
 /// Errors of sandbox management.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -358,14 +361,7 @@ impl SandboxManager {
             })?;
         let backend = self.backends.get(record.spec.backend)?;
         if !backend.is_running(id).await? {
-            self.record_observed_exit(backend, id).await;
-            self.store
-                .set_sandbox_status(
-                    id,
-                    SandboxStatus::Exited,
-                    Some("the sandbox's init process exited"),
-                )
-                .await?;
+            self.mark_ended(backend, id, INIT_EXITED).await?;
             return Err(SandboxError::Status {
                 id: id.clone(),
                 source: StatusError {
@@ -386,14 +382,7 @@ impl SandboxManager {
             }
             let backend = self.backends.get(record.spec.backend)?;
             if !backend.is_running(&record.id).await? {
-                self.record_observed_exit(backend, &record.id).await;
-                self.store
-                    .set_sandbox_status(
-                        &record.id,
-                        SandboxStatus::Exited,
-                        Some("the sandbox's init process exited"),
-                    )
-                    .await?;
+                self.mark_ended(backend, &record.id, INIT_EXITED).await?;
                 record.status = SandboxStatus::Exited;
             }
         }
@@ -402,6 +391,21 @@ impl SandboxManager {
 }
 
 impl SandboxManager {
+    /// A running sandbox was found stopped: how it ended goes into the audit and it is marked
+    /// exited with `reason`, so it is recorded once.
+    pub(super) async fn mark_ended(
+        &self,
+        backend: &dyn SandboxBackend,
+        id: &SandboxId,
+        reason: &str,
+    ) -> Result<(), SandboxError> {
+        self.record_observed_exit(backend, id).await;
+        self.store
+            .set_sandbox_status(id, SandboxStatus::Exited, Some(reason))
+            .await?;
+        Ok(())
+    }
+
     /// A sandbox was found stopped: what its backend can tell about why goes into the audit
     /// (Firecracker: a VMM killed by its own seccomp filter). Best effort: a failure to record
     /// is logged, the caller goes on.

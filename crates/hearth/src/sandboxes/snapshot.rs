@@ -97,7 +97,10 @@ impl SandboxManager {
             }
             Err(err) => {
                 // A call that failed may have been the VMM dying (of its own filter, say).
-                if let Err(note) = self.note_if_gone(id, super::vm::grace_for(&err)).await {
+                if let Err(note) = self
+                    .note_if_gone(backend, id, super::vm::grace_for(&err))
+                    .await
+                {
                     tracing::warn!(%id, error = %note, "cannot tell whether the VMM is gone");
                 }
                 return Err(err.into());

@@ -44,7 +44,7 @@ impl SandboxManager {
         };
         if let Err(err) = &sent {
             // A VMM that died (of its own filter, say) on this call says so in the audit.
-            self.note_if_gone(id, grace_for(err)).await?;
+            self.note_if_gone(backend, id, grace_for(err)).await?;
         }
         Ok(sent?)
     }
@@ -68,11 +68,10 @@ impl SandboxManager {
     /// once). Returns whether it was gone.
     pub(super) async fn note_if_gone(
         &self,
+        backend: &dyn SandboxBackend,
         id: &SandboxId,
         grace: Duration,
     ) -> Result<bool, SandboxError> {
-        let record = self.get(id).await?;
-        let backend = self.backends.get(record.spec.backend)?;
         let started = Instant::now();
         while backend.is_running(id).await? {
             if started.elapsed() >= grace {
@@ -80,10 +79,7 @@ impl SandboxManager {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.record_observed_exit(backend, id).await;
-        self.store
-            .set_sandbox_status(id, SandboxStatus::Exited, Some("the VMM exited"))
-            .await?;
+        self.mark_ended(backend, id, "the VMM exited").await?;
         Ok(true)
     }
 }

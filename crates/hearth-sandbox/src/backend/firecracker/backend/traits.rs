@@ -81,6 +81,10 @@ impl SandboxBackend for FirecrackerBackend {
     /// The VMM's exit status (when this process spawned it) and its logs tell whether its own
     /// seccomp filter killed it; if so the syscall becomes a `vmm_fault` audit entry.
     async fn observed_exit(&self, id: &SandboxId) -> Option<ObservedExit> {
+        if self.vm_running(id).unwrap_or(false) {
+            // A live VMM has no end to tell (and its log no fault to read).
+            return None;
+        }
         let (status, log) = match self.vmm_exit(id) {
             Some(exit) => (exit.exit_status(), exit.log),
             // Not our child (the CLI that created it has exited): the log still names the call.
