@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::api::{ActionType, ApiCall, ApiRequest, InstanceAction};
@@ -75,6 +75,8 @@ pub struct FirecrackerBackend {
     children: Arc<Mutex<HashMap<SandboxId, Child>>>,
     /// Where the guest images its VMs boot are.
     images: Arc<dyn vm::GuestImageSource>,
+    /// `firecracker --version`, asked once (every create records it; a restore checks it).
+    version: Arc<OnceLock<Option<String>>>,
 }
 
 impl FirecrackerBackend {
@@ -89,11 +91,21 @@ impl FirecrackerBackend {
             config,
             children: Arc::new(Mutex::new(HashMap::new())),
             images,
+            version: Arc::new(OnceLock::new()),
         })
     }
 
     pub fn config(&self) -> &FirecrackerConfig {
         &self.config
+    }
+
+    /// The `firecracker` binary's version, if it tells one (run once per backend).
+    pub(crate) fn binary_version(&self) -> Option<String> {
+        self.version
+            .get_or_init(|| {
+                super::support::tool_version(&self.config.firecracker).map(|v| v.version)
+            })
+            .clone()
     }
 
     /// Where this sandbox's VM files are.

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{FirecrackerBackend, LaunchMode, SnapshotFiles};
-use crate::backend::firecracker::support::tool_version;
 use crate::backend::firecracker::FirecrackerError;
 use crate::id::SandboxId;
 
@@ -89,8 +88,7 @@ impl FirecrackerBackend {
 
     /// The version of the `firecracker` binary a restore would run, or why it is unknown.
     fn firecracker_version(&self) -> Result<String, FirecrackerError> {
-        tool_version(&self.config.firecracker)
-            .map(|v| v.version)
+        self.binary_version()
             .ok_or_else(|| FirecrackerError::VersionUnknown {
                 binary: self.config.firecracker.clone(),
             })

@@ -7,7 +7,6 @@ use std::time::Duration;
 use hearth_seccomp::audit::{AuditConfig, AuditEntry, SeccompAuditLog, VmmFault};
 
 use super::{saved_files, FirecrackerBackend, LaunchMode, SnapshotManifest};
-use crate::backend::firecracker::support::tool_version;
 use crate::backend::firecracker::FirecrackerError;
 use crate::backend::vm::{BootKernel, VmImagePaths};
 use crate::backend::{
@@ -29,10 +28,9 @@ impl SandboxBackend for FirecrackerBackend {
     }
 
     fn describe(&self) -> String {
-        let version = tool_version(&self.config.firecracker).map_or_else(
-            || "firecracker".to_owned(),
-            |v| format!("firecracker {}", v.version),
-        );
+        let version = self
+            .binary_version()
+            .map_or_else(|| "firecracker".to_owned(), |v| format!("firecracker {v}"));
         match &self.config.mode {
             LaunchMode::Direct => version,
             LaunchMode::Jailed(_) => format!("{version} (jailer)"),
