@@ -31,34 +31,39 @@ impl VmImages {
     pub fn firecracker_kernels_dir(&self) -> PathBuf {
         self.state_dir.join("kernels").join("firecracker")
     }
+}
 
-    /// The current guest image's files, or why there is none.
-    pub fn current(&self) -> Result<VmImagePaths, ImageError> {
-        let image = GuestImage::current(&self.images_dir())?;
-        Ok(VmImagePaths {
-            kernel: image.kernel,
-            initrd: image.initrd,
-            rootfs: image.rootfs,
-        })
-    }
-
-    /// What a Firecracker VM boots: the kernel built by `hearth image kernel --firecracker`,
-    /// the current image's module-less initramfs (its `/init` is the same hearth-guest; the
-    /// kernel has everything built in, and the image's modules belong to Debian's kernel) and
-    /// its rootfs.
-    pub fn firecracker(&self) -> Result<VmImagePaths, ImageUnavailable> {
-        let kernel = current_kernel(&self.firecracker_kernels_dir()).map_err(unavailable)?;
+impl GuestImageSource for VmImages {
+    /// The current image with its own kernel (QEMU), or with the kernel built by `hearth image
+    /// kernel --firecracker` and the module-less initramfs (its `/init` is the same
+    /// hearth-guest; that kernel has everything built in, and the image's modules belong to
+    /// Debian's kernel).
+    fn current(&self, kernel: BootKernel) -> Result<VmImagePaths, ImageUnavailable> {
+        // The Firecracker kernel first: without it, that is what to build first.
+        let firecracker_kernel = match kernel {
+            BootKernel::Image => None,
+            BootKernel::Firecracker => {
+                Some(current_kernel(&self.firecracker_kernels_dir()).map_err(unavailable)?)
+            }
+        };
         let image = GuestImage::current(&self.images_dir()).map_err(build_hint)?;
-        Ok(VmImagePaths {
-            kernel,
-            initrd: image.baseline_initrd,
-            rootfs: image.rootfs,
+        Ok(match firecracker_kernel {
+            None => VmImagePaths {
+                kernel: image.kernel,
+                initrd: image.initrd,
+                rootfs: image.rootfs,
+            },
+            Some(kernel) => VmImagePaths {
+                kernel,
+                initrd: image.baseline_initrd,
+                rootfs: image.rootfs,
+            },
         })
     }
 
-    /// The guest image whose root filesystem is `rootfs` (recorded by a saved VM), if it is
-    /// still one of the complete images under the state dir.
-    pub fn with_rootfs(&self, rootfs: &Path) -> Result<VmImagePaths, ImageError> {
+    /// The image whose root filesystem is `rootfs` (recorded by a saved VM), if it is still
+    /// one of the complete images under the state dir.
+    fn with_rootfs(&self, rootfs: &Path) -> Result<VmImagePaths, ImageUnavailable> {
         let images = self.images_dir();
         let hash = rootfs
             .parent()
@@ -66,31 +71,18 @@ impl VmImages {
             .and_then(Path::file_name)
             .and_then(|name| name.to_str())
             .unwrap_or_default();
-        let image = GuestImage::open(&images, hash)?;
+        let image = GuestImage::open(&images, hash).map_err(unavailable)?;
         if image.rootfs != rootfs {
-            return Err(ImageError::Damaged {
+            return Err(unavailable(ImageError::Damaged {
                 hash: hash.to_owned(),
                 problem: format!("its rootfs is {}", image.rootfs.display()),
-            });
+            }));
         }
         Ok(VmImagePaths {
             kernel: image.kernel,
             initrd: image.initrd,
             rootfs: image.rootfs,
         })
-    }
-}
-
-impl GuestImageSource for VmImages {
-    fn current(&self, kernel: BootKernel) -> Result<VmImagePaths, ImageUnavailable> {
-        match kernel {
-            BootKernel::Image => VmImages::current(self).map_err(build_hint),
-            BootKernel::Firecracker => self.firecracker(),
-        }
-    }
-
-    fn with_rootfs(&self, rootfs: &Path) -> Result<VmImagePaths, ImageUnavailable> {
-        VmImages::with_rootfs(self, rootfs).map_err(unavailable)
     }
 }
 
@@ -100,5 +92,10 @@ fn unavailable(err: impl std::fmt::Display) -> ImageUnavailable {
 
 /// A missing or damaged current image, with how to make one.
 fn build_hint(err: ImageError) -> ImageUnavailable {
-    ImageUnavailable(format!("{err} (build one with: hearth image build)"))
+    let message = err.to_string();
+    if message.contains("hearth image build") {
+        ImageUnavailable(message)
+    } else {
+        ImageUnavailable(format!("{message} (build one with: hearth image build)"))
+    }
 }

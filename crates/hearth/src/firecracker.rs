@@ -177,6 +177,7 @@ pub fn kernels_dir(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_sandbox::backend::vm::{BootKernel, GuestImageSource};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -226,7 +227,9 @@ mod tests {
     #[test]
     fn the_image_needs_the_firecracker_kernel_first() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = VmImages::new(tmp.path()).firecracker().unwrap_err();
+        let err = VmImages::new(tmp.path())
+            .current(BootKernel::Firecracker)
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("hearth image kernel --firecracker"),

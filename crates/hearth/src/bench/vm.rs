@@ -35,13 +35,9 @@ pub async fn run(manager: &SandboxManager, boots: usize, json: bool) -> anyhow::
     // The baseline boots this host's QEMU directly, with the same accelerator.
     let qemu = crate::vm::qemu_backend(manager.store.state_dir(), &manager.dirs)
         .ok_or(SandboxError::BackendUnavailable(BackendKind::Qemu))?;
-    let image =
-        GuestImage::current(&crate::vm::images_dir(manager.store.state_dir())).map_err(|err| {
-            CliError::new(
-                ErrorKind::HostLacks,
-                format!("{err} (build one with: hearth image build)"),
-            )
-        })?;
+    // A missing image's error already says how to build one.
+    let image = GuestImage::current(&crate::vm::images_dir(manager.store.state_dir()))
+        .map_err(|err| CliError::new(ErrorKind::HostLacks, err.to_string()))?;
     manager.reconcile().await?;
     let accel = qemu.config().accel;
     let scratch = tempfile::Builder::new()
