@@ -82,9 +82,19 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
         stdout: child.stdout.take().map(OwnedFd::from),
         stderr: child.stderr.take().map(OwnedFd::from),
     };
+    let mut stdin = pipes.stdin;
+    let mut initial_stdin = req.stdin;
+    if req.stdin_open {
+        if let Some(fd) = stdin.take() {
+            state
+                .stdins
+                .register(pid_i32(pid), fd, initial_stdin.take());
+        }
+    }
+    let pipes = Pipes { stdin, ..pipes };
     let run = Run {
         pid: pid_i32(pid),
-        stdin: req.stdin,
+        stdin: initial_stdin,
         deadline: req
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms)),
@@ -92,7 +102,13 @@ pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBo
         oom_before,
         cgroup_root: state.config.cgroup_root.clone(),
     };
-    tokio::spawn(drive(run, pipes, waiter, tx));
+    let state_for_end = Arc::clone(&state);
+    tokio::spawn(async move {
+        let pid = run.pid;
+        drive(run, pipes, waiter, tx).await;
+        // Its stdin writer (if any) has nobody left to write to.
+        state_for_end.stdins.close(pid);
+    });
 
     let mut resp = Response::new(ChannelBody::new(rx).boxed());
     resp.headers_mut()

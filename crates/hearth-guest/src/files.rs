@@ -1,4 +1,5 @@
-//! File endpoints: `GET`/`PUT /v1/files`, `GET /v1/dirs`, `GET /v1/stat`.
+//! File endpoints: `GET`/`PUT`/`DELETE /v1/files`, `GET /v1/dirs`, `GET /v1/stat`,
+//! `POST /v1/mkdir`, `POST /v1/rename`.
 //!
 //! Writes are atomic: the body goes to a fresh temporary file in the target's directory
 //! (`O_EXCL`, mode 0600, so nobody sees or hijacks it half-written), which is synced, given its
@@ -6,12 +7,12 @@
 //! an oversized upload costs at most one cap's worth of disk and never that much memory.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use hearth_proto::{DirEntry, DirListing, ErrorKind, FileKind, FileStat, WriteResult};
+use hearth_proto::{DirEntry, DirListing, ErrorKind, FileKind, FileStat, MkdirResult, WriteResult};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -71,8 +72,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fil
 
 /// The `path` query parameter, which must be absolute.
 fn path_param(query: Option<&str>) -> Result<PathBuf, ApiError> {
-    let path = query_param(query, "path")?
-        .ok_or_else(|| ApiError::new(ErrorKind::BadRequest, "missing query parameter `path`"))?;
+    absolute_param(query, "path")
+}
+
+/// The query parameter `name`, which must be an absolute path.
+fn absolute_param(query: Option<&str>, name: &str) -> Result<PathBuf, ApiError> {
+    let path = query_param(query, name)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("missing query parameter `{name}`"),
+        )
+    })?;
     if !path.starts_with('/') || path.contains('\0') {
         return Err(ApiError::new(
             ErrorKind::BadRequest,
@@ -357,6 +367,68 @@ fn stat_path(path: &Path) -> Result<FileStat, FileError> {
         mtime_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
         symlink_target,
     })
+}
+
+/// `POST /v1/mkdir?path=`: the directory and its missing parents (0755).
+pub async fn mkdir(query: Option<&str>) -> Result<Response<RespBody>, ApiError> {
+    let path = path_param(query)?;
+    let result = blocking(move || {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                return Ok(MkdirResult {
+                    path: path.to_string_lossy().into_owned(),
+                    created: false,
+                })
+            }
+            Ok(_) => {
+                let exists = io::Error::from(nix::errno::Errno::EEXIST);
+                return Err(io_err("mkdir", &path)(exists));
+            }
+            Err(_) => {}
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&path)
+            .map_err(io_err("mkdir", &path))?;
+        Ok(MkdirResult {
+            path: path.to_string_lossy().into_owned(),
+            created: true,
+        })
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &result))
+}
+
+/// `POST /v1/rename?from=&to=`: `rename(2)`, replacing a file at `to` as it does.
+pub async fn rename(query: Option<&str>) -> Result<Response<RespBody>, ApiError> {
+    let from = absolute_param(query, "from")?;
+    let to = absolute_param(query, "to")?;
+    let stat = blocking(move || {
+        std::fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+        stat_path(&to)
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &stat))
+}
+
+/// `DELETE /v1/files?path=`: a file, symlink or whole directory tree. `remove_dir_all` never
+/// follows symlinks, also not ones swapped in while it runs.
+pub async fn remove(query: Option<&str>) -> Result<Response<RespBody>, ApiError> {
+    let path = path_param(query)?;
+    if path == Path::new("/") {
+        return Err(ApiError::new(ErrorKind::BadRequest, "refusing to remove /"));
+    }
+    blocking(move || {
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err("remove", &path))?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(io_err("remove", &path))
+        } else {
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))
+        }
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({})))
 }
 
 fn kind_of(meta: &std::fs::Metadata) -> FileKind {

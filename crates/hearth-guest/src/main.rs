@@ -10,6 +10,7 @@ mod files;
 mod http;
 mod mcp;
 mod oom;
+mod procs;
 mod reaper;
 mod seccomp;
 mod server;

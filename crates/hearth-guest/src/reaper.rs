@@ -72,6 +72,13 @@ impl Children {
         self.lock().len()
     }
 
+    /// Sends `sig` to the process group of `pid` if it is a registered child still running
+    /// (checked under the table lock, so a reaped pid the kernel reused is never signalled).
+    pub fn signal_one(&self, pid: i32, sig: Signal) -> bool {
+        let waiters = self.lock();
+        waiters.contains_key(&pid) && killpg(Pid::from_raw(pid), sig).is_ok()
+    }
+
     /// Sends `sig` to the process group of every registered child.
     pub fn signal_all(&self, sig: Signal) {
         for &pid in self.lock().keys() {

@@ -12,8 +12,12 @@
 //! | POST | `/v1/exec`    | `ExecRequest` JSON | 200 `application/x-ndjson` stream of `ExecEvent`s, or a 4xx JSON error if it cannot start (`not_found` for a missing binary or cwd) |
 //! | GET  | `/v1/files?path=/abs` | | the bytes (`application/octet-stream`); 413 `too_large` over `--max-file` |
 //! | PUT  | `/v1/files?path=/abs&mode=0644` | the bytes | `WriteResult` JSON; atomic replace; 413 over `--max-file` |
+//! | DELETE | `/v1/files?path=/abs` | | `{}`; a directory goes with everything in it (symlinks are removed, never followed) |
 //! | GET  | `/v1/dirs?path=/abs` | | `DirListing` JSON |
 //! | GET  | `/v1/stat?path=/abs` | | `FileStat` JSON (`lstat`) |
+//! | POST | `/v1/mkdir?path=/abs` | | `MkdirResult` JSON; parents are made too; `created` is false when it was there |
+//! | POST | `/v1/rename?from=/abs&to=/abs` | | `FileStat` JSON of the moved object |
+//! | POST | `/v1/procs/...` | | input, close-stdin and signal for running execs (see `procs`) |
 //! | GET  | `/v1/audit?since=SEQ&limit=N` | | `AuditPage` JSON: the calls this guest's seccomp listener refused (see `audit`) |
 //! | POST | `/v1/vm/quiesce` | | `{}`; microVM only: unmounts the 9p workspace before a snapshot (409 `busy` while in use) |
 //! | POST | `/v1/vm/thaw` | `VmThaw` JSON | `{}`; microVM only: remounts the workspace, takes a restored sandbox's address and hostname |
@@ -42,7 +46,7 @@ use tokio::sync::watch;
 use crate::http::{json, ApiError, RespBody};
 use crate::reaper::{Children, ReaperError};
 use crate::transport::{self, Listen, TransportError};
-use crate::{audit, exec, files};
+use crate::{audit, exec, files, procs};
 
 /// Daemon settings (from the command line).
 #[derive(Debug, Clone)]
@@ -79,6 +83,8 @@ impl Config {
 pub struct State {
     pub config: Config,
     pub children: Arc<Children>,
+    /// Stdins kept open for `/v1/procs/input`.
+    pub stdins: crate::procs::Stdins,
     /// Calls refused by the `audit_deny` rules of the processes this guest started.
     pub audit: crate::audit::GuestAudit,
     started: Instant,
@@ -152,6 +158,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let state = Arc::new(State {
         config,
         children,
+        stdins: crate::procs::Stdins::default(),
         audit: crate::audit::GuestAudit::new()?,
         started: Instant::now(),
         closing: watch::Sender::new(false),
@@ -329,14 +336,32 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
         ("/v1/exec", &Method::POST) => exec::handle(Arc::clone(&state), req.into_body()).await,
         ("/v1/files", &Method::GET) => files::read(&state, query).await,
         ("/v1/files", &Method::PUT) => files::write(&state, req).await,
+        ("/v1/files", &Method::DELETE) => files::remove(query).await,
         ("/v1/dirs", &Method::GET) => files::list(query).await,
         ("/v1/stat", &Method::GET) => files::stat(query).await,
+        ("/v1/mkdir", &Method::POST) => files::mkdir(query).await,
+        ("/v1/rename", &Method::POST) => files::rename(query).await,
+        ("/v1/procs/input", &Method::POST) => procs::input(&state, query, req.into_body()).await,
+        ("/v1/procs/close-stdin", &Method::POST) => procs::close_stdin(&state, query),
+        ("/v1/procs/signal", &Method::POST) => procs::signal(&state, query),
         ("/v1/audit", &Method::GET) => audit::handle(&state.audit, query),
         (VM_QUIESCE_PATH, &Method::POST) => vm_quiesce(&state).await,
         (VM_THAW_PATH, &Method::POST) => vm_thaw(&state, req.into_body()).await,
         (
-            "/v1/health" | "/v1/version" | "/v1/exec" | "/v1/files" | "/v1/dirs" | "/v1/stat"
-            | "/v1/audit" | VM_QUIESCE_PATH | VM_THAW_PATH,
+            "/v1/health"
+            | "/v1/version"
+            | "/v1/exec"
+            | "/v1/files"
+            | "/v1/dirs"
+            | "/v1/stat"
+            | "/v1/mkdir"
+            | "/v1/rename"
+            | "/v1/procs/input"
+            | "/v1/procs/close-stdin"
+            | "/v1/procs/signal"
+            | "/v1/audit"
+            | VM_QUIESCE_PATH
+            | VM_THAW_PATH,
             _,
         ) => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,

@@ -84,7 +84,8 @@ pub struct Prepared {
     pub handoff: Option<ListenerHandoff>,
 }
 
-/// Validates `req` and builds its command; stdin is piped only when the request carries some.
+/// Validates `req` and builds its command; stdin is piped only when the request carries some
+/// or asks to keep it open.
 /// With `confinement`, the child first puts itself there (before it runs a single instruction
 /// of the workload, so nothing it forks can escape it); with `seccomp`, it then installs those
 /// filters right before exec.
@@ -115,7 +116,7 @@ pub fn build(
         .env_clear()
         .envs(&req.env)
         .current_dir(&cwd)
-        .stdin(if req.stdin.is_some() {
+        .stdin(if req.stdin.is_some() || req.stdin_open {
             Stdio::piped()
         } else {
             Stdio::null()

@@ -464,3 +464,96 @@ async fn audited_calls_fail_with_eperm_and_are_served_on_the_audit_endpoint() {
     );
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_stdin_is_fed_closed_and_signals_reach_only_our_execs() {
+    let guest = Guest::start(&[]).await;
+    let client = guest.client.clone();
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+    let cat = ExecRequest {
+        stdin: Some(b"first ".to_vec()),
+        stdin_open: true,
+        ..req(&["cat"])
+    };
+    let running = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let status = client
+            .exec_observed(
+                &cat,
+                |pid| drop(pid_tx.send(pid)),
+                |chunk| {
+                    if let OutputChunk::Stdout(d) = chunk {
+                        out.extend(d)
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        (out, status)
+    });
+    let pid = pid_rx.await.unwrap();
+    guest
+        .client
+        .proc_input(pid, bytes::Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    guest.client.proc_close_stdin(pid).await.unwrap();
+    let (out, status) = running.await.unwrap();
+    assert_eq!(out, b"first second");
+    assert!(status.success(), "{status:?}");
+    // Its stdin went with it; the pid is no exec of ours any more.
+    let (status, kind, _) = guest_err(guest.client.proc_close_stdin(pid).await.unwrap_err());
+    assert_eq!((status, kind), (404, ErrorKind::NotFound));
+    let (_, kind, _) = guest_err(guest.client.proc_signal(pid, 9).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::NotFound);
+    // pid 1 (or any process not exec'd here) is never signalled.
+    let (_, kind, _) = guest_err(guest.client.proc_signal(1, 9).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::NotFound);
+
+    let client = guest.client.clone();
+    let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+    let sleeper = tokio::spawn(async move {
+        client
+            .exec_observed(&req(&["sleep", "30"]), |pid| drop(pid_tx.send(pid)), |_| {})
+            .await
+            .unwrap()
+    });
+    let pid = pid_rx.await.unwrap();
+    guest.client.proc_signal(pid, 15).await.unwrap();
+    assert_eq!(sleeper.await.unwrap().signal, Some(15));
+    let (_, kind, _) = guest_err(guest.client.proc_signal(pid, 99).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::BadRequest);
+}
+
+#[tokio::test]
+async fn mkdir_rename_and_remove() {
+    let guest = Guest::start(&[]).await;
+    let c = &guest.client;
+    let nested = guest.path("a/b/c");
+    let made = c.mkdir(&nested).await.unwrap();
+    assert!(made.created);
+    assert!(!c.mkdir(&nested).await.unwrap().created, "already there");
+    c.write_file(&guest.path("a/b/c/f"), b"x".to_vec(), 0o644)
+        .await
+        .unwrap();
+    let (_, kind, _) = guest_err(c.mkdir(&guest.path("a/b/c/f")).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::AlreadyExists, "a file is in the way");
+    let moved = c
+        .rename(&guest.path("a/b/c/f"), &guest.path("a/g"))
+        .await
+        .unwrap();
+    assert_eq!((moved.kind, moved.size), (FileKind::File, 1));
+    // A symlink out of the tree is removed, not followed.
+    let outside = guest.path("outside");
+    c.write_file(&outside, b"keep".to_vec(), 0o644)
+        .await
+        .unwrap();
+    std::os::unix::fs::symlink(&outside, guest.dir.path().join("a/b/link")).unwrap();
+    c.remove(&guest.path("a")).await.unwrap();
+    assert!(!guest.dir.path().join("a").exists());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+    let (_, kind, _) = guest_err(c.remove(&guest.path("a")).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::NotFound);
+    let (_, kind, _) = guest_err(c.remove("/").await.unwrap_err());
+    assert_eq!(kind, ErrorKind::BadRequest);
+}

@@ -45,6 +45,10 @@ pub struct ExecRequest {
     /// Wall-clock limit; on expiry the whole process group gets SIGKILL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Keep stdin a pipe after `stdin` is written, for `POST /v1/procs/input` to feed later
+    /// (until `POST /v1/procs/close-stdin` or the process ends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
 }
 
 /// Which output stream a chunk or a truncation belongs to.
@@ -182,6 +186,14 @@ pub struct VersionInfo {
     pub name: String,
     pub version: String,
     pub protocol_version: u32,
+}
+
+/// `POST /v1/mkdir` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkdirResult {
+    pub path: String,
+    /// False when the directory was already there.
+    pub created: bool,
 }
 
 /// `PUT /v1/files` response.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hearth_proto::{
     query, DirListing, ErrorBody, ErrorKind, ExecEvent, ExecRequest, ExitStatus, FileStat, Health,
-    StreamName, VersionInfo, WriteResult,
+    MkdirResult, StreamName, VersionInfo, WriteResult,
 };
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -150,8 +150,21 @@ impl GuestClient {
     pub async fn exec(
         &self,
         req: &ExecRequest,
+        on_output: impl FnMut(OutputChunk),
+    ) -> Result<ExitStatus, GuestClientError> {
+        self.exec_observed(req, |_| {}, on_output).await
+    }
+
+    /// [`exec`](Self::exec), also telling `on_started` the process's pid in the sandbox as soon
+    /// as it runs (what [`proc_input`](Self::proc_input) and [`proc_signal`](Self::proc_signal)
+    /// address).
+    pub async fn exec_observed(
+        &self,
+        req: &ExecRequest,
+        on_started: impl FnOnce(u32),
         mut on_output: impl FnMut(OutputChunk),
     ) -> Result<ExitStatus, GuestClientError> {
+        let mut on_started = Some(on_started);
         // Serializing a plain struct of strings and bytes cannot fail.
         let body = serde_json::to_vec(req).unwrap_or_default();
         let resp = self
@@ -187,7 +200,7 @@ impl GuestClient {
             buf.extend_from_slice(&data);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let line = buf.split_to(nl + 1);
-                if let Some(status) = handle_event(&line[..nl], &mut on_output)? {
+                if let Some(status) = handle_event(&line[..nl], &mut on_started, &mut on_output)? {
                     return Ok(status);
                 }
             }
@@ -239,6 +252,61 @@ impl GuestClient {
     pub async fn list_dir(&self, path: &str) -> Result<DirListing, GuestClientError> {
         let uri = format!("/v1/dirs?path={}", query::encode(path));
         self.get_json(&uri, "directory listing").await
+    }
+
+    /// Makes the directory `path` and its missing parents; `created` is false if it was there.
+    pub async fn mkdir(&self, path: &str) -> Result<MkdirResult, GuestClientError> {
+        let uri = format!("/v1/mkdir?path={}", query::encode(path));
+        self.post_json(uri, Bytes::new(), "mkdir result").await
+    }
+
+    /// Renames `from` to `to` (both absolute) and returns what is now at `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<FileStat, GuestClientError> {
+        let uri = format!(
+            "/v1/rename?from={}&to={}",
+            query::encode(from),
+            query::encode(to)
+        );
+        self.post_json(uri, Bytes::new(), "rename result").await
+    }
+
+    /// Removes a file, symlink or directory tree.
+    pub async fn remove(&self, path: &str) -> Result<(), GuestClientError> {
+        let uri = format!("/v1/files?path={}", query::encode(path));
+        let resp = self.send(Method::DELETE, uri, Bytes::new()).await?;
+        check_status(resp).await.map(drop)
+    }
+
+    /// Writes `data` to the stdin of a running exec that asked for `stdin_open`.
+    pub async fn proc_input(&self, pid: u32, data: Bytes) -> Result<(), GuestClientError> {
+        let resp = self
+            .send(Method::POST, format!("/v1/procs/input?pid={pid}"), data)
+            .await?;
+        check_status(resp).await.map(drop)
+    }
+
+    /// Closes the stdin of a running exec that asked for `stdin_open`.
+    pub async fn proc_close_stdin(&self, pid: u32) -> Result<(), GuestClientError> {
+        let uri = format!("/v1/procs/close-stdin?pid={pid}");
+        let resp = self.send(Method::POST, uri, Bytes::new()).await?;
+        check_status(resp).await.map(drop)
+    }
+
+    /// Sends signal number `signal` to a running exec's process group.
+    pub async fn proc_signal(&self, pid: u32, signal: i32) -> Result<(), GuestClientError> {
+        let uri = format!("/v1/procs/signal?pid={pid}&signal={signal}");
+        let resp = self.send(Method::POST, uri, Bytes::new()).await?;
+        check_status(resp).await.map(drop)
+    }
+
+    async fn post_json<T: DeserializeOwned>(
+        &self,
+        uri: String,
+        body: Bytes,
+        what: &'static str,
+    ) -> Result<T, GuestClientError> {
+        let resp = self.send(Method::POST, uri, body).await?;
+        decode(check_status(resp).await?, what).await
     }
 
     /// The calls the guest's own seccomp listener refused, from `since` on (a microVM's
@@ -366,6 +434,7 @@ async fn connect_checked(path: &Path) -> Result<UnixStream, GuestClientError> {
 /// Passes output to the callback; returns the exit status once the `exit` event arrives.
 fn handle_event(
     line: &[u8],
+    on_started: &mut Option<impl FnOnce(u32)>,
     on_output: &mut impl FnMut(OutputChunk) -> Result<(), GuestClientError>,
 ) -> Result<Option<ExitStatus>, GuestClientError> {
     if line.is_empty() {
@@ -377,7 +446,11 @@ fn handle_event(
             source,
         })?;
     match event {
-        ExecEvent::Started { .. } => {}
+        ExecEvent::Started { pid } => {
+            if let Some(on_started) = on_started.take() {
+                on_started(pid);
+            }
+        }
         ExecEvent::Stdout { data } => on_output(OutputChunk::Stdout(data))?,
         ExecEvent::Stderr { data } => on_output(OutputChunk::Stderr(data))?,
         ExecEvent::Truncated {

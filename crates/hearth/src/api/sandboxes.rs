@@ -198,6 +198,7 @@ pub async fn exec(
         cwd: Some(body.cwd.unwrap_or_else(|| "/workspace".into())),
         stdin: body.stdin.map(String::into_bytes),
         timeout_ms: timeout_ms.map(|ms| u64::try_from(ms).unwrap_or(u64::MAX)),
+        stdin_open: false,
     };
     let client = state.manager.guest(&id).await?;
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -298,6 +298,7 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         cwd: Some(args.cwd),
         stdin,
         timeout_ms,
+        stdin_open: false,
     };
     let client = manager.guest(&id).await?;
     // A write that fails (a closed pipe, a full disk) ends the exec: dropping the request
