@@ -328,11 +328,22 @@ fn list_dir(path: &Path) -> Result<DirListing, FileError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("stat", &entry.path())(e)),
         };
+        let symlink_target = if meta.file_type().is_symlink() {
+            std::fs::read_link(entry.path())
+                .ok()
+                .map(|target| target.to_string_lossy().into_owned())
+        } else {
+            None
+        };
         entries.push(DirEntry {
             name: entry.file_name().to_string_lossy().into_owned(),
             kind: kind_of(&meta),
             size: meta.len(),
             mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+            symlink_target,
         });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));

@@ -480,7 +480,9 @@ async fn open_stdin_is_fed_closed_and_signals_reach_only_our_execs() {
         let status = client
             .exec_observed(
                 &cat,
-                |pid| drop(pid_tx.send(pid)),
+                |pid| {
+                    let _ = pid_tx.send(pid);
+                },
                 |chunk| {
                     if let OutputChunk::Stdout(d) = chunk {
                         out.extend(d)
@@ -514,7 +516,13 @@ async fn open_stdin_is_fed_closed_and_signals_reach_only_our_execs() {
     let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
     let sleeper = tokio::spawn(async move {
         client
-            .exec_observed(&req(&["sleep", "30"]), |pid| drop(pid_tx.send(pid)), |_| {})
+            .exec_observed(
+                &req(&["sleep", "30"]),
+                |pid| {
+                    let _ = pid_tx.send(pid);
+                },
+                |_| {},
+            )
             .await
             .unwrap()
     });

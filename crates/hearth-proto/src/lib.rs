@@ -144,6 +144,15 @@ pub struct DirEntry {
     pub size: u64,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// Modification time, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub mtime_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
 }
 
 /// `GET /v1/dirs` response, entries sorted by name.

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod doctor;
 mod doctor_firecracker;
+mod e2b;
 mod exit;
 mod firecracker;
 mod request;

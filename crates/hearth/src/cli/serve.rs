@@ -33,6 +33,13 @@ pub struct ServeArgs {
     /// HEARTH_API_TOKEN gives the token itself).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Loopback address of the E2B-compatible API (control plane and envd data plane; point
+    /// both E2B_API_URL and E2B_SANDBOX_URL at it, E2B_API_KEY = the API token).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:49982")]
+    e2b_listen: SocketAddr,
+    /// Do not serve the E2B-compatible API.
+    #[arg(long)]
+    no_e2b: bool,
     /// Tasks that run at once; more wait queued, first come first served.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_concurrent: u16,
@@ -46,6 +53,16 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
             format!(
                 "--listen {}: only loopback addresses are allowed",
                 args.listen
+            ),
+        )
+        .into());
+    }
+    if !args.no_e2b && !args.e2b_listen.ip().is_loopback() {
+        return Err(CliError::new(
+            ErrorKind::BadInput,
+            format!(
+                "--e2b-listen {}: only loopback addresses are allowed",
+                args.e2b_listen
             ),
         )
         .into());
@@ -68,6 +85,23 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| settings.runtime_dir.join("api.sock"));
     let listeners = Listeners::bind(args.listen, &socket).await?;
+    let e2b_listener = if args.no_e2b {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.e2b_listen)
+            .await
+            .map_err(|err| {
+                CliError::new(
+                    ErrorKind::HostLacks,
+                    format!(
+                        "cannot listen on {} for the E2B API: {err} (--e2b-listen, or --no-e2b)",
+                        args.e2b_listen
+                    ),
+                )
+            })?;
+        let addr = listener.local_addr().unwrap_or(args.e2b_listen);
+        Some((listener, addr))
+    };
     let banner = (|| {
         outln!(
             "hearth serve: listening on http://{} and unix:{}",
@@ -75,6 +109,11 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
             listeners.unix_path.display()
         )?;
         outln!("hearth serve: API token from {token_origin}")?;
+        if let Some((_, addr)) = &e2b_listener {
+            outln!(
+                "hearth serve: E2B-compatible API on http://{addr} (E2B_API_URL and E2B_SANDBOX_URL)"
+            )?;
+        }
         outln!("hearth serve: model: {}", model.description)?;
         outln!(
             "hearth serve: at most {} tasks at once; {} task(s) of a stopped hearth process marked interrupted",
@@ -90,6 +129,16 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
     }
     tracing::info!(addr = %listeners.tcp_addr, socket = %socket.display(), "API listening");
 
+    let e2b_state = crate::e2b::E2bState::new(Arc::clone(&manager), token.clone());
+    let e2b = async {
+        match e2b_listener {
+            Some((listener, _)) => {
+                tokio::spawn(crate::e2b::deadlines::run(e2b_state.clone()));
+                axum::serve(listener, crate::e2b::router(e2b_state)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let app = router(
         AppState {
             manager,
@@ -99,6 +148,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
     );
     tokio::select! {
         result = listeners.serve(app) => result?,
+        result = e2b => result.map_err(crate::api::server::ServeError::Serve)?,
         signal = stop_signal() => tracing::info!(signal, "stopping"),
     }
     queue.shutdown(SHUTDOWN_WAIT).await;

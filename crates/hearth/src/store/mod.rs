@@ -3,6 +3,7 @@
 //! The schema is managed by sqlx migrations embedded in the binary (`crates/hearth/migrations`).
 
 mod audit;
+mod e2b;
 mod netdrops;
 mod sandboxes;
 mod slots;
@@ -10,6 +11,7 @@ mod snapshots;
 mod tasks;
 
 pub use audit::{AuditCount, AuditState, FlushTotals, StoredEntry};
+pub use e2b::E2bSandbox;
 pub use netdrops::{NetworkDrops, StoredDrop};
 pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
 pub use slots::SqliteSlotStore;

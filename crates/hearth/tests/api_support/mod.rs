@@ -15,6 +15,8 @@ use std::process::{Child, Stdio};
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    /// The E2B-compatible API (both planes).
+    pub e2b_addr: String,
     pub socket: PathBuf,
     pub token: String,
     pub _dir: tempfile::TempDir,
@@ -52,7 +54,14 @@ impl Daemon {
             cmd.env("HEARTH_SCRIPTED_FIXTURE", fixture);
         }
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--max-concurrent"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--e2b-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--max-concurrent")
             .arg(max_concurrent.to_string())
             .arg("--socket")
             .arg(&socket)
@@ -73,6 +82,13 @@ impl Daemon {
             .to_owned();
         let token_line = lines.next().unwrap().unwrap();
         assert!(token_line.contains("api-token"), "{token_line}");
+        let e2b_line = lines.next().unwrap().unwrap();
+        let e2b_addr = e2b_line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no E2B address in {e2b_line:?}"))
+            .to_owned();
         // Keep reading stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let token_file = common::env().state_dir.join("api-token");
@@ -89,6 +105,7 @@ impl Daemon {
         Self {
             child,
             addr,
+            e2b_addr,
             socket,
             token,
             _dir: dir,

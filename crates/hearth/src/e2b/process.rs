@@ -1,0 +1,590 @@
+//! envd's `process.Process` service on hearth-guest's exec.
+//!
+//! A `Start` runs the command through the guest's exec stream, held by `hearth serve` rather
+//! than by the client's request: like envd's processes, it keeps running when the client
+//! disconnects, and any number of `Connect`s can follow its output. Its stdin is a pipe the
+//! guest keeps open when the client asked for one (`stdin: true`); `SendInput`, `StreamInput`
+//! and `CloseStdin` reach it through the guest's `/v1/procs` endpoints, `SendSignal` too.
+//!
+//! Output is not replayed: a `Connect` sees what the process writes after it connected (as
+//! envd). Each follower's queue is unbounded, but the guest caps every exec's output (16 MiB
+//! per stream), which bounds it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use hearth_proto::{ExecRequest, ExitStatus};
+use hearth_sandbox::guest_client::{GuestClient, GuestClientError, OutputChunk};
+use hearth_sandbox::SandboxId;
+use tokio::sync::{mpsc, oneshot};
+
+use super::connect::{self, Code, ConnectError, StreamItem};
+use super::envd::{self, Target, HOME};
+use super::messages::{
+    data_event, end_event, keepalive_event, start_event, Empty, EndEvent, ListResponse,
+    ProcessConfig, ProcessInfo, ProcessSelector, SelectRequest, SendInputRequest,
+    SendSignalRequest, StartRequest, StreamInputRequest, UpdateRequest,
+};
+use super::E2bState;
+
+/// What followers of a process receive.
+#[derive(Debug, Clone)]
+enum ProcEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    End(EndEvent),
+}
+
+/// One process started through the E2B API.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    tag: Option<String>,
+    config: ProcessConfig,
+    followers: Arc<Followers>,
+}
+
+/// The queues of everyone following a process's output.
+#[derive(Debug, Default)]
+struct Followers {
+    queues: Mutex<Vec<mpsc::UnboundedSender<ProcEvent>>>,
+}
+
+impl Followers {
+    fn add(&self) -> mpsc::UnboundedReceiver<ProcEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Sends to every follower still listening and forgets the ones that went away.
+    fn send(&self, event: &ProcEvent) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|tx| tx.send(event.clone()).is_ok());
+    }
+}
+
+/// The processes of every E2B sandbox, by sandbox and pid.
+#[derive(Debug, Default)]
+pub struct Processes {
+    by_sandbox: Mutex<HashMap<SandboxId, HashMap<u32, Arc<Proc>>>>,
+}
+
+impl Processes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, HashMap<u32, Arc<Proc>>>> {
+        self.by_sandbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, id: &SandboxId, proc: Arc<Proc>) {
+        self.lock()
+            .entry(id.clone())
+            .or_default()
+            .insert(proc.pid, proc);
+    }
+
+    fn remove(&self, id: &SandboxId, pid: u32) {
+        let mut all = self.lock();
+        if let Some(procs) = all.get_mut(id) {
+            procs.remove(&pid);
+            if procs.is_empty() {
+                all.remove(id);
+            }
+        }
+    }
+
+    /// Drops what is known about a sandbox's processes (it is being removed).
+    pub fn forget(&self, id: &SandboxId) {
+        self.lock().remove(id);
+    }
+
+    fn find(&self, id: &SandboxId, selector: &ProcessSelector) -> Result<Arc<Proc>, ConnectError> {
+        let all = self.lock();
+        let procs = all.get(id);
+        let found = match (selector.pid, &selector.tag) {
+            (Some(pid), _) => procs.and_then(|p| p.get(&pid)).cloned(),
+            (None, Some(tag)) => procs
+                .and_then(|p| p.values().find(|proc| proc.tag.as_ref() == Some(tag)))
+                .cloned(),
+            (None, None) => {
+                return Err(ConnectError::new(
+                    Code::InvalidArgument,
+                    "the process selector needs a pid or a tag",
+                ))
+            }
+        };
+        found.ok_or_else(|| {
+            let which = selector
+                .pid
+                .map_or_else(|| format!("tag {:?}", selector.tag), |p| format!("pid {p}"));
+            ConnectError::new(Code::NotFound, format!("process with {which} not found"))
+        })
+    }
+
+    fn list(&self, id: &SandboxId) -> Vec<ProcessInfo> {
+        let all = self.lock();
+        let mut list: Vec<ProcessInfo> = all
+            .get(id)
+            .map(|procs| {
+                procs
+                    .values()
+                    .map(|p| ProcessInfo {
+                        config: p.config.clone(),
+                        pid: p.pid,
+                        tag: p.tag.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by_key(|p| p.pid);
+        list
+    }
+}
+
+/// `POST /process.Process/{method}`.
+pub async fn dispatch(
+    State(state): State<E2bState>,
+    Path(method): Path<String>,
+    request: Request,
+) -> Response {
+    let target = match envd::target(&state, request.headers()).await {
+        Ok(target) => target,
+        Err(refusal) => return refused(&method, refusal.0),
+    };
+    match method.as_str() {
+        "Start" => start(state, target, request).await,
+        "Connect" => follow(state, target, request).await,
+        "StreamInput" => connect::unary_response(stream_input(&state, &target, request).await),
+        "List" => connect::unary_response(
+            async {
+                connect::unary_request::<Empty2>(request).await?;
+                Ok(ListResponse {
+                    processes: state.processes.list(&target.row.id),
+                })
+            }
+            .await,
+        ),
+        "SendInput" => connect::unary_response(send_input(&state, &target, request).await),
+        "CloseStdin" => connect::unary_response(close_stdin(&state, &target, request).await),
+        "SendSignal" => connect::unary_response(send_signal(&state, &target, request).await),
+        "Update" => connect::unary_response(update(&state, &target, request).await),
+        other => connect::unary_response::<Empty>(Err(ConnectError::new(
+            Code::Unimplemented,
+            format!("process.Process/{other} is not a method hearth knows"),
+        ))),
+    }
+}
+
+/// Any message: for calls whose request carries nothing hearth uses.
+#[derive(Debug, serde::Deserialize)]
+struct Empty2 {}
+
+/// A refusal in the form the method's client reads: a stream's error for streaming calls.
+fn refused(method: &str, err: ConnectError) -> Response {
+    if matches!(method, "Start" | "Connect") {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(StreamItem::End(Err(err)));
+        connect::stream_response(rx)
+    } else {
+        connect::unary_response::<Empty>(Err(err))
+    }
+}
+
+/// The exec request for an E2B process: the sandbox's env vars under the command's own, a
+/// home and working dir of `/workspace`, stdin kept open when asked for.
+fn exec_request(
+    row_env: &BTreeMap<String, String>,
+    id: &SandboxId,
+    config: &ProcessConfig,
+    stdin: bool,
+) -> Result<ExecRequest, ConnectError> {
+    if config.cmd.is_empty() {
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            "process.cmd is empty",
+        ));
+    }
+    let mut env = BTreeMap::from([
+        ("HOME".to_owned(), HOME.to_owned()),
+        ("USER".to_owned(), "root".to_owned()),
+        ("E2B_SANDBOX".to_owned(), "true".to_owned()),
+        ("E2B_SANDBOX_ID".to_owned(), id.to_string()),
+    ]);
+    env.extend(row_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (name, value) in &config.envs {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ConnectError::new(
+                Code::InvalidArgument,
+                format!("env var {name:?} is not a valid name=value"),
+            ));
+        }
+        env.insert(name.clone(), value.clone());
+    }
+    let cwd = envd::resolve(config.cwd.as_deref().unwrap_or(HOME))?;
+    let mut argv = vec![config.cmd.clone()];
+    argv.extend(config.args.iter().cloned());
+    Ok(ExecRequest {
+        argv,
+        env,
+        cwd: Some(cwd),
+        stdin: None,
+        timeout_ms: None,
+        stdin_open: stdin,
+    })
+}
+
+/// How an exec ended, as envd's `EndEvent` (Go's `ProcessState`: a signal is exit code -1).
+fn end_of(result: &Result<ExitStatus, GuestClientError>) -> EndEvent {
+    match result {
+        Ok(status) => match (status.code, status.signal) {
+            (Some(code), _) => EndEvent {
+                exit_code: code,
+                exited: true,
+                status: format!("exit status {code}"),
+                error: None,
+            },
+            (None, signal) => {
+                let name = signal
+                    .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+                    .map_or_else(|| "unknown".to_owned(), |s| s.as_str().to_lowercase());
+                EndEvent {
+                    exit_code: -1,
+                    exited: false,
+                    status: format!("signal: {name}"),
+                    error: status
+                        .oom_killed
+                        .then(|| "killed: out of memory (the sandbox's memory limit)".to_owned()),
+                }
+            }
+        },
+        Err(err) => EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "error".to_owned(),
+            error: Some(err.to_string()),
+        },
+    }
+}
+
+/// Starts the exec in the background; answers with its pid once it runs, or why it did not.
+async fn launch(
+    state: &E2bState,
+    target: &Target,
+    request: StartRequest,
+) -> Result<(u32, mpsc::UnboundedReceiver<ProcEvent>), ConnectError> {
+    if request.pty.as_ref().is_some_and(|p| !p.is_null()) {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "pty is not supported by hearth: run commands without a terminal",
+        ));
+    }
+    let exec = exec_request(
+        &target.row.env_vars,
+        &target.row.id,
+        &request.process,
+        request.stdin.unwrap_or(false),
+    )?;
+    let followers = Arc::new(Followers::default());
+    let first = followers.add();
+    let (started_tx, started_rx) = oneshot::channel::<Result<u32, ConnectError>>();
+    let processes = Arc::clone(&state.processes);
+    let id = target.row.id.clone();
+    let guest = target.guest.clone();
+    let (tag, config) = (request.tag.clone(), request.process.clone());
+    tokio::spawn(async move {
+        run(
+            guest, exec, id, processes, followers, tag, config, started_tx,
+        )
+        .await;
+    });
+    match started_rx.await {
+        Ok(Ok(pid)) => Ok((pid, first)),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ConnectError::new(
+            Code::Internal,
+            "the process never started",
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    guest: GuestClient,
+    exec: ExecRequest,
+    id: SandboxId,
+    processes: Arc<Processes>,
+    followers: Arc<Followers>,
+    tag: Option<String>,
+    config: ProcessConfig,
+    started_tx: oneshot::Sender<Result<u32, ConnectError>>,
+) {
+    let mut started_tx = Some(started_tx);
+    let mut pid_seen = None;
+    let result = guest
+        .exec_observed(
+            &exec,
+            |pid| {
+                pid_seen = Some(pid);
+                processes.insert(
+                    &id,
+                    Arc::new(Proc {
+                        pid,
+                        tag: tag.clone(),
+                        config: config.clone(),
+                        followers: Arc::clone(&followers),
+                    }),
+                );
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(Ok(pid));
+                }
+            },
+            |chunk| match chunk {
+                OutputChunk::Stdout(data) => followers.send(&ProcEvent::Stdout(data.into())),
+                OutputChunk::Stderr(data) => followers.send(&ProcEvent::Stderr(data.into())),
+                OutputChunk::Truncated { stream, dropped_bytes } => {
+                    tracing::info!(%id, stream = stream.as_str(), dropped_bytes, "E2B process output over the guest's cap");
+                }
+            },
+        )
+        .await;
+    if let Some(tx) = started_tx.take() {
+        // It never ran: a missing program or working dir, or a sandbox that is gone.
+        let err = match &result {
+            Err(err) => envd::guest_error(err),
+            Ok(_) => ConnectError::new(Code::Internal, "the process ended before it started"),
+        };
+        let _ = tx.send(Err(err));
+        return;
+    }
+    let end = end_of(&result);
+    tracing::info!(%id, pid = ?pid_seen, exit_code = end.exit_code, "E2B process ended");
+    followers.send(&ProcEvent::End(end));
+    if let Some(pid) = pid_seen {
+        processes.remove(&id, pid);
+    }
+}
+
+/// Streams a process's events to one client: `start` first, then output, keepalives, and
+/// `end`. `kill_at_deadline`: the client's deadline (`Connect-Timeout-Ms`) ends the process
+/// too (a `Start`'s timeout is the command's), not just this stream.
+fn stream_events(
+    headers: &HeaderMap,
+    guest: GuestClient,
+    pid: u32,
+    mut events: mpsc::UnboundedReceiver<ProcEvent>,
+    kill_at_deadline: bool,
+) -> Response {
+    let deadline = connect::deadline(headers).map(|d| tokio::time::Instant::now() + d);
+    let keepalive = connect::keepalive(headers);
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if tx
+            .send(StreamItem::Message(start_event(pid)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            let item = tokio::select! {
+                event = events.recv() => match event {
+                    Some(ProcEvent::Stdout(data)) => StreamItem::Message(data_event("stdout", &data)),
+                    Some(ProcEvent::Stderr(data)) => StreamItem::Message(data_event("stderr", &data)),
+                    Some(ProcEvent::End(end)) => {
+                        let _ = tx.send(StreamItem::Message(end_event(&end))).await;
+                        let _ = tx.send(StreamItem::End(Ok(()))).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(StreamItem::End(Err(ConnectError::new(
+                            Code::Unavailable,
+                            "the process's output ended without an end (the sandbox went away)",
+                        )))).await;
+                        return;
+                    }
+                },
+                _ = ticks.tick() => StreamItem::Message(keepalive_event()),
+                () = sleep_until(deadline) => {
+                    if kill_at_deadline {
+                        let _ = guest.proc_signal(pid, libc::SIGKILL).await;
+                    }
+                    let _ = tx.send(StreamItem::End(Err(ConnectError::new(
+                        Code::DeadlineExceeded,
+                        format!("process {pid}: the call's timeout expired{}", if kill_at_deadline { "; the process was killed" } else { "" }),
+                    )))).await;
+                    return;
+                }
+            };
+            if tx.send(item).await.is_err() {
+                // The client went away; the process runs on (it is followed no more here).
+                return;
+            }
+        }
+    });
+    connect::stream_response(rx)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn start(state: E2bState, target: Target, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let result = async {
+        envd::rpc_user(&headers)?;
+        let start: StartRequest = connect::stream_request(request).await?;
+        launch(&state, &target, start).await
+    }
+    .await;
+    match result {
+        Ok((pid, events)) => stream_events(&headers, target.guest, pid, events, true),
+        Err(err) => refused("Start", err),
+    }
+}
+
+async fn follow(state: E2bState, target: Target, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let result = async {
+        let select: SelectRequest = connect::stream_request(request).await?;
+        let proc = state.processes.find(&target.row.id, &select.process)?;
+        Ok::<_, ConnectError>((proc.pid, proc.followers.add()))
+    }
+    .await;
+    match result {
+        Ok((pid, events)) => stream_events(&headers, target.guest, pid, events, false),
+        Err(err) => refused("Connect", err),
+    }
+}
+
+fn stdin_of(input: super::messages::ProcessInput) -> Result<Vec<u8>, ConnectError> {
+    if input.pty.is_some() {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "pty input is not supported by hearth",
+        ));
+    }
+    Ok(input.stdin.unwrap_or_default())
+}
+
+/// A guest refusal of stdin or a signal: the process is gone or never had an open stdin.
+fn proc_error(err: &GuestClientError, pid: u32, what: &str) -> ConnectError {
+    let mut mapped = envd::guest_error(err);
+    if mapped.code == Code::NotFound {
+        mapped.message = format!("process {pid} is not running or has no open stdin ({what})");
+    }
+    mapped
+}
+
+async fn send_input(
+    state: &E2bState,
+    target: &Target,
+    request: Request,
+) -> Result<Empty, ConnectError> {
+    let req: SendInputRequest = connect::unary_request(request).await?;
+    let proc = state.processes.find(&target.row.id, &req.process)?;
+    let data = stdin_of(req.input)?;
+    target
+        .guest
+        .proc_input(proc.pid, data.into())
+        .await
+        .map_err(|err| proc_error(&err, proc.pid, "send input"))?;
+    Ok(Empty {})
+}
+
+/// Client-streaming input: `start` names the process, each `data` is written in order.
+async fn stream_input(
+    state: &E2bState,
+    target: &Target,
+    request: Request,
+) -> Result<Empty, ConnectError> {
+    let mut reader = connect::EnvelopeReader::new(request)?;
+    let mut pid = None;
+    while let Some(message) = reader.next::<StreamInputRequest>().await? {
+        if let Some(start) = message.start {
+            pid = Some(state.processes.find(&target.row.id, &start.process)?.pid);
+        } else if let Some(data) = message.data {
+            let pid = pid.ok_or_else(|| {
+                ConnectError::new(Code::InvalidArgument, "StreamInput sent data before start")
+            })?;
+            let bytes = stdin_of(data.input)?;
+            target
+                .guest
+                .proc_input(pid, bytes.into())
+                .await
+                .map_err(|err| proc_error(&err, pid, "stream input"))?;
+        }
+    }
+    Ok(Empty {})
+}
+
+async fn close_stdin(
+    state: &E2bState,
+    target: &Target,
+    request: Request,
+) -> Result<Empty, ConnectError> {
+    let req: SelectRequest = connect::unary_request(request).await?;
+    let proc = state.processes.find(&target.row.id, &req.process)?;
+    target
+        .guest
+        .proc_close_stdin(proc.pid)
+        .await
+        .map_err(|err| proc_error(&err, proc.pid, "close stdin"))?;
+    Ok(Empty {})
+}
+
+async fn send_signal(
+    state: &E2bState,
+    target: &Target,
+    request: Request,
+) -> Result<Empty, ConnectError> {
+    let req: SendSignalRequest = connect::unary_request(request).await?;
+    let signal = match &req.signal {
+        Some(serde_json::Value::String(name)) if name == "SIGNAL_SIGKILL" => libc::SIGKILL,
+        Some(serde_json::Value::String(name)) if name == "SIGNAL_SIGTERM" => libc::SIGTERM,
+        Some(serde_json::Value::Number(n)) if n.as_i64() == Some(9) => libc::SIGKILL,
+        Some(serde_json::Value::Number(n)) if n.as_i64() == Some(15) => libc::SIGTERM,
+        other => {
+            return Err(ConnectError::new(
+                Code::InvalidArgument,
+                format!("signal {other:?}: SIGNAL_SIGKILL or SIGNAL_SIGTERM"),
+            ))
+        }
+    };
+    let proc = state.processes.find(&target.row.id, &req.process)?;
+    target
+        .guest
+        .proc_signal(proc.pid, signal)
+        .await
+        .map_err(|err| proc_error(&err, proc.pid, "signal"))?;
+    Ok(Empty {})
+}
+
+/// `Update` only resizes a pty, which hearth's processes never have.
+async fn update(
+    state: &E2bState,
+    target: &Target,
+    request: Request,
+) -> Result<Empty, ConnectError> {
+    let req: UpdateRequest = connect::unary_request(request).await?;
+    let proc = state.processes.find(&target.row.id, &req.process)?;
+    Err(ConnectError::new(
+        Code::Unimplemented,
+        format!(
+            "process {}: Update changes a pty, and hearth runs processes without one",
+            proc.pid
+        ),
+    ))
+}
