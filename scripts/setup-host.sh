@@ -11,7 +11,7 @@ fi
 # e2fsprogs (mke2fs, debugfs): private workspace filesystems, and with cpio the guest image
 # build and its tests; qemu-system-x86:
 # booting it; binutils (strip) shrinks the static hearth-guest the image carries.
-packages=(runc nftables iproute2 python3 libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils)
+packages=(runc nftables iproute2 python3 python3-venv libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

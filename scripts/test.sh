@@ -23,5 +23,8 @@ RUSTFLAGS='-C target-feature=+crt-static' \
 echo "== rust: tests" >&2
 cargo test --workspace --no-fail-fast
 
+echo "== e2b compatibility: the official SDK (two versions) against hearth serve" >&2
+(cd compat/e2b && python3 -m ruff check . && python3 -m ruff format --check . && bash run.sh)
+
 echo "== agent: ruff, mypy, pytest" >&2
 (cd agent && python3 -m ruff check . && python3 -m ruff format --check . && python3 -m mypy && python3 -m pytest -q)

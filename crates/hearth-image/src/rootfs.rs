@@ -10,11 +10,13 @@ use std::process::Command;
 
 use super::apt::{self, AptError};
 
-/// Packages of the rootfs: python3 for the agent, a shell and the basic tools.
+/// Packages of the rootfs: python3 for the agent, the shells and the basic tools. bash because
+/// E2B's SDKs run every command as `/bin/bash -l -c CMD`.
 pub const PACKAGES: &[&str] = &[
     "python3-minimal",
     "libpython3.11-stdlib",
     "dash",
+    "bash",
     "coreutils",
 ];
 

@@ -144,18 +144,47 @@ pub async fn get(
 }
 
 /// `GET /v2/sandboxes` (and the older `GET /sandboxes`): `state=running,paused`,
-/// `metadata=<url-encoded k=v&...>`, `limit`, `nextToken` (the last id of the previous page).
+/// `metadata=<url-encoded k=v&...>`, `template`, `startedAfter` (RFC 3339), `order=asc|desc`
+/// (by start), `limit`, `nextToken` (the last id of the previous page).
 pub async fn list(
     State(state): State<E2bState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, RestError> {
     let pairs = hearth_proto::query::parse(query.as_deref().unwrap_or(""))
         .map_err(|err| RestError::bad(format!("query: {err}")))?;
+    const KNOWN: [&str; 7] = [
+        "state",
+        "metadata",
+        "template",
+        "startedAfter",
+        "order",
+        "limit",
+        "nextToken",
+    ];
+    if let Some((unknown, _)) = pairs.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
+        return Err(RestError::bad(format!(
+            "query parameter {unknown:?} is not supported by hearth"
+        )));
+    }
     let param = |name: &str| {
         pairs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
+    };
+    let template = param("template");
+    let started_after = match param("startedAfter") {
+        Some(raw) => Some(
+            chrono::DateTime::parse_from_rfc3339(&raw)
+                .map_err(|err| RestError::bad(format!("startedAfter {raw:?}: {err}")))?
+                .timestamp_millis(),
+        ),
+        None => None,
+    };
+    let descending = match param("order").as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(RestError::bad(format!("order {other:?}: asc or desc"))),
     };
     let states: Vec<String> = param("state")
         .map(|raw| raw.split(',').map(str::to_owned).collect())
@@ -183,10 +212,20 @@ pub async fn list(
     let after = param("nextToken");
     let mut items = Vec::new();
     let mut more = false;
-    for row in state.manager.store.list_e2b().await? {
-        if after
-            .as_deref()
-            .is_some_and(|after| row.id.as_str() <= after)
+    let mut rows = state.manager.store.list_e2b().await?;
+    if descending {
+        rows.reverse();
+    }
+    // A page continues after the last id of the previous one, in the same order.
+    if let Some(after) = &after {
+        match rows.iter().position(|row| row.id.as_str() == after) {
+            Some(at) => drop(rows.drain(..=at)),
+            None => return Err(RestError::bad(format!("nextToken {after:?} is not known"))),
+        }
+    }
+    for row in rows {
+        if template.as_ref().is_some_and(|t| *t != row.template_id)
+            || started_after.is_some_and(|t| row.started_at <= t)
         {
             continue;
         }

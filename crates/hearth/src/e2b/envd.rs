@@ -259,6 +259,8 @@ pub async fn download(
 }
 
 /// Largest upload body: one file at the guest's limit, plus multipart framing.
+// 64 MiB fits a usize on every target hearth builds for.
+#[allow(clippy::cast_possible_truncation)]
 pub const MAX_UPLOAD: usize = (MAX_FILE_BYTES as usize) + (1 << 20);
 
 /// `POST /files`: multipart (one part per file, its filename the target path, `?path=` for a
@@ -298,7 +300,7 @@ pub async fn upload(
             .is_some_and(|v| v.starts_with("multipart/form-data"));
         let mut files: Vec<(String, Bytes)> = Vec::new();
         if is_multipart {
-            let mut form = Multipart::from_request_limited(request).await?;
+            let mut form = multipart_limited(request).await?;
             while let Some(field) = form.next_field().await.map_err(multipart_error)? {
                 let path = field
                     .file_name()
@@ -371,21 +373,15 @@ fn multipart_error(err: axum::extract::multipart::MultipartError) -> ConnectErro
     ConnectError::new(code, format!("multipart upload: {}", err.body_text()))
 }
 
-trait LimitedMultipart: Sized {
-    async fn from_request_limited(request: Request) -> Result<Self, ConnectError>;
-}
-
-impl LimitedMultipart for Multipart {
-    /// The multipart reader with the body limited to one file's worth.
-    async fn from_request_limited(request: Request) -> Result<Self, ConnectError> {
-        use axum::extract::FromRequest;
-        let (parts, body) = request.into_parts();
-        let limited = Body::new(http_body_util::Limited::new(body, MAX_UPLOAD));
-        let request = Request::from_parts(parts, limited);
-        Multipart::from_request(request, &())
-            .await
-            .map_err(|err| ConnectError::new(Code::InvalidArgument, err.body_text()))
-    }
+/// The multipart reader with the body limited to one file's worth.
+async fn multipart_limited(request: Request) -> Result<Multipart, ConnectError> {
+    use axum::extract::FromRequest;
+    let (parts, body) = request.into_parts();
+    let limited = Body::new(http_body_util::Limited::new(body, MAX_UPLOAD));
+    let request = Request::from_parts(parts, limited);
+    Multipart::from_request(request, &())
+        .await
+        .map_err(|err| ConnectError::new(Code::InvalidArgument, err.body_text()))
 }
 
 #[cfg(test)]

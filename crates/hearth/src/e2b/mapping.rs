@@ -60,6 +60,7 @@ pub struct AutoResume {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Network {
+    #[allow(dead_code)]
     pub allow_public_traffic: Option<bool>,
     pub allow_out: Option<Vec<String>>,
     pub deny_out: Option<Vec<String>>,
@@ -180,12 +181,9 @@ impl NewSandbox {
         let network = self.network.as_ref();
         let empty = Network::default();
         let network = network.unwrap_or(&empty);
-        if network.allow_public_traffic == Some(true) {
-            return Err(refuse(
-                "network.allow_public_traffic",
-                "hearth does not publish sandbox ports through a proxy",
-            ));
-        }
+        // `allow_public_traffic` (which older SDKs always send as true) governs access to the
+        // sandbox's ports through E2B's proxy; hearth publishes no ports this way, so there is
+        // nothing for it to open or close.
         for (option, given) in [
             (
                 "network.mask_request_host",
@@ -311,10 +309,6 @@ mod tests {
             ),
             (r#"{"network":{"denyOut":["8.8.8.8"]}}"#, "deny_out"),
             (r#"{"network":{"rules":{"a.com":[]}}}"#, "network.rules"),
-            (
-                r#"{"network":{"allowPublicTraffic":true}}"#,
-                "allow_public_traffic",
-            ),
             (r#"{"templateID":"node22"}"#, "node22"),
         ] {
             let err = parse(body).request().unwrap_err();
