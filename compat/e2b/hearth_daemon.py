@@ -15,7 +15,7 @@ from pathlib import Path
 
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/hearth-target"))
 HEARTH = Path(os.environ.get("HEARTH_BIN", TARGET / "debug" / "hearth"))
-GUEST = TARGET / "debug" / "hearth-guest"
+GUEST = Path(os.environ.get("HEARTH_GUEST_BIN", TARGET / "debug" / "hearth-guest"))
 STATIC_GUEST = TARGET / "x86_64-unknown-linux-gnu" / "release" / "hearth-guest"
 
 
@@ -41,6 +41,7 @@ class Daemon:
         self.process: subprocess.Popen[str] | None = None
         self.e2b_port = 0
         self.api_url = ""
+        self.rest_url = ""
         self.token = ""
 
     def start(self) -> None:
@@ -52,6 +53,8 @@ class Daemon:
         )
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if line.startswith("hearth serve: listening on http://"):
+                self.rest_url = "http://" + line.split("http://", 1)[1].split()[0]
             if "E2B-compatible API on http://" in line:
                 self.api_url = "http://" + line.split("http://", 1)[1].split()[0]
                 self.e2b_port = int(self.api_url.rsplit(":", 1)[1])
