@@ -119,6 +119,32 @@ def test_files_round_trip_and_directories(daemon: Daemon) -> None:
         sandbox.kill()
 
 
+def test_watch_dir_reports_changes(daemon: Daemon) -> None:
+    sandbox = Sandbox.create()
+    try:
+        sandbox.files.make_dir("watched")
+        handle = sandbox.files.watch_dir("watched", recursive=True)
+        sandbox.files.make_dir("watched/sub")
+        sandbox.commands.run("echo hi > watched/sub/a.txt; rm watched/sub/a.txt")
+        seen: set[tuple[str, str]] = set()
+
+        def removed() -> bool:
+            seen.update((e.type.value, e.name) for e in handle.get_new_events())
+            return ("remove", "sub/a.txt") in seen
+
+        wait_for(f"the removal to be reported (saw {seen})", removed, timeout=15)
+        assert ("create", "sub") in seen
+        assert ("create", "sub/a.txt") in seen
+        assert ("write", "sub/a.txt") in seen
+        handle.stop()
+        with pytest.raises(SandboxException):
+            handle.get_new_events()
+        with pytest.raises(NotFoundException):
+            sandbox.files.watch_dir("no-such-dir")
+    finally:
+        sandbox.kill()
+
+
 def test_a_second_client_connects_and_follows_a_running_command(daemon: Daemon) -> None:
     first = Sandbox.create(timeout=120)
     try:
@@ -226,8 +252,16 @@ def test_the_async_client(daemon: Daemon) -> None:
         try:
             result = await sandbox.commands.run("echo async")
             assert result.stdout == "async\n"
+            events: list[tuple[str, str]] = []
+            watch = await sandbox.files.watch_dir(".", on_event=lambda e: events.append((e.type.value, e.name)))
             await sandbox.files.write("a.txt", "from async")
             assert await sandbox.files.read("a.txt") == "from async"
+            for _ in range(100):
+                if ("create", "a.txt") in events:
+                    break
+                await asyncio.sleep(0.1)
+            assert ("create", "a.txt") in events, events
+            await watch.stop()
             assert await sandbox.is_running()
         finally:
             await sandbox.kill()

@@ -427,7 +427,8 @@ pub async fn rename(query: Option<&str>) -> Result<Response<RespBody>, ApiError>
 /// follows symlinks, also not ones swapped in while it runs.
 pub async fn remove(query: Option<&str>) -> Result<Response<RespBody>, ApiError> {
     let path = path_param(query)?;
-    if path == Path::new("/") {
+    // `/`, also spelled `/workspace/..` or through a symlink.
+    if std::fs::canonicalize(&path).is_ok_and(|real| real == Path::new("/")) {
         return Err(ApiError::new(ErrorKind::BadRequest, "refusing to remove /"));
     }
     blocking(move || {

@@ -5,6 +5,7 @@
 
 mod audit;
 mod confine;
+mod dirwatch;
 mod exec;
 mod files;
 mod http;

@@ -45,8 +45,13 @@ impl Stdins {
 
     /// Keeps `fd` (the write end of `pid`'s stdin) open for later input, after `initial`.
     pub fn register(&self, pid: i32, fd: OwnedFd, initial: Option<Vec<u8>>) {
-        let Ok(mut sender) = pipe::Sender::from_owned_fd(fd) else {
-            return;
+        let mut sender = match pipe::Sender::from_owned_fd(fd) {
+            Ok(sender) => sender,
+            Err(err) => {
+                // The process then reads EOF at once, and input for it is refused as not open.
+                tracing::error!(pid, %err, "cannot keep stdin open");
+                return;
+            }
         };
         let (tx, mut rx) = mpsc::channel::<Input>(8);
         self.lock().insert(pid, tx);

@@ -17,6 +17,7 @@
 //! | GET  | `/v1/stat?path=/abs` | | `FileStat` JSON (`lstat`) |
 //! | POST | `/v1/mkdir?path=/abs` | | `MkdirResult` JSON; parents are made too; `created` is false when it was there |
 //! | POST | `/v1/rename?from=/abs&to=/abs` | | `FileStat` JSON of the moved object |
+//! | GET  | `/v1/watch?path=/abs&recursive=1` | | NDJSON stream of `WatchEvent`s (see `dirwatch`) |
 //! | POST | `/v1/procs/...` | | input, close-stdin and signal for running execs (see `procs`) |
 //! | GET  | `/v1/audit?since=SEQ&limit=N` | | `AuditPage` JSON: the calls this guest's seccomp listener refused (see `audit`) |
 //! | POST | `/v1/vm/quiesce` | | `{}`; microVM only: unmounts the 9p workspace before a snapshot (409 `busy` while in use) |
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 use crate::http::{json, ApiError, RespBody};
 use crate::reaper::{Children, ReaperError};
 use crate::transport::{self, Listen, TransportError};
-use crate::{audit, exec, files, procs};
+use crate::{audit, dirwatch, exec, files, procs};
 
 /// Daemon settings (from the command line).
 #[derive(Debug, Clone)]
@@ -340,6 +341,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
         ("/v1/dirs", &Method::GET) => files::list(query).await,
         ("/v1/stat", &Method::GET) => files::stat(query).await,
         ("/v1/mkdir", &Method::POST) => files::mkdir(query).await,
+        ("/v1/watch", &Method::GET) => dirwatch::handle(query).await,
         ("/v1/rename", &Method::POST) => files::rename(query).await,
         ("/v1/procs/input", &Method::POST) => procs::input(&state, query, req.into_body()).await,
         ("/v1/procs/close-stdin", &Method::POST) => procs::close_stdin(&state, query),
@@ -356,6 +358,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> 
             | "/v1/stat"
             | "/v1/mkdir"
             | "/v1/rename"
+            | "/v1/watch"
             | "/v1/procs/input"
             | "/v1/procs/close-stdin"
             | "/v1/procs/signal"

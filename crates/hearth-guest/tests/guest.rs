@@ -565,3 +565,65 @@ async fn mkdir_rename_and_remove() {
     let (_, kind, _) = guest_err(c.remove("/").await.unwrap_err());
     assert_eq!(kind, ErrorKind::BadRequest);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reports_changes_also_in_new_subdirectories() {
+    let guest = Guest::start(&[]).await;
+    let root = guest.path("watched");
+    std::fs::create_dir(&root).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = guest.client.clone();
+    let watched = root.clone();
+    let watching = tokio::spawn(async move {
+        client
+            .watch(&watched, true, |event| tx.send(event).is_ok())
+            .await
+    });
+    assert_eq!(rx.recv().await, Some(hearth_proto::WatchEvent::Started));
+    let c = &guest.client;
+    c.mkdir(&format!("{root}/sub")).await.unwrap();
+    c.write_file(&format!("{root}/sub/new.txt"), b"x".to_vec(), 0o644)
+        .await
+        .unwrap();
+    c.remove(&format!("{root}/sub/new.txt")).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|(op, name): &(hearth_proto::WatchOp, String)| {
+            *op == hearth_proto::WatchOp::Remove && name == "sub/new.txt"
+        })
+    {
+        let event = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no remove event; saw {seen:?}"));
+        if let Some(hearth_proto::WatchEvent::Event { op, name }) = event {
+            seen.push((op, name));
+        }
+    }
+    assert!(
+        seen.contains(&(hearth_proto::WatchOp::Create, "sub".to_owned())),
+        "{seen:?}"
+    );
+    // The write goes to a temp file renamed into place: the new name is created there.
+    assert!(
+        seen.iter()
+            .any(|(op, name)| *op == hearth_proto::WatchOp::Create && name == "sub/new.txt"),
+        "{seen:?}"
+    );
+    // The watched directory going away ends the stream.
+    std::fs::remove_dir_all(&root).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watching)
+        .await
+        .expect("the stream ends with its directory")
+        .unwrap()
+        .unwrap();
+    let (_, kind, _) = guest_err(
+        guest
+            .client
+            .watch(&guest.path("nope"), false, |_| true)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(kind, ErrorKind::NotFound);
+}

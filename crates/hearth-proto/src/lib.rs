@@ -197,6 +197,32 @@ pub struct VersionInfo {
     pub protocol_version: u32,
 }
 
+/// What happened to a watched path (`GET /v1/watch`), in inotify's terms folded as fsnotify
+/// (and so E2B's envd) reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchOp {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// One line of the `GET /v1/watch` stream: `started` once the watches are in place, then one
+/// `event` per change, and `error` if the watch cannot go on (then the stream ends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchEvent {
+    Started,
+    Event {
+        op: WatchOp,
+        /// The path relative to the watched directory.
+        name: String,
+    },
+    Error(ErrorInfo),
+}
+
 /// `POST /v1/mkdir` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MkdirResult {

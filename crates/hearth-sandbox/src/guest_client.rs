@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hearth_proto::{
     query, DirListing, ErrorBody, ErrorKind, ExecEvent, ExecRequest, ExitStatus, FileStat, Health,
-    MkdirResult, StreamName, VersionInfo, WriteResult,
+    MkdirResult, StreamName, VersionInfo, WatchEvent, WriteResult,
 };
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -275,6 +275,48 @@ impl GuestClient {
         let uri = format!("/v1/files?path={}", query::encode(path));
         let resp = self.send(Method::DELETE, uri, Bytes::new()).await?;
         check_status(resp).await.map(drop)
+    }
+
+    /// Watches the directory `path` (and below it, with `recursive`), calling `on_event` with
+    /// each event until the guest ends the stream, `on_event` returns false, or the future is
+    /// dropped (which hangs up, and the guest stops watching). The first event is `Started`.
+    pub async fn watch(
+        &self,
+        path: &str,
+        recursive: bool,
+        mut on_event: impl FnMut(WatchEvent) -> bool,
+    ) -> Result<(), GuestClientError> {
+        let uri = format!(
+            "/v1/watch?path={}&recursive={}",
+            query::encode(path),
+            u8::from(recursive)
+        );
+        let resp = self.send(Method::GET, uri, Bytes::new()).await?;
+        let mut body = check_status(resp).await?.into_body();
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.http_err(e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(nl + 1);
+                let event: WatchEvent = serde_json::from_slice(&line[..nl]).map_err(|source| {
+                    GuestClientError::Decode {
+                        what: "watch event",
+                        source,
+                    }
+                })?;
+                if !on_event(event) {
+                    return Ok(());
+                }
+            }
+            if buf.len() > MAX_EVENT_LINE {
+                return Err(GuestClientError::EventTooLong);
+            }
+        }
+        Ok(())
     }
 
     /// Writes `data` to the stdin of a running exec that asked for `stdin_open`.

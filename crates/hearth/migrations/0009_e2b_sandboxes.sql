@@ -1,10 +1,10 @@
 -- What the E2B-compatible API adds to a sandbox it created: the template id the client asked
 -- for, its metadata and sandbox-wide env vars, the envd access token the data plane checks, and
--- the deadline hearth removes it at (NULL while paused: a paused sandbox does not expire). No
--- foreign key: the row is deleted with the sandbox, and rows of sandboxes removed by other means
--- are swept by the deadline loop.
+-- the deadline hearth removes it at (NULL while paused: a paused sandbox does not expire). The
+-- row goes with its sandbox's record, however that is removed, so a later sandbox that reuses
+-- the id never inherits the token or the deadline.
 CREATE TABLE e2b_sandboxes (
-    id            TEXT PRIMARY KEY NOT NULL,
+    id            TEXT PRIMARY KEY NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
     template_id   TEXT NOT NULL,
     metadata      TEXT NOT NULL,
     env_vars      TEXT NOT NULL,

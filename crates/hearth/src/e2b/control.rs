@@ -23,6 +23,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The deadline `secs` seconds from now, in Unix ms.
+fn deadline_after(secs: u64) -> i64 {
+    now_ms().saturating_add(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
 pub(super) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -85,7 +90,8 @@ fn detail_json(row: &E2bSandbox, record: &SandboxRecord) -> Value {
         "diskSizeMB": limits.disk.0 >> 20,
         "state": if row.paused { "paused" } else { "running" },
         "metadata": row.metadata,
-        "allowInternetAccess": record.spec.net.mode != hearth_net::NetMode::None,
+        // `allowInternetAccess` is left out: under hearth's default-deny firewall it is never
+        // true in E2B's sense (an open internet).
         "domain": null,
     })
 }
@@ -99,26 +105,37 @@ pub async fn create(State(state): State<E2bState>, raw: Bytes) -> Result<Respons
     let spec = request
         .validate()
         .map_err(|err| RestError::bad(err.to_string()))?;
-    let record = state.manager.create(&spec).await?;
-    let started_at = now_ms();
-    let row = E2bSandbox {
-        id: record.id.clone(),
-        template_id: body.template_id.unwrap_or_else(|| "base".to_owned()),
-        metadata,
-        env_vars,
-        access_token: new_token(),
-        started_at,
-        end_at: Some(started_at + i64::try_from(timeout * 1000).unwrap_or(i64::MAX)),
-        paused: false,
-    };
-    if let Err(err) = state.manager.store.insert_e2b(&row).await {
-        // Without its row nobody could reach or expire it: take it back down.
-        if let Err(rm) = state.manager.remove(&record.id, true).await {
-            tracing::error!(id = %record.id, error = %rm, "cannot remove a sandbox whose E2B record failed");
+    let template_id = body.template_id.unwrap_or_else(|| "base".to_owned());
+    // On a task of its own: a client that hangs up during a slow create (a microVM boot) drops
+    // this handler, and the sandbox must not be left without the row that expires it.
+    let task_state = state.clone();
+    let made = tokio::spawn(async move {
+        let state = task_state;
+        let record = state.manager.create(&spec).await?;
+        let started_at = now_ms();
+        let row = E2bSandbox {
+            id: record.id.clone(),
+            template_id,
+            metadata,
+            env_vars,
+            access_token: new_token(),
+            started_at,
+            end_at: Some(deadline_after(timeout)),
+            paused: false,
+        };
+        if let Err(err) = state.manager.store.insert_e2b(&row).await {
+            // Without its row nobody could reach or expire it: take it back down.
+            if let Err(rm) = state.manager.remove(&record.id, true).await {
+                tracing::error!(id = %record.id, error = %rm, "cannot remove a sandbox whose E2B record failed");
+            }
+            return Err(RestError::from(err));
         }
-        return Err(err.into());
-    }
-    state.deadlines_changed.notify_one();
+        state.deadlines_changed.notify_one();
+        Ok(row)
+    });
+    let row = made
+        .await
+        .map_err(|err| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
     tracing::info!(id = %row.id, template = %row.template_id, timeout, "E2B sandbox created");
     Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response())
 }
@@ -258,8 +275,9 @@ pub async fn list(
     Ok(response)
 }
 
-/// The SDK url-encodes each key and value, joins them as a query string, and that string is
-/// encoded once more as the parameter (already undone by the query parser).
+/// The SDK url-encodes each key and value, url-encodes the joined `k=v&...` string, and its HTTP
+/// client encodes that as the parameter: the query parser undid the last, this undoes the
+/// other two.
 fn metadata_filter(raw: &str) -> Result<BTreeMap<String, String>, RestError> {
     let pairs = hearth_proto::query::parse(raw)
         .map_err(|err| RestError::bad(format!("metadata filter: {err}")))?;
@@ -290,6 +308,7 @@ pub async fn kill(
 /// Removes the sandbox and everything the E2B front end keeps about it.
 pub async fn remove(state: &E2bState, id: &SandboxId) -> Result<(), RestError> {
     state.processes.forget(id);
+    state.watchers.forget(id);
     match state.manager.remove(id, true).await {
         Ok(()) | Err(SandboxError::NotFound(_)) => {}
         Err(err) => return Err(err.into()),
@@ -308,21 +327,29 @@ pub async fn set_timeout(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, RestError> {
-    let row = row_of(&state, &raw).await?;
     let body: TimeoutBody = json_body(&body)?;
-    let timeout =
-        timeout_of(Some(body.timeout.ok_or_else(|| {
-            RestError::bad("the body needs {\"timeout\": seconds}")
-        })?))?;
-    if !row.paused {
-        let end = now_ms() + i64::try_from(timeout * 1000).unwrap_or(i64::MAX);
-        state
-            .manager
-            .store
-            .set_e2b_state(&row.id, Some(end), false)
-            .await?;
-        state.deadlines_changed.notify_one();
+    let secs = body
+        .timeout
+        .ok_or_else(|| RestError::bad("the body needs {\"timeout\": seconds}"))?;
+    extend(&state, &raw, secs).await
+}
+
+/// Moves a running sandbox's deadline to `secs` from now.
+async fn extend(state: &E2bState, raw: &str, secs: u64) -> Result<StatusCode, RestError> {
+    let row = row_of(state, raw).await?;
+    let timeout = timeout_of(Some(secs))?;
+    if !state
+        .manager
+        .store
+        .set_e2b_deadline(&row.id, deadline_after(timeout))
+        .await?
+    {
+        return Err(RestError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {raw} is paused; connect to it with a timeout to resume it"),
+        ));
     }
+    state.deadlines_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,7 +379,7 @@ pub async fn connect(
     if resumed {
         state.manager.set_paused(&row.id, false).await?;
     }
-    let wanted = now_ms() + i64::try_from(timeout * 1000).unwrap_or(i64::MAX);
+    let wanted = deadline_after(timeout);
     let end = row.end_at.map_or(wanted, |end| end.max(wanted));
     state
         .manager
@@ -432,8 +459,7 @@ pub async fn refresh(
         duration: Option<u64>,
     }
     let body: RefreshBody = json_body(&body)?;
-    let wrapped = Bytes::from(json!({"timeout": timeout_of(body.duration)?}).to_string());
-    set_timeout(State(state), Path(raw), wrapped).await
+    extend(&state, &raw, timeout_of(body.duration)?).await
 }
 
 pub async fn unsupported_network(Path(raw): Path<String>, _headers: HeaderMap) -> RestError {

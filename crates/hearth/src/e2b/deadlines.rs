@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use super::E2bState;
 
-/// Longest sleep between sweeps, so rows of sandboxes removed by other means (`hearth sandbox
-/// rm`) are swept too.
+/// Longest sleep between sweeps (a safety net: every change of a deadline wakes the loop).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Shortest sleep: a deadline in the past (a removal still failing) must not spin the loop.
+const MIN_SLEEP: Duration = Duration::from_secs(1);
+/// When a removal that failed is tried again.
+const RETRY_AFTER_MS: i64 = 60_000;
 
 /// Runs until the daemon stops.
 pub async fn run(state: E2bState) {
@@ -16,9 +19,8 @@ pub async fn run(state: E2bState) {
         sweep(&state).await;
         let now = chrono::Utc::now().timestamp_millis();
         let wait = match state.manager.store.next_e2b_deadline().await {
-            Ok(Some(next)) => {
-                Duration::from_millis(u64::try_from(next - now).unwrap_or(0)).min(MAX_SLEEP)
-            }
+            Ok(Some(next)) => Duration::from_millis(u64::try_from(next - now).unwrap_or(0))
+                .clamp(MIN_SLEEP, MAX_SLEEP),
             Ok(None) => MAX_SLEEP,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read E2B deadlines");
@@ -32,32 +34,26 @@ pub async fn run(state: E2bState) {
     }
 }
 
-/// Removes every sandbox past its deadline, and forgets rows whose sandbox is gone.
+/// Removes every sandbox past its deadline. (Rows of sandboxes removed by other means go with
+/// their records; see the migration.)
 pub async fn sweep(state: &E2bState) {
     let now = chrono::Utc::now().timestamp_millis();
-    match state.manager.store.expired_e2b(now).await {
-        Ok(expired) => {
-            for id in expired {
-                tracing::info!(%id, "E2B sandbox timed out; removing it");
-                if let Err(err) = super::control::remove(state, &id).await {
-                    tracing::error!(%id, error = %err.message, "cannot remove an expired sandbox");
-                }
-            }
+    let expired = match state
+        .manager
+        .store
+        .claim_expired_e2b(now, now + RETRY_AFTER_MS)
+        .await
+    {
+        Ok(expired) => expired,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read expired E2B sandboxes");
+            return;
         }
-        Err(err) => tracing::warn!(error = %err, "cannot read expired E2B sandboxes"),
-    }
-    let Ok(rows) = state.manager.store.list_e2b().await else {
-        return;
     };
-    for row in rows {
-        if matches!(
-            state.manager.get(&row.id).await,
-            Err(crate::sandboxes::SandboxError::NotFound(_))
-        ) {
-            state.processes.forget(&row.id);
-            if let Err(err) = state.manager.store.delete_e2b(&row.id).await {
-                tracing::warn!(id = %row.id, error = %err, "cannot forget a removed sandbox");
-            }
+    for id in expired {
+        tracing::info!(%id, "E2B sandbox timed out; removing it");
+        if let Err(err) = super::control::remove(state, &id).await {
+            tracing::error!(%id, error = %err.message, "cannot remove an expired sandbox; trying again in a minute");
         }
     }
 }

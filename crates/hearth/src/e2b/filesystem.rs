@@ -1,19 +1,20 @@
-//! envd's `filesystem.Filesystem` service on hearth-guest's stat, list, mkdir, rename and
-//! remove. Paths resolve as envd resolves them (`~` and relative paths under `/workspace`).
-//! The watchers are not served: they need inotify in the guest, which hearth-guest lacks.
+//! envd's `filesystem.Filesystem` service on hearth-guest's stat, list, mkdir, rename, remove
+//! and watch. Paths resolve as envd resolves them (`~` and relative paths under `/workspace`).
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use hearth_proto::{DirEntry, FileKind, FileStat};
 use hearth_sandbox::guest_client::GuestClient;
 
-use super::connect::{self, Code, ConnectError};
+use super::connect::{self, Code, ConnectError, StreamItem};
 use super::control::rfc3339;
 use super::envd::{self, guest_error, resolve};
 use super::messages::{
     Empty, EntryInfo, EntryResponse, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
+    WatchRequest, WatcherRequest,
 };
-use super::E2bState;
+use super::{watchers, E2bState};
+use tokio::sync::mpsc;
 
 /// Most entries one `ListDir` answers (a listing is one JSON message).
 const MAX_ENTRIES: usize = 100_000;
@@ -24,6 +25,9 @@ pub async fn dispatch(
     Path(method): Path<String>,
     request: Request,
 ) -> Response {
+    if method == "WatchDir" {
+        return watch_dir(state, request).await;
+    }
     let result = async {
         let target = envd::target(&state, request.headers())
             .await
@@ -77,11 +81,22 @@ pub async fn dispatch(
                     .map_err(|e| guest_error(&e))?;
                 serde_json::to_value(Empty {})
             }
-            "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
-                return Err(ConnectError::new(
-                    Code::Unimplemented,
-                    "directory watching (files.watch_dir) is not supported by hearth",
-                ))
+            "CreateWatcher" => {
+                let req: WatchRequest = connect::unary_request(request).await?;
+                let path = watch_path(&req)?;
+                let (task, updates) = watchers::start(guest.clone(), path, req.recursive).await?;
+                let id = state.watchers.add(&target.row.id, task, updates)?;
+                Ok(serde_json::json!({"watcherId": id}))
+            }
+            "GetWatcherEvents" => {
+                let req: WatcherRequest = connect::unary_request(request).await?;
+                let events = state.watchers.take(&target.row.id, &req.watcher_id)?;
+                Ok(serde_json::json!({"events": events}))
+            }
+            "RemoveWatcher" => {
+                let req: WatcherRequest = connect::unary_request(request).await?;
+                state.watchers.remove(&target.row.id, &req.watcher_id)?;
+                serde_json::to_value(Empty {})
             }
             other => {
                 return Err(ConnectError::new(
@@ -94,6 +109,95 @@ pub async fn dispatch(
     }
     .await;
     connect::unary_response(result)
+}
+
+/// The watched path, refusing what hearth cannot add to events.
+fn watch_path(req: &WatchRequest) -> Result<String, ConnectError> {
+    if req.include_entry {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "watch events with entries (include_entry) are not supported by hearth",
+        ));
+    }
+    if req.allow_network_mounts {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            "allow_network_mounts is not supported by hearth (a sandbox has no network mounts)",
+        ));
+    }
+    resolve(&req.path)
+}
+
+/// `WatchDir`: `start` once the watch is in place, then `filesystem` events and keepalives
+/// until the client hangs up (which ends the guest's watch) or the watch fails.
+async fn watch_dir(state: E2bState, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let started = async {
+        let target = envd::target(&state, &headers).await.map_err(|r| r.0)?;
+        envd::rpc_user(&headers)?;
+        let req: WatchRequest = connect::stream_request(request).await?;
+        let path = watch_path(&req)?;
+        watchers::start(target.guest, path, req.recursive).await
+    }
+    .await;
+    let (tx, rx) = mpsc::channel(16);
+    let (task, mut updates) = match started {
+        Ok(started) => started,
+        Err(err) => {
+            let _ = tx.try_send(StreamItem::End(Err(err)));
+            return connect::stream_response(rx);
+        }
+    };
+    let keepalive = connect::keepalive(&headers);
+    let deadline = connect::deadline(&headers).map(|d| tokio::time::Instant::now() + d);
+    tokio::spawn(async move {
+        // Dropping the watch task's handle does not stop it; this guard does, however the
+        // stream ends.
+        let _stop = AbortOnDrop(task);
+        if tx
+            .send(StreamItem::Message(serde_json::json!({"start": {}})))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            let item = tokio::select! {
+                update = updates.recv() => match update {
+                    Some(watchers::Update::Event(event)) => {
+                        StreamItem::Message(serde_json::json!({"filesystem": event}))
+                    }
+                    Some(watchers::Update::Failed(err)) => StreamItem::End(Err(err)),
+                    None => StreamItem::End(Ok(())),
+                },
+                _ = ticks.tick() => StreamItem::Message(serde_json::json!({"keepalive": {}})),
+                () = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => StreamItem::End(Err(ConnectError::new(
+                    Code::DeadlineExceeded,
+                    "the watch's timeout expired",
+                ))),
+            };
+            let last = matches!(item, StreamItem::End(_));
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    connect::stream_response(rx)
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn stat(guest: &GuestClient, path: &str) -> Result<EntryInfo, ConnectError> {

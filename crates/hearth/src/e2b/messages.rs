@@ -172,6 +172,30 @@ pub struct MoveRequest {
     pub destination: String,
 }
 
+/// `WatchDirRequest` and `CreateWatcherRequest`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WatchRequest {
+    pub path: String,
+    pub recursive: bool,
+    pub include_entry: bool,
+    pub allow_network_mounts: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WatcherRequest {
+    pub watcher_id: String,
+}
+
+/// `FilesystemEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilesystemEvent {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ListDirRequest {
@@ -209,8 +233,9 @@ pub struct ListDirResponse {
     pub entries: Vec<EntryInfo>,
 }
 
-/// `{}`: the answer of calls that return nothing.
-#[derive(Debug, Clone, Serialize)]
+/// `{}`: the answer of calls that return nothing, and the request of calls that take nothing
+/// (any fields are ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Empty {}
 
 #[cfg(test)]

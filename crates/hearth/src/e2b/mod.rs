@@ -23,6 +23,7 @@ mod filesystem;
 mod mapping;
 mod messages;
 mod process;
+mod watchers;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ pub struct E2bState {
     pub manager: Arc<SandboxManager>,
     pub token: ApiToken,
     pub processes: Arc<Processes>,
+    pub watchers: Arc<watchers::Watchers>,
     /// Woken whenever a deadline changes, so the expiry loop sleeps until the right moment.
     pub deadlines_changed: Arc<Notify>,
 }
@@ -64,6 +66,7 @@ impl E2bState {
             manager,
             token,
             processes: Arc::new(Processes::default()),
+            watchers: Arc::new(watchers::Watchers::default()),
             deadlines_changed: Arc::new(Notify::new()),
         }
     }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
@@ -91,10 +92,16 @@ impl Processes {
             .insert(proc.pid, proc);
     }
 
-    fn remove(&self, id: &SandboxId, pid: u32) {
+    /// Forgets `proc` (and not another process that reuses its pid since).
+    fn remove(&self, id: &SandboxId, proc: &Arc<Proc>) {
         let mut all = self.lock();
         if let Some(procs) = all.get_mut(id) {
-            procs.remove(&pid);
+            if procs
+                .get(&proc.pid)
+                .is_some_and(|current| Arc::ptr_eq(current, proc))
+            {
+                procs.remove(&proc.pid);
+            }
             if procs.is_empty() {
                 all.remove(id);
             }
@@ -165,7 +172,7 @@ pub async fn dispatch(
         "StreamInput" => connect::unary_response(stream_input(&state, &target, request).await),
         "List" => connect::unary_response(
             async {
-                connect::unary_request::<Empty2>(request).await?;
+                connect::unary_request::<Empty>(request).await?;
                 Ok(ListResponse {
                     processes: state.processes.list(&target.row.id),
                 })
@@ -182,10 +189,6 @@ pub async fn dispatch(
         ))),
     }
 }
-
-/// Any message: for calls whose request carries nothing hearth uses.
-#[derive(Debug, serde::Deserialize)]
-struct Empty2 {}
 
 /// A refusal in the form the method's client reads: a stream's error for streaming calls.
 fn refused(method: &str, err: ConnectError) -> Response {
@@ -205,6 +208,7 @@ fn exec_request(
     id: &SandboxId,
     config: &ProcessConfig,
     stdin: bool,
+    timeout: Option<Duration>,
 ) -> Result<ExecRequest, ConnectError> {
     if config.cmd.is_empty() {
         return Err(ConnectError::new(
@@ -236,13 +240,30 @@ fn exec_request(
         env,
         cwd: Some(cwd),
         stdin: None,
-        timeout_ms: None,
+        // The guest enforces it (SIGKILL to the group), whoever still follows the output.
+        timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         stdin_open: stdin,
     })
 }
 
 /// How an exec ended, as envd's `EndEvent` (Go's `ProcessState`: a signal is exit code -1).
-fn end_of(result: &Result<ExitStatus, GuestClientError>) -> EndEvent {
+/// Output the guest dropped past its cap is said in `error`, not lost in silence.
+fn end_of(result: &Result<ExitStatus, GuestClientError>, dropped: u64) -> EndEvent {
+    let mut end = end_of_status(result);
+    if dropped > 0 {
+        let note = format!(
+            "{dropped} bytes of output past the {} MiB per stream cap were dropped",
+            hearth_sandbox::guest_client::MAX_STREAM_BYTES >> 20
+        );
+        end.error = Some(match end.error {
+            Some(error) => format!("{error}; {note}"),
+            None => note,
+        });
+    }
+    end
+}
+
+fn end_of_status(result: &Result<ExitStatus, GuestClientError>) -> EndEvent {
     match result {
         Ok(status) => match (status.code, status.signal) {
             (Some(code), _) => EndEvent {
@@ -279,6 +300,7 @@ async fn launch(
     state: &E2bState,
     target: &Target,
     request: StartRequest,
+    timeout: Option<Duration>,
 ) -> Result<(u32, mpsc::UnboundedReceiver<ProcEvent>), ConnectError> {
     if request.pty.as_ref().is_some_and(|p| !p.is_null()) {
         return Err(ConnectError::new(
@@ -291,20 +313,20 @@ async fn launch(
         &target.row.id,
         &request.process,
         request.stdin.unwrap_or(false),
+        timeout,
     )?;
     let followers = Arc::new(Followers::default());
     let first = followers.add();
     let (started_tx, started_rx) = oneshot::channel::<Result<u32, ConnectError>>();
-    let processes = Arc::clone(&state.processes);
-    let id = target.row.id.clone();
-    let guest = target.guest.clone();
-    let (tag, config) = (request.tag.clone(), request.process.clone());
-    tokio::spawn(async move {
-        run(
-            guest, exec, id, processes, followers, tag, config, started_tx,
-        )
-        .await;
-    });
+    let running = Running {
+        guest: target.guest.clone(),
+        id: target.row.id.clone(),
+        processes: Arc::clone(&state.processes),
+        followers,
+        tag: request.tag,
+        config: request.process,
+    };
+    tokio::spawn(running.run(exec, started_tx));
     match started_rx.await {
         Ok(Ok(pid)) => Ok((pid, first)),
         Ok(Err(err)) => Err(err),
@@ -315,72 +337,78 @@ async fn launch(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
+/// A process being run for the E2B API, from its start to its end.
+struct Running {
     guest: GuestClient,
-    exec: ExecRequest,
     id: SandboxId,
     processes: Arc<Processes>,
     followers: Arc<Followers>,
     tag: Option<String>,
     config: ProcessConfig,
-    started_tx: oneshot::Sender<Result<u32, ConnectError>>,
-) {
-    let mut started_tx = Some(started_tx);
-    let mut pid_seen = None;
-    let result = guest
-        .exec_observed(
-            &exec,
-            |pid| {
-                pid_seen = Some(pid);
-                processes.insert(
-                    &id,
-                    Arc::new(Proc {
+}
+
+impl Running {
+    /// Runs `exec` to its end: registers the process once it runs (answering `started_tx`),
+    /// passes its output to its followers, and tells them how it ended.
+    async fn run(self, exec: ExecRequest, started_tx: oneshot::Sender<Result<u32, ConnectError>>) {
+        let mut started_tx = Some(started_tx);
+        let mut registered: Option<Arc<Proc>> = None;
+        let mut dropped = 0u64;
+        let result = self
+            .guest
+            .exec_observed(
+                &exec,
+                |pid| {
+                    let proc = Arc::new(Proc {
                         pid,
-                        tag: tag.clone(),
-                        config: config.clone(),
-                        followers: Arc::clone(&followers),
-                    }),
-                );
-                if let Some(tx) = started_tx.take() {
-                    let _ = tx.send(Ok(pid));
-                }
-            },
-            |chunk| match chunk {
-                OutputChunk::Stdout(data) => followers.send(&ProcEvent::Stdout(data.into())),
-                OutputChunk::Stderr(data) => followers.send(&ProcEvent::Stderr(data.into())),
-                OutputChunk::Truncated { stream, dropped_bytes } => {
-                    tracing::info!(%id, stream = stream.as_str(), dropped_bytes, "E2B process output over the guest's cap");
-                }
-            },
-        )
-        .await;
-    if let Some(tx) = started_tx.take() {
-        // It never ran: a missing program or working dir, or a sandbox that is gone.
-        let err = match &result {
-            Err(err) => envd::guest_error(err),
-            Ok(_) => ConnectError::new(Code::Internal, "the process ended before it started"),
-        };
-        let _ = tx.send(Err(err));
-        return;
-    }
-    let end = end_of(&result);
-    tracing::info!(%id, pid = ?pid_seen, exit_code = end.exit_code, "E2B process ended");
-    followers.send(&ProcEvent::End(end));
-    if let Some(pid) = pid_seen {
-        processes.remove(&id, pid);
+                        tag: self.tag.clone(),
+                        config: self.config.clone(),
+                        followers: Arc::clone(&self.followers),
+                    });
+                    self.processes.insert(&self.id, Arc::clone(&proc));
+                    registered = Some(proc);
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(Ok(pid));
+                    }
+                },
+                |chunk| match chunk {
+                    OutputChunk::Stdout(data) => {
+                        self.followers.send(&ProcEvent::Stdout(data.into()));
+                    }
+                    OutputChunk::Stderr(data) => {
+                        self.followers.send(&ProcEvent::Stderr(data.into()));
+                    }
+                    OutputChunk::Truncated { dropped_bytes, .. } => dropped += dropped_bytes,
+                },
+            )
+            .await;
+        if let Some(tx) = started_tx.take() {
+            // It never ran: a missing program or working dir, or a sandbox that is gone.
+            let err = match &result {
+                Err(err) => envd::guest_error(err),
+                Ok(_) => ConnectError::new(Code::Internal, "the process ended before it started"),
+            };
+            let _ = tx.send(Err(err));
+            return;
+        }
+        let end = end_of(&result, dropped);
+        let pid = registered.as_ref().map(|p| p.pid);
+        tracing::info!(id = %self.id, ?pid, exit_code = end.exit_code, "E2B process ended");
+        self.followers.send(&ProcEvent::End(end));
+        if let Some(proc) = &registered {
+            self.processes.remove(&self.id, proc);
+        }
     }
 }
 
 /// Streams a process's events to one client: `start` first, then output, keepalives, and
-/// `end`. `kill_at_deadline`: the client's deadline (`Connect-Timeout-Ms`) ends the process
-/// too (a `Start`'s timeout is the command's), not just this stream.
+/// `end`, until the client's deadline (`Connect-Timeout-Ms`). For a `Start` that deadline is
+/// the command's own, which the guest enforces; a `Connect` only stops following.
 fn stream_events(
     headers: &HeaderMap,
-    guest: GuestClient,
     pid: u32,
     mut events: mpsc::UnboundedReceiver<ProcEvent>,
-    kill_at_deadline: bool,
+    on_deadline: &'static str,
 ) -> Response {
     let deadline = connect::deadline(headers).map(|d| tokio::time::Instant::now() + d);
     let keepalive = connect::keepalive(headers);
@@ -415,12 +443,9 @@ fn stream_events(
                 },
                 _ = ticks.tick() => StreamItem::Message(keepalive_event()),
                 () = sleep_until(deadline) => {
-                    if kill_at_deadline {
-                        let _ = guest.proc_signal(pid, libc::SIGKILL).await;
-                    }
                     let _ = tx.send(StreamItem::End(Err(ConnectError::new(
                         Code::DeadlineExceeded,
-                        format!("process {pid}: the call's timeout expired{}", if kill_at_deadline { "; the process was killed" } else { "" }),
+                        format!("process {pid}: {on_deadline}"),
                     )))).await;
                     return;
                 }
@@ -446,11 +471,16 @@ async fn start(state: E2bState, target: Target, request: Request) -> Response {
     let result = async {
         envd::rpc_user(&headers)?;
         let start: StartRequest = connect::stream_request(request).await?;
-        launch(&state, &target, start).await
+        launch(&state, &target, start, connect::deadline(&headers)).await
     }
     .await;
     match result {
-        Ok((pid, events)) => stream_events(&headers, target.guest, pid, events, true),
+        Ok((pid, events)) => stream_events(
+            &headers,
+            pid,
+            events,
+            "the command's timeout expired and it was killed",
+        ),
         Err(err) => refused("Start", err),
     }
 }
@@ -464,7 +494,12 @@ async fn follow(state: E2bState, target: Target, request: Request) -> Response {
     }
     .await;
     match result {
-        Ok((pid, events)) => stream_events(&headers, target.guest, pid, events, false),
+        Ok((pid, events)) => stream_events(
+            &headers,
+            pid,
+            events,
+            "the call's timeout expired (the process runs on)",
+        ),
         Err(err) => refused("Connect", err),
     }
 }

@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{Store, StoreError};
 
-/// One sandbox created through the E2B API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One sandbox created through the E2B API. `Debug` leaves out the token and the env vars.
+#[derive(Clone, PartialEq, Eq)]
 pub struct E2bSandbox {
     pub id: SandboxId,
     pub template_id: String,
@@ -23,6 +23,24 @@ pub struct E2bSandbox {
     /// When hearth removes it (Unix ms); `None` while paused.
     pub end_at: Option<i64>,
     pub paused: bool,
+}
+
+impl std::fmt::Debug for E2bSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2bSandbox")
+            .field("id", &self.id)
+            .field("template_id", &self.template_id)
+            .field("metadata", &self.metadata)
+            .field(
+                "env_vars",
+                &format_args!("<{} redacted>", self.env_vars.len()),
+            )
+            .field("access_token", &format_args!("<redacted>"))
+            .field("started_at", &self.started_at)
+            .field("end_at", &self.end_at)
+            .field("paused", &self.paused)
+            .finish()
+    }
 }
 
 impl Store {
@@ -60,11 +78,19 @@ impl Store {
         rows.iter().map(e2b_from_row).collect()
     }
 
-    /// Sandboxes whose deadline is at or before `now_ms`.
-    pub async fn expired_e2b(&self, now_ms: i64) -> Result<Vec<SandboxId>, StoreError> {
+    /// Claims the sandboxes whose deadline is at or before `now_ms`: each one's deadline moves
+    /// to `retry_at` in the same statement, so a `set_timeout` that lands meanwhile is not
+    /// overtaken by a stale read, and a removal that fails is tried again at `retry_at`.
+    pub async fn claim_expired_e2b(
+        &self,
+        now_ms: i64,
+        retry_at: i64,
+    ) -> Result<Vec<SandboxId>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id FROM e2b_sandboxes WHERE end_at IS NOT NULL AND end_at <= ? ORDER BY end_at",
+            "UPDATE e2b_sandboxes SET end_at = ? \
+             WHERE end_at IS NOT NULL AND end_at <= ? RETURNING id",
         )
+        .bind(retry_at)
         .bind(now_ms)
         .fetch_all(&self.pool)
         .await?;
@@ -77,6 +103,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Sets a running sandbox's deadline; false if there is no such row or it is paused.
+    pub async fn set_e2b_deadline(&self, id: &SandboxId, end_at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE e2b_sandboxes SET end_at = ? WHERE id = ? AND paused = 0")
+            .bind(end_at)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The earliest deadline of any sandbox, to sleep until.
