@@ -34,11 +34,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
     /// Loopback address of the E2B-compatible API (control plane and envd data plane; point
-    /// both E2B_API_URL and E2B_SANDBOX_URL at it, E2B_API_KEY = the API token).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:49982")]
-    e2b_listen: SocketAddr,
+    /// both E2B_API_URL and E2B_SANDBOX_URL at it, E2B_API_KEY = the API token) [default:
+    /// 127.0.0.1:49982, skipped with a warning if that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    e2b_listen: Option<SocketAddr>,
     /// Do not serve the E2B-compatible API.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "e2b_listen")]
     no_e2b: bool,
     /// Tasks that run at once; more wait queued, first come first served.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -57,13 +58,10 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
         )
         .into());
     }
-    if !args.no_e2b && !args.e2b_listen.ip().is_loopback() {
+    if let Some(addr) = args.e2b_listen.filter(|addr| !addr.ip().is_loopback()) {
         return Err(CliError::new(
             ErrorKind::BadInput,
-            format!(
-                "--e2b-listen {}: only loopback addresses are allowed",
-                args.e2b_listen
-            ),
+            format!("--e2b-listen {addr}: only loopback addresses are allowed"),
         )
         .into());
     }
@@ -88,19 +86,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
     let e2b_listener = if args.no_e2b {
         None
     } else {
-        let listener = tokio::net::TcpListener::bind(args.e2b_listen)
-            .await
-            .map_err(|err| {
-                CliError::new(
-                    ErrorKind::HostLacks,
-                    format!(
-                        "cannot listen on {} for the E2B API: {err} (--e2b-listen, or --no-e2b)",
-                        args.e2b_listen
-                    ),
-                )
-            })?;
-        let addr = listener.local_addr().unwrap_or(args.e2b_listen);
-        Some((listener, addr))
+        bind_e2b(args.e2b_listen).await?
     };
     let banner = (|| {
         outln!(
@@ -154,6 +140,37 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
     queue.shutdown(SHUTDOWN_WAIT).await;
     let _ = std::fs::remove_file(&socket);
     Ok(0)
+}
+
+/// Where the E2B-compatible API listens unless `--e2b-listen` says otherwise.
+const DEFAULT_E2B_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 49982);
+
+/// The E2B API's listener. An address given with `--e2b-listen` must be bound; the default is
+/// skipped with a warning when something else has it, so a daemon that started before this
+/// API existed still starts.
+async fn bind_e2b(
+    asked: Option<SocketAddr>,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, SocketAddr)>> {
+    let addr = asked.unwrap_or(DEFAULT_E2B_LISTEN);
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().unwrap_or(addr);
+            Ok(Some((listener, bound)))
+        }
+        Err(err) if asked.is_none() && err.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!(
+                "hearth serve: warning: the E2B-compatible API is not served: {addr} is in use \
+                 (pick another with --e2b-listen ADDR)"
+            );
+            Ok(None)
+        }
+        Err(err) => Err(CliError::new(
+            ErrorKind::HostLacks,
+            format!("cannot listen on {addr} for the E2B API: {err} (--e2b-listen, or --no-e2b)"),
+        )
+        .into()),
+    }
 }
 
 /// The token and where it came from (for the start message; never the token itself).

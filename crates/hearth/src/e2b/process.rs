@@ -49,28 +49,42 @@ struct Proc {
     followers: Arc<Followers>,
 }
 
-/// The queues of everyone following a process's output.
+/// The queues of everyone following a process's output, and its end once it came (so a
+/// follower that joins in the moment between the end and the process leaving the table still
+/// gets the end, not a stream that stops short).
 #[derive(Debug, Default)]
 struct Followers {
-    queues: Mutex<Vec<mpsc::UnboundedSender<ProcEvent>>>,
+    state: Mutex<FollowersState>,
+}
+
+#[derive(Debug, Default)]
+struct FollowersState {
+    queues: Vec<mpsc::UnboundedSender<ProcEvent>>,
+    ended: Option<EndEvent>,
 }
 
 impl Followers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FollowersState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn add(&self) -> mpsc::UnboundedReceiver<ProcEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
+        let mut state = self.lock();
+        match &state.ended {
+            Some(end) => drop(tx.send(ProcEvent::End(end.clone()))),
+            None => state.queues.push(tx),
+        }
         rx
     }
 
     /// Sends to every follower still listening and forgets the ones that went away.
     fn send(&self, event: &ProcEvent) {
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|tx| tx.send(event.clone()).is_ok());
+        let mut state = self.lock();
+        if let ProcEvent::End(end) = event {
+            state.ended = Some(end.clone());
+        }
+        state.queues.retain(|tx| tx.send(event.clone()).is_ok());
     }
 }
 
