@@ -355,6 +355,14 @@ pub fn deadline(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// Sleeps until `deadline`, or forever without one (for `select!` arms of a call's deadline).
+pub async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How often a stream sends a keepalive message (`Keepalive-Ping-Interval`, seconds; E2B's SDKs
 /// send 50).
 pub fn keepalive(headers: &HeaderMap) -> Duration {

@@ -173,12 +173,7 @@ async fn watch_dir(state: E2bState, request: Request) -> Response {
                     None => StreamItem::End(Ok(())),
                 },
                 _ = ticks.tick() => StreamItem::Message(serde_json::json!({"keepalive": {}})),
-                () = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => StreamItem::End(Err(ConnectError::new(
+                () = connect::until(deadline) => StreamItem::End(Err(ConnectError::new(
                     Code::DeadlineExceeded,
                     "the watch's timeout expired",
                 ))),

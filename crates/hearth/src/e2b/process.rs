@@ -456,7 +456,7 @@ fn stream_events(
                     }
                 },
                 _ = ticks.tick() => StreamItem::Message(keepalive_event()),
-                () = sleep_until(deadline) => {
+                () = connect::until(deadline) => {
                     let _ = tx.send(StreamItem::End(Err(ConnectError::new(
                         Code::DeadlineExceeded,
                         format!("process {pid}: {on_deadline}"),
@@ -471,13 +471,6 @@ fn stream_events(
         }
     });
     connect::stream_response(rx)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn start(state: E2bState, target: Target, request: Request) -> Response {
