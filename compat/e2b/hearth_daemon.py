@@ -95,16 +95,25 @@ class Daemon:
         self.hearth("image", "build", "--json", "--guest-binary", str(STATIC_GUEST))
 
     def close(self) -> list[str]:
-        """Stops the daemon, removes whatever sandboxes are left (returned: a test left them) and
-        the dirs."""
+        """Stops the daemon, removes whatever sandboxes are left and the dirs. Returns what a test
+        left behind: sandboxes, and network namespaces or nft tables of hearth's."""
         self.stop()
         left = self.sandbox_ids()
         for sandbox in left:
             self.hearth("sandbox", "rm", "--force", sandbox, check=False)
-        # hearth's own reconcile takes down anything the records no longer name.
-        self.hearth("sandbox", "ls", check=False)
+        left += host_leftovers()
         shutil.rmtree(self.root, ignore_errors=True)
         return left
+
+
+def host_leftovers() -> list[str]:
+    """Network objects of sandboxes (`sb-` ids: what the E2B API creates) still on the host: a
+    `hearth-sb-*` namespace or a `hearth_sb_*` nft table."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    found = [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("hearth-sb-")]
+    found += [f"nft {line.split()[-1]}" for line in tables.splitlines() if line.split()[-1].startswith("hearth_sb_")]
+    return found
 
 
 def wait_for(what: str, condition, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
