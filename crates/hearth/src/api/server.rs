@@ -118,13 +118,25 @@ impl Listeners {
 
     /// Serves `router` on both listeners until one fails.
     pub async fn serve(self, router: Router) -> Result<(), ServeError> {
-        let tcp = axum::serve(self.tcp, router.clone());
+        let tcp = axum::serve(no_delay(self.tcp), router.clone());
         let unix = axum::serve(self.unix, router);
         tokio::select! {
             result = tcp => result.map_err(ServeError::Serve),
             result = unix => result.map_err(ServeError::Serve),
         }
     }
+}
+
+/// The listener with TCP_NODELAY on every connection: responses written in several small
+/// pieces (a stream's events and its end) must not wait for the client's delayed ACK.
+pub fn no_delay(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    })
 }
 
 /// Binds the socket 0600. A socket file left by a dead daemon is replaced; one that still

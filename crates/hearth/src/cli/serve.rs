@@ -120,6 +120,7 @@ pub async fn run(args: ServeArgs, settings: &Settings) -> anyhow::Result<u8> {
         match e2b_listener {
             Some((listener, _)) => {
                 tokio::spawn(crate::e2b::deadlines::run(e2b_state.clone()));
+                let listener = crate::api::server::no_delay(listener);
                 axum::serve(listener, crate::e2b::router(e2b_state)).await
             }
             None => std::future::pending().await,
