@@ -255,6 +255,15 @@ impl SandboxDirs {
     pub fn runtime_log(&self) -> PathBuf {
         self.base.join("runtime.log")
     }
+    /// The OCI runtime's `--pid-file`: the container init's host pid.
+    pub fn init_pid_file(&self) -> PathBuf {
+        self.base.join("init.pid")
+    }
+    /// `PID STARTTIME` of the container's init, written once it runs: a liveness check that
+    /// needs no runtime call.
+    pub fn init_stamp(&self) -> PathBuf {
+        self.base.join("init.stamp")
+    }
     pub fn guest_log(&self) -> PathBuf {
         self.base.join("guest.log")
     }

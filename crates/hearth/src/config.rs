@@ -83,7 +83,7 @@ impl Settings {
         let slots = SqliteSlotStore::new(store.clone(), tokio::runtime::Handle::current());
         let firewall = FirewallManager::new(FirewallConfig::default(), Arc::new(slots))
             .map_err(|err| CliError::new(ErrorKind::HostLacks, err.to_string()))?;
-        let mut backends = Backends::new(Arc::new(OciBackend::new(runtime)));
+        let mut backends = Backends::new(Arc::new(OciBackend::new(runtime, dirs.clone())));
         if let Some(qemu) = crate::vm::qemu_backend(&self.state_dir, &dirs) {
             backends.add(qemu);
         }

@@ -163,7 +163,8 @@ impl OciRuntime {
         cmd
     }
 
-    /// `run --detach`: creates and starts the container; the runtime exits once PID 1 runs.
+    /// `run --detach`: creates and starts the container; the runtime exits once PID 1 runs and
+    /// its host pid is in `pid_file`.
     /// PID 1's stdout and stderr go to `stdio_log`; `pass_fds` reach PID 1 as fds 3, 4, ...
     /// (`--preserve-fds`).
     pub fn run_detached(
@@ -172,6 +173,7 @@ impl OciRuntime {
         bundle: &Path,
         runtime_log: &Path,
         stdio_log: &Path,
+        pid_file: &Path,
         pass_fds: &[BorrowedFd<'_>],
     ) -> Result<(), RuntimeError> {
         let log = File::options()
@@ -191,7 +193,7 @@ impl OciRuntime {
             .arg(runtime_log)
             .arg("--log-format")
             .arg("json");
-        cmd.args(["run", "--detach"]);
+        cmd.args(["run", "--detach", "--pid-file"]).arg(pid_file);
         // Copies numbered above every target, so placing one cannot overwrite another.
         let sources = pass_fds
             .iter()
