@@ -22,9 +22,9 @@ use crate::backend::{
     blocking, BackendError, BackendKind, GuestEndpoint, LaunchContext, SandboxBackend,
 };
 use crate::dirs::{RuntimeDirs, SandboxDirs};
-use crate::process_stamp::ProcessStamp;
 use crate::guest_client::GuestClient;
 use crate::id::SandboxId;
+use crate::process_stamp::ProcessStamp;
 use crate::spec::SandboxSpec;
 
 /// Errors of the OCI backend.
