@@ -81,7 +81,7 @@ impl ApiToken {
     /// private temp file first and linked into place without clobbering, so a daemon starting at
     /// the same moment reads either nothing or the whole token, never a half-written one.
     pub fn read_or_generate(path: &Path) -> Result<Self, TokenError> {
-        let token = hex(&rand::random::<[u8; 32]>());
+        let token = random_token();
         let create_err = |source: std::io::Error| TokenError::Create {
             path: path.to_owned(),
             source,
@@ -109,6 +109,11 @@ impl ApiToken {
     pub fn matches(&self, given: &str) -> bool {
         self.0.as_bytes().ct_eq(given.as_bytes()).into()
     }
+}
+
+/// 256 random bits as hex: the API token, and each E2B sandbox's envd access token.
+pub fn random_token() -> String {
+    hex(&rand::random::<[u8; 32]>())
 }
 
 fn hex(bytes: &[u8]) -> String {

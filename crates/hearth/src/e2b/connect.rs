@@ -355,6 +355,50 @@ pub fn deadline(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// The shape of E2B's long server streams (`Start`, `Connect`, `WatchDir`): `first`, then what
+/// `map` makes of each item from `source` (messages, and an `End` that closes the stream; `None`
+/// is the source gone), `keepalive` every `Keepalive-Ping-Interval`, and `on_deadline` at the
+/// client's `Connect-Timeout-Ms`. `guard` lives as long as the stream (drop it to stop what
+/// feeds `source`); a client that hangs up ends the stream.
+pub fn forward<T, G>(
+    headers: &HeaderMap,
+    first: serde_json::Value,
+    mut source: mpsc::UnboundedReceiver<T>,
+    mut map: impl FnMut(Option<T>) -> Vec<StreamItem> + Send + 'static,
+    keepalive_message: serde_json::Value,
+    on_deadline: ConnectError,
+    guard: G,
+) -> Response
+where
+    T: Send + 'static,
+    G: Send + 'static,
+{
+    let deadline = deadline(headers).map(|d| tokio::time::Instant::now() + d);
+    let every = keepalive(headers);
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let _guard = guard;
+        if tx.send(StreamItem::Message(first)).await.is_err() {
+            return;
+        }
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let items = tokio::select! {
+                item = source.recv() => map(item),
+                _ = ticks.tick() => vec![StreamItem::Message(keepalive_message.clone())],
+                () = until(deadline) => vec![StreamItem::End(Err(on_deadline.clone()))],
+            };
+            for item in items {
+                let last = matches!(item, StreamItem::End(_));
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        }
+    });
+    stream_response(rx)
+}
+
 /// Sleeps until `deadline`, or forever without one (for `select!` arms of a call's deadline).
 pub async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {

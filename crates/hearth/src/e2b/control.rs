@@ -17,11 +17,7 @@ use serde_json::{json, Value};
 use super::mapping::{checked_map, timeout_of, NewSandbox};
 use super::{E2bState, RestError, CLIENT_ID, ENVD_VERSION};
 use crate::sandboxes::SandboxError;
-use crate::store::{E2bSandbox, SandboxRecord};
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::store::{now_ms, E2bSandbox, SandboxRecord};
 
 /// The deadline `secs` seconds from now, in Unix ms.
 fn deadline_after(secs: u64) -> i64 {
@@ -118,7 +114,7 @@ pub async fn create(State(state): State<E2bState>, raw: Bytes) -> Result<Respons
             template_id,
             metadata,
             env_vars,
-            access_token: new_token(),
+            access_token: crate::api::auth::random_token(),
             started_at,
             end_at: Some(deadline_after(timeout)),
             paused: false,
@@ -138,14 +134,6 @@ pub async fn create(State(state): State<E2bState>, raw: Bytes) -> Result<Respons
         .map_err(|err| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
     tracing::info!(id = %row.id, template = %row.template_id, timeout, "E2B sandbox created");
     Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response())
-}
-
-/// 256 random bits, hex: the sandbox's envd access token.
-fn new_token() -> String {
-    rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 pub async fn get(

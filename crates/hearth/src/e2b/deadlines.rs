@@ -17,7 +17,7 @@ const RETRY_AFTER_MS: i64 = 60_000;
 pub async fn run(state: E2bState) {
     loop {
         sweep(&state).await;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::store::now_ms();
         let wait = match state.manager.store.next_e2b_deadline().await {
             Ok(Some(next)) => Duration::from_millis(u64::try_from(next - now).unwrap_or(0))
                 .clamp(MIN_SLEEP, MAX_SLEEP),
@@ -37,7 +37,7 @@ pub async fn run(state: E2bState) {
 /// Removes every sandbox past its deadline. (Rows of sandboxes removed by other means go with
 /// their records; see the migration.)
 pub async fn sweep(state: &E2bState) {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::store::now_ms();
     let expired = match state
         .manager
         .store

@@ -140,51 +140,34 @@ async fn watch_dir(state: E2bState, request: Request) -> Response {
         watchers::start(target.guest, path, req.recursive).await
     }
     .await;
-    let (tx, rx) = mpsc::channel(16);
-    let (task, mut updates) = match started {
+    let (task, updates) = match started {
         Ok(started) => started,
         Err(err) => {
+            let (tx, rx) = mpsc::channel(1);
             let _ = tx.try_send(StreamItem::End(Err(err)));
             return connect::stream_response(rx);
         }
     };
-    let keepalive = connect::keepalive(&headers);
-    let deadline = connect::deadline(&headers).map(|d| tokio::time::Instant::now() + d);
-    tokio::spawn(async move {
-        // Dropping the watch task's handle does not stop it; this guard does, however the
-        // stream ends.
-        let _stop = AbortOnDrop(task);
-        if tx
-            .send(StreamItem::Message(serde_json::json!({"start": {}})))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        loop {
-            let item = tokio::select! {
-                update = updates.recv() => match update {
-                    Some(watchers::Update::Event(event)) => {
-                        StreamItem::Message(serde_json::json!({"filesystem": event}))
-                    }
-                    Some(watchers::Update::Failed(err)) => StreamItem::End(Err(err)),
-                    None => StreamItem::End(Ok(())),
-                },
-                _ = ticks.tick() => StreamItem::Message(serde_json::json!({"keepalive": {}})),
-                () = connect::until(deadline) => StreamItem::End(Err(ConnectError::new(
-                    Code::DeadlineExceeded,
-                    "the watch's timeout expired",
-                ))),
-            };
-            let last = matches!(item, StreamItem::End(_));
-            if tx.send(item).await.is_err() || last {
-                return;
+    let map = |update: Option<watchers::Update>| {
+        vec![match update {
+            Some(watchers::Update::Event(event)) => {
+                StreamItem::Message(serde_json::json!({"filesystem": event}))
             }
-        }
-    });
-    connect::stream_response(rx)
+            Some(watchers::Update::Failed(err)) => StreamItem::End(Err(err)),
+            None => StreamItem::End(Ok(())),
+        }]
+    };
+    // Dropping the watch task's handle does not stop it; the guard does, however the stream
+    // ends.
+    connect::forward(
+        &headers,
+        serde_json::json!({"start": {}}),
+        updates,
+        map,
+        serde_json::json!({"keepalive": {}}),
+        ConnectError::new(Code::DeadlineExceeded, "the watch's timeout expired"),
+        AbortOnDrop(task),
+    )
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -421,56 +421,36 @@ impl Running {
 fn stream_events(
     headers: &HeaderMap,
     pid: u32,
-    mut events: mpsc::UnboundedReceiver<ProcEvent>,
+    events: mpsc::UnboundedReceiver<ProcEvent>,
     on_deadline: &'static str,
 ) -> Response {
-    let deadline = connect::deadline(headers).map(|d| tokio::time::Instant::now() + d);
-    let keepalive = connect::keepalive(headers);
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        if tx
-            .send(StreamItem::Message(start_event(pid)))
-            .await
-            .is_err()
-        {
-            return;
+    let map = |event: Option<ProcEvent>| match event {
+        Some(ProcEvent::Stdout(data)) => vec![StreamItem::Message(data_event("stdout", &data))],
+        Some(ProcEvent::Stderr(data)) => vec![StreamItem::Message(data_event("stderr", &data))],
+        Some(ProcEvent::End(end)) => {
+            vec![
+                StreamItem::Message(end_event(&end)),
+                StreamItem::End(Ok(())),
+            ]
         }
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        loop {
-            let item = tokio::select! {
-                event = events.recv() => match event {
-                    Some(ProcEvent::Stdout(data)) => StreamItem::Message(data_event("stdout", &data)),
-                    Some(ProcEvent::Stderr(data)) => StreamItem::Message(data_event("stderr", &data)),
-                    Some(ProcEvent::End(end)) => {
-                        let _ = tx.send(StreamItem::Message(end_event(&end))).await;
-                        let _ = tx.send(StreamItem::End(Ok(()))).await;
-                        return;
-                    }
-                    None => {
-                        let _ = tx.send(StreamItem::End(Err(ConnectError::new(
-                            Code::Unavailable,
-                            "the process's output ended without an end (the sandbox went away)",
-                        )))).await;
-                        return;
-                    }
-                },
-                _ = ticks.tick() => StreamItem::Message(keepalive_event()),
-                () = connect::until(deadline) => {
-                    let _ = tx.send(StreamItem::End(Err(ConnectError::new(
-                        Code::DeadlineExceeded,
-                        format!("process {pid}: {on_deadline}"),
-                    )))).await;
-                    return;
-                }
-            };
-            if tx.send(item).await.is_err() {
-                // The client went away; the process runs on (it is followed no more here).
-                return;
-            }
-        }
-    });
-    connect::stream_response(rx)
+        None => vec![StreamItem::End(Err(ConnectError::new(
+            Code::Unavailable,
+            "the process's output ended without an end (the sandbox went away)",
+        )))],
+    };
+    // A client that goes away only stops following: the process runs on.
+    connect::forward(
+        headers,
+        start_event(pid),
+        events,
+        map,
+        keepalive_event(),
+        ConnectError::new(
+            Code::DeadlineExceeded,
+            format!("process {pid}: {on_deadline}"),
+        ),
+        (),
+    )
 }
 
 async fn start(state: E2bState, target: Target, request: Request) -> Response {

@@ -13,6 +13,7 @@ mod tasks;
 pub use audit::{AuditCount, AuditState, FlushTotals, StoredEntry};
 pub use e2b::E2bSandbox;
 pub use netdrops::{NetworkDrops, StoredDrop};
+pub(crate) use sandboxes::now_ms;
 pub use sandboxes::{SandboxRecord, SandboxStatus, StatusError};
 pub use slots::SqliteSlotStore;
 pub use snapshots::{new_snapshot_record, SnapshotName, SnapshotNameError, SnapshotRecord};
