@@ -355,6 +355,13 @@ pub fn deadline(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
+/// A server stream that ends at once with `err` (how a streaming call is refused).
+pub fn stream_error(err: ConnectError) -> Response {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(StreamItem::End(Err(err)));
+    stream_response(rx)
+}
+
 /// The shape of E2B's long server streams (`Start`, `Connect`, `WatchDir`): `first`, then what
 /// `map` makes of each item from `source` (messages, and an `End` that closes the stream; `None`
 /// is the source gone), `keepalive` every `Keepalive-Ping-Interval`, and `on_deadline` at the

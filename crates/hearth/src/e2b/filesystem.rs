@@ -142,11 +142,7 @@ async fn watch_dir(state: E2bState, request: Request) -> Response {
     .await;
     let (task, updates) = match started {
         Ok(started) => started,
-        Err(err) => {
-            let (tx, rx) = mpsc::channel(1);
-            let _ = tx.try_send(StreamItem::End(Err(err)));
-            return connect::stream_response(rx);
-        }
+        Err(err) => return connect::stream_error(err),
     };
     let map = |update: Option<watchers::Update>| {
         vec![match update {

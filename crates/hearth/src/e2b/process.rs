@@ -207,9 +207,7 @@ pub async fn dispatch(
 /// A refusal in the form the method's client reads: a stream's error for streaming calls.
 fn refused(method: &str, err: ConnectError) -> Response {
     if matches!(method, "Start" | "Connect") {
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.try_send(StreamItem::End(Err(err)));
-        connect::stream_response(rx)
+        connect::stream_error(err)
     } else {
         connect::unary_response::<Empty>(Err(err))
     }
