@@ -14,7 +14,6 @@ use super::messages::{
     WatchRequest, WatcherRequest,
 };
 use super::{watchers, E2bState};
-use tokio::sync::mpsc;
 
 /// Most entries one `ListDir` answers (a listing is one JSON message).
 const MAX_ENTRIES: usize = 100_000;
