@@ -42,7 +42,7 @@ pub use cpio::{CpioError, CpioWriter};
 pub use elf::ElfError;
 pub use initramfs::InitramfsError;
 pub use modules::ModulesError;
-pub use rootfs::RootfsError;
+pub use rootfs::{make_ext4, RootfsError, GUEST_PATH};
 
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initramfs.cpio.gz";
