@@ -11,7 +11,10 @@ fi
 # e2fsprogs (mke2fs, debugfs): private workspace filesystems, and with cpio the guest image
 # build and its tests; qemu-system-x86:
 # booting it; binutils (strip) shrinks the static hearth-guest the image carries.
-packages=(runc nftables iproute2 python3 python3-venv libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils)
+# Template tests: a real registry (docker-registry, with apache2-utils' htpasswd for its
+# auth), images made with umoci and copied with skopeo, busybox-static as their only binary.
+packages=(runc nftables iproute2 python3 python3-venv libseccomp-dev pkg-config curl e2fsprogs cpio qemu-system-x86 binutils
+    docker-registry skopeo umoci busybox-static apache2-utils)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -38,8 +38,9 @@ type EventTx = mpsc::Sender<Result<Bytes, io::Error>>;
 pub async fn handle(state: Arc<State>, body: Incoming) -> Result<Response<RespBody>, ApiError> {
     let limit = state.config.max_request_bytes();
     let raw = read_limited(body, limit).await?;
-    let req: ExecRequest = serde_json::from_slice(&raw)
+    let mut req: ExecRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("exec request: {e}")))?;
+    state.config.exec_defaults.apply(&mut req);
     let stdin_len = req.stdin.as_ref().map_or(0, Vec::len);
     if stdin_len as u64 > state.config.max_stdin {
         return Err(ApiError::new(

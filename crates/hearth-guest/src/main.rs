@@ -82,6 +82,10 @@ struct ServeArgs {
     /// guest starts; the guest itself stays unfiltered. A bad file stops the guest.
     #[arg(long, value_name = "PATH")]
     seccomp_bpf: Option<PathBuf>,
+    /// A template's environment and working directory (`hearth_proto::ExecDefaults` as JSON),
+    /// filled into every exec request that leaves them unset. A bad file stops the guest.
+    #[arg(long, value_name = "PATH")]
+    exec_defaults: Option<PathBuf>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -144,12 +148,22 @@ fn main() -> anyhow::Result<()> {
         .map(confine::Confinement::inherited_cgroup)
         .transpose()?
         .map(std::sync::Arc::new);
+    let exec_defaults = match &args.exec_defaults {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|err| anyhow::anyhow!("exec defaults {}: {err}", path.display()))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|err| anyhow::anyhow!("exec defaults {}: {err}", path.display()))?
+        }
+        None => hearth_proto::ExecDefaults::default(),
+    };
     let listen = match args.listen_fd {
         Some(fd) => transport::Listen::UnixFd(fd),
         None => transport::Listen::Unix(args.listen.clone()),
     };
     run_server(server::Config {
         confinement,
+        exec_defaults,
         ..config(args, listen, seccomp)
     })
 }
@@ -183,6 +197,7 @@ fn vm_init() -> ! {
         vm_workspace: Some(booted.workspace),
         confinement: Some(std::sync::Arc::new(booted.confinement)),
         cgroup_root: PathBuf::from(vm::workload_ns::WORKLOAD_CGROUP),
+        exec_defaults: booted.exec_defaults,
         ..config(defaults, booted.listen, seccomp)
     };
     if let Err(err) = run_server(config) {
@@ -217,6 +232,7 @@ fn config(
         seccomp,
         vm_workspace: None,
         confinement: None,
+        exec_defaults: hearth_proto::ExecDefaults::default(),
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Config {
     pub vm_workspace: Option<crate::vm::cmdline::Workspace>,
     /// What every exec'd process is put in before it runs (see `confine`).
     pub confinement: Option<Arc<crate::confine::Confinement>>,
+    /// A template's env and working dir, filled into every exec request that leaves them unset.
+    pub exec_defaults: hearth_proto::ExecDefaults,
 }
 
 impl Config {

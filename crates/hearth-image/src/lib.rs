@@ -39,7 +39,7 @@ pub use apt::{AptError, Package};
 pub use boot::VmImages;
 pub use build::{BuildOutcome, ImageBuilder, Progress, KERNEL_FLAVOR, RECIPE_VERSION};
 pub use cpio::{CpioError, CpioWriter};
-pub use elf::ElfError;
+pub use elf::{is_static_executable, ElfError};
 pub use initramfs::InitramfsError;
 pub use modules::ModulesError;
 pub use rootfs::{make_ext4, RootfsError, GUEST_PATH};

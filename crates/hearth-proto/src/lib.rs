@@ -51,6 +51,33 @@ pub struct ExecRequest {
     pub stdin_open: bool,
 }
 
+/// What a template sets for every command the guest starts: its image's environment and
+/// working directory. A request's own env entries and cwd win.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecDefaults {
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+impl ExecDefaults {
+    /// Fills what `req` leaves unset.
+    pub fn apply(&self, req: &mut ExecRequest) {
+        for (name, value) in &self.env {
+            req.env.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        if req.cwd.is_none() {
+            req.cwd.clone_from(&self.cwd);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.cwd.is_none()
+    }
+}
+
 /// Which output stream a chunk or a truncation belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

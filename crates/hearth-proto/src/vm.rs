@@ -40,6 +40,9 @@ pub struct VmGuestConfig {
     /// only the VMM's threads); `None` sets no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<u32>,
+    /// A template's environment and working directory for every exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_defaults: Option<crate::ExecDefaults>,
 }
 
 /// A config drive that cannot be written or read.

@@ -14,6 +14,7 @@ pub mod pidfd;
 pub mod process_stamp;
 pub mod seccomp;
 pub mod spec;
+pub mod template_root;
 pub mod userns;
 pub mod vmm_cgroup;
 pub mod workspace;

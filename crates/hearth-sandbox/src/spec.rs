@@ -157,6 +157,32 @@ pub struct SandboxSpec {
     /// Which isolation technology runs it (records from before this field are OCI).
     #[serde(default)]
     pub backend: crate::backend::BackendKind,
+    /// The template its root comes from; `None` is the default view (the host's `/usr` for
+    /// OCI, hearth's guest image for microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SpecTemplate>,
+}
+
+/// A template as a sandbox uses it: named by the request, resolved by hearth from its template
+/// store when the sandbox is created (and recorded, so the sandbox keeps exactly those layers
+/// whatever the template becomes later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecTemplate {
+    pub name: String,
+    /// Layer directories in the store, bottom first.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
+    /// The image's env and working dir, for every command.
+    #[serde(default)]
+    pub exec_defaults: hearth_proto::ExecDefaults,
+    /// Who the workload runs as (the image's `User`), inside the sandbox's id map.
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// A microVM's root filesystem made from the layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_rootfs: Option<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -184,6 +210,8 @@ struct StoredSpec {
     guest_seccomp: Option<SpecSeccomp>,
     #[serde(default)]
     backend: crate::backend::BackendKind,
+    #[serde(default)]
+    template: Option<SpecTemplate>,
 }
 
 impl From<StoredSpec> for SandboxSpec {
@@ -196,6 +224,7 @@ impl From<StoredSpec> for SandboxSpec {
             net,
             mut guest_seccomp,
             backend,
+            template,
         } = stored;
         if backend != crate::backend::BackendKind::Oci && seccomp.is_none() {
             seccomp = guest_seccomp.take();
@@ -208,6 +237,7 @@ impl From<StoredSpec> for SandboxSpec {
             net,
             guest_seccomp,
             backend,
+            template,
         }
     }
 }

@@ -98,7 +98,7 @@ impl WorkspaceImages {
             .collect()
     }
 
-    fn ensure_dir(&self) -> Result<(), WorkspaceError> {
+    pub(crate) fn ensure_dir(&self) -> Result<(), WorkspaceError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -152,7 +152,7 @@ pub fn prepare(
 
 /// A sparse image of `disk_bytes`, formatted with its root owned by the sandbox's root and
 /// mounted on `target`.
-fn private(
+pub(crate) fn private(
     image: &Path,
     target: &Path,
     disk_bytes: u64,
@@ -212,6 +212,17 @@ fn private(
 /// directory is opened once: its owner is read from, and the mount made of, that same open
 /// directory, so a path swapped in between changes nothing.
 fn shared(dir: &Path, target: &Path, ids: HostIds) -> Result<(), WorkspaceError> {
+    shared_as(dir, target, ids, 0)
+}
+
+/// [`shared`] with the directory's owner appearing as the sandbox's uid and gid `as_id`
+/// instead of its root (a template's user).
+pub(crate) fn shared_as(
+    dir: &Path,
+    target: &Path,
+    ids: HostIds,
+    as_id: u32,
+) -> Result<(), WorkspaceError> {
     let inspect = |source| WorkspaceError::Inspect {
         path: dir.to_owned(),
         source,
@@ -229,7 +240,7 @@ fn shared(dir: &Path, target: &Path, ids: HostIds) -> Result<(), WorkspaceError>
     }
     let map = |owner| IdMapping {
         inside_start: owner,
-        outside_start: ids.root(),
+        outside_start: ids.root() + as_id,
         count: 1,
     };
     let userns = crate::userns::new_userns(map(meta.uid()), map(meta.gid()))?;

@@ -20,10 +20,12 @@ impl Classify for SandboxError {
             SandboxError::NotAVm { .. }
             | SandboxError::WorkspaceUnsupported(_)
             | SandboxError::SnapshotConflict(_)
-            | SandboxError::SnapshotDirUnsafe { .. } => ErrorKind::BadInput,
-            SandboxError::BackendUnavailable(_) | SandboxError::BackendMissing { .. } => {
-                ErrorKind::HostLacks
-            }
+            | SandboxError::SnapshotDirUnsafe { .. }
+            | SandboxError::TemplateUserOnVm { .. } => ErrorKind::BadInput,
+            SandboxError::Template(err) => template_kind(err),
+            SandboxError::BackendUnavailable(_)
+            | SandboxError::BackendMissing { .. }
+            | SandboxError::NoStaticGuest => ErrorKind::HostLacks,
             SandboxError::Cleanup { .. } | SandboxError::NoHostIds(_) => ErrorKind::SandboxFailed,
             SandboxError::SnapshotFiles { .. } | SandboxError::Join(_) => ErrorKind::Internal,
             SandboxError::Store(err) => err.kind(),
@@ -34,6 +36,17 @@ impl Classify for SandboxError {
             SandboxError::Supervisor(err) => err.kind(),
             SandboxError::Workspace(err) => err.kind(),
         }
+    }
+}
+
+/// A template that is not there is not found; refused content or names are bad input.
+pub fn template_kind(err: &hearth_template::TemplateError) -> ErrorKind {
+    match err {
+        hearth_template::TemplateError::NotFound(_) => ErrorKind::NotFound,
+        hearth_template::TemplateError::InUse { .. } => ErrorKind::Conflict,
+        err if err.is_bad_input() => ErrorKind::BadInput,
+        hearth_template::TemplateError::Source(_) => ErrorKind::HostLacks,
+        _ => ErrorKind::Internal,
     }
 }
 

@@ -103,6 +103,8 @@ impl Settings {
             guest_binary: self.guest_binary.clone(),
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,
+            templates: hearth_template::TemplateStore::new(&self.state_dir),
+            static_guest: static_guest_binary(&self.guest_binary),
         })
     }
 }
@@ -141,6 +143,24 @@ fn default_state_dir() -> PathBuf {
         || PathBuf::from(DEFAULT_STATE_DIR),
         |home| Path::new(&home).join(".local/share/hearth"),
     )
+}
+
+/// A statically linked `hearth-guest`, which a template's root (with its own libc, or none) can
+/// run: the configured guest if it is one, else the static build beside a cargo target dir
+/// (`<target>/x86_64-unknown-linux-gnu/release/hearth-guest`, what the README's build makes).
+fn static_guest_binary(configured: &Path) -> Option<PathBuf> {
+    let is_static = |path: &Path| {
+        std::fs::read(path)
+            .ok()
+            .and_then(|data| hearth_image::is_static_executable(&data).ok())
+            .unwrap_or(false)
+    };
+    if is_static(configured) {
+        return Some(configured.to_owned());
+    }
+    let target_dir = configured.parent()?.parent()?;
+    let built = target_dir.join("x86_64-unknown-linux-gnu/release/hearth-guest");
+    is_static(&built).then_some(built)
 }
 
 /// `hearth-guest` is installed next to `hearth` (cargo puts both in the same target dir).

@@ -35,6 +35,9 @@ pub struct SandboxRequest {
     /// instead of `seccomp` (its guest is what filters).
     pub guest_seccomp: Option<String>,
     pub net: NetRequest,
+    /// A template's name (`hearth template ls`); its layers are found when the sandbox is
+    /// created. `None`: the default view.
+    pub template: Option<String>,
 }
 
 /// Which seccomp policy a sandbox runs under.
@@ -96,6 +99,8 @@ pub enum RequestError {
     },
     #[error(transparent)]
     Net(#[from] PolicyError),
+    #[error("{0}")]
+    Template(String),
 }
 
 fn field_label(field: &str) -> &'static str {
@@ -118,6 +123,7 @@ impl RequestError {
             | Self::Workspace { .. }
             | Self::WorkspaceNotDir { .. } => "workspace",
             Self::SeccompLoad { field, .. } | Self::SeccompRender { field, .. } => field,
+            Self::Template(_) => "template",
             Self::Net(PolicyError::BadMode(_)) => "net",
             Self::Net(PolicyError::BadRate { .. }) => "net_rate",
             Self::Net(PolicyError::PublishZero) => "publish",
@@ -156,6 +162,18 @@ impl SandboxRequest {
             net: self.net.policy()?,
             guest_seccomp,
             backend: self.backend,
+            template: self
+                .template
+                .as_deref()
+                .map(|name| {
+                    hearth_template::check_name(name)
+                        .map_err(|err| RequestError::Template(err.to_string()))?;
+                    Ok::<_, RequestError>(hearth_sandbox::spec::SpecTemplate {
+                        name: name.to_owned(),
+                        ..Default::default()
+                    })
+                })
+                .transpose()?,
         })
     }
 

@@ -76,6 +76,8 @@ pub struct Booted {
     pub seccomp: Option<GuestFilters>,
     /// What every exec is put in (see `crate::confine`).
     pub confinement: crate::confine::Confinement,
+    /// A template's env and working dir for every exec (from the config drive).
+    pub exec_defaults: hearth_proto::ExecDefaults,
 }
 
 fn mount_fs(
@@ -187,6 +189,7 @@ pub fn boot() -> Result<Option<Booted>, VmError> {
         workspace: params.workspace,
         seccomp,
         confinement,
+        exec_defaults: config.exec_defaults.unwrap_or_default(),
     }))
 }
 

@@ -216,6 +216,7 @@ impl Fixture {
             net: Default::default(),
             guest_seccomp: None,
             backend: hearth_sandbox::backend::BackendKind::Firecracker,
+            template: None,
         };
         let record = tmp.path().join("record.jsonl");
         Self {

@@ -56,6 +56,8 @@ pub struct CreateSandbox {
     allow: Vec<String>,
     /// A seccomp profile name or policy file (default `default`).
     seccomp: Option<String>,
+    /// A template (`hearth template ls`) the sandbox's root comes from.
+    template: Option<String>,
 }
 
 pub async fn create(
@@ -94,6 +96,7 @@ impl CreateSandbox {
                     .unwrap_or_else(|| crate::request::DEFAULT_PROFILE.to_owned()),
             ),
             guest_seccomp: None,
+            template: self.template.clone(),
             net: NetRequest {
                 mode: self.net.clone(),
                 allow: self.allow.clone(),

@@ -13,6 +13,7 @@ mod snapshot;
 mod spinner;
 mod supervise;
 mod task;
+mod template;
 
 use std::path::PathBuf;
 
@@ -111,6 +112,9 @@ pub enum Command {
     /// Build and manage the microVM guest image.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Make sandboxes from OCI images: build, list, show and remove templates.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Serve the HTTP API (tasks, their events, sandboxes) on loopback and a Unix socket.
     Serve(serve::ServeArgs),
     /// Measure hearth against its reference tools on this host.
@@ -149,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Doctor { json } => crate::doctor::run(&settings, json),
         Command::Serve(args) => serve::run(args, &settings).await,
         Command::Image(command) => image::run(command, &settings),
+        Command::Template(command) => template::run(command, &settings).await,
         Command::Bench(BenchCommand::Tasks(args)) => {
             crate::api::bench_tasks::run(args, &settings).await
         }

@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// A destination the sandbox may reach besides the gateway: CIDR[:port] or domain[:port].
     #[arg(long = "allow", value_name = "DEST")]
     allow: Vec<String>,
+    /// Run in a sandbox made from this template (`hearth template ls`); it needs python3.
+    #[arg(long, value_name = "NAME")]
+    template: Option<String>,
     /// Print progress and the result as JSON lines.
     #[arg(long)]
     json: bool,
@@ -120,6 +123,7 @@ fn build_request(args: &RunArgs) -> Result<TaskRequest, CliError> {
         timeout_s: args.timeout,
         workspace,
         allow: args.allow.clone(),
+        template: args.template.clone(),
     };
     params.validate().map_err(|err| {
         let flag = match err.field {

@@ -155,6 +155,10 @@ pub struct CreateArgs {
     /// the guest takes the new sandbox's address and hostname, and mounts its workspace.
     #[arg(long, value_name = "NAME")]
     pub(super) from_snapshot: Option<String>,
+    /// Make the sandbox's root from this template (`hearth template build`, `ls`): the image's
+    /// files, env, working dir and user. Default: the host's /usr (OCI) or hearth's guest image.
+    #[arg(long, value_name = "NAME")]
+    pub(super) template: Option<String>,
     /// Print the new sandbox as JSON instead of just its id.
     #[arg(long)]
     pub(super) json: bool,
@@ -174,9 +178,10 @@ pub struct ExecArgs {
     /// Environment variable for the command (repeatable). Nothing else is passed through.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
-    /// Working directory inside the sandbox (default /workspace).
-    #[arg(long, value_name = "DIR", default_value = "/workspace")]
-    cwd: String,
+    /// Working directory inside the sandbox (default: /workspace, or the template's working
+    /// dir when it names one).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
     /// Forward this command's stdin to the command (read to the end first; 16 MiB at most).
     #[arg(long, short = 'i')]
     stdin: bool,
@@ -237,6 +242,7 @@ pub(super) fn request(args: &CreateArgs) -> Result<SandboxRequest, CliError> {
                 .unwrap_or_else(|| crate::request::DEFAULT_PROFILE.to_owned()),
         ),
         guest_seccomp: args.guest_seccomp.clone(),
+        template: args.template.clone(),
         net: NetRequest {
             mode: args.net.clone(),
             allow: args.allow.clone(),
@@ -292,10 +298,20 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    // Left unset for a template with a working dir: the guest fills in the template's.
+    let template_dir = manager
+        .store
+        .get_sandbox(&id)
+        .await?
+        .and_then(|r| r.spec.template)
+        .is_some_and(|t| t.exec_defaults.cwd.is_some());
+    let cwd = args
+        .cwd
+        .or_else(|| (!template_dir).then(|| "/workspace".to_owned()));
     let request = ExecRequest {
         argv: args.command,
         env,
-        cwd: Some(args.cwd),
+        cwd,
         stdin,
         timeout_ms,
         stdin_open: false,

@@ -197,6 +197,7 @@ mod tests {
             net: Default::default(),
             guest_seccomp: None,
             backend,
+            template: None,
         };
         crate::store::new_snapshot_record(
             SnapshotName::parse("s1").unwrap(),

@@ -72,14 +72,19 @@ pub struct Network {
 }
 
 /// The E2B template id as a hearth backend.
-pub fn backend_of(template: &str) -> Result<BackendKind, RestError> {
+pub fn backend_of(template: &str) -> Result<(BackendKind, Option<String>), RestError> {
     match template {
-        "base" => Ok(BackendKind::Oci),
-        other => other.parse::<BackendKind>().map_err(|_| {
-            RestError::bad(format!(
-                "template {other:?} is not known to hearth; it serves {TEMPLATES}"
-            ))
-        }),
+        "base" => Ok((BackendKind::Oci, None)),
+        other => match other.parse::<BackendKind>() {
+            Ok(kind) => Ok((kind, None)),
+            // Any other id names a hearth template (`hearth template build`), on OCI.
+            Err(_) if hearth_template::check_name(other).is_ok() => {
+                Ok((BackendKind::Oci, Some(other.to_owned())))
+            }
+            Err(_) => Err(RestError::bad(format!(
+                "template {other:?} is not known to hearth; it serves {TEMPLATES} and the templates of `hearth template ls`"
+            ))),
+        },
     }
 }
 
@@ -156,7 +161,7 @@ impl NewSandbox {
                 "hearth has no E2B volumes; a sandbox has its own /workspace",
             ));
         }
-        let backend = backend_of(self.template_id.as_deref().unwrap_or("base"))?;
+        let (backend, template) = backend_of(self.template_id.as_deref().unwrap_or("base"))?;
         Ok(SandboxRequest {
             id: None,
             backend,
@@ -168,6 +173,7 @@ impl NewSandbox {
             seccomp: SeccompRequest::Profile(DEFAULT_PROFILE.to_owned()),
             guest_seccomp: None,
             net: self.net_request()?,
+            template,
         })
     }
 

@@ -87,6 +87,12 @@ pub enum SandboxError {
     },
     #[error("{path} must be a directory owned by hearth's user and closed to others (snapshots hold guest memory)")]
     SnapshotDirUnsafe { path: PathBuf },
+    #[error(transparent)]
+    Template(#[from] hearth_template::TemplateError),
+    #[error("template {name} runs as uid {uid}; a microVM runs template commands as root only, so use --backend oci for it")]
+    TemplateUserOnVm { name: String, uid: u32 },
+    #[error("a template sandbox needs a statically linked hearth-guest (the image brings its own libc, or none): build it with `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p hearth-guest --target x86_64-unknown-linux-gnu` or pass one with --guest-binary")]
+    NoStaticGuest,
 }
 
 /// Creates and removes sandboxes on this host's backends.
@@ -100,6 +106,10 @@ pub struct SandboxManager {
     pub firewall: Arc<FirewallManager>,
     /// Where sandboxes' allowed names are resolved (`None`: the host's resolv.conf).
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// Templates a sandbox's root may come from.
+    pub templates: hearth_template::TemplateStore,
+    /// A static `hearth-guest` for template roots (which have their own libc, or none).
+    pub static_guest: Option<PathBuf>,
 }
 
 impl SandboxManager {
@@ -116,6 +126,14 @@ impl SandboxManager {
         restore: Option<snapshot::Restore>,
     ) -> Result<SandboxRecord, SandboxError> {
         let backend = self.backends.get_for_create(spec.backend)?;
+        let resolved;
+        let spec = match &spec.template {
+            Some(template) if template.layers.is_empty() => {
+                resolved = self.resolve_template(spec).await?;
+                &resolved
+            }
+            _ => spec,
+        };
         if !backend.mounts_workspace() && spec.workspace.is_some() {
             // Silently giving the sandbox an empty /workspace instead would look like lost files.
             return Err(SandboxError::WorkspaceUnsupported(spec.backend));
@@ -158,6 +176,46 @@ impl SandboxManager {
         }
     }
 
+    /// Fills in a spec's template from the store: its layer dirs, env, working dir and user,
+    /// and for a microVM its ext4 root (made on first use).
+    async fn resolve_template(&self, spec: &SandboxSpec) -> Result<SandboxSpec, SandboxError> {
+        let guest = self
+            .static_guest
+            .clone()
+            .ok_or(SandboxError::NoStaticGuest)?;
+        let (store, mut spec) = (self.templates.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || {
+            let Some(wanted) = spec.template.as_mut() else {
+                return Ok(spec);
+            };
+            let template = store.get(&wanted.name)?;
+            if spec.backend.is_vm() && template.uid != 0 {
+                return Err(SandboxError::TemplateUserOnVm {
+                    name: template.name,
+                    uid: template.uid,
+                });
+            }
+            wanted.layers = store.layer_dirs(&template)?;
+            wanted.uid = template.uid;
+            wanted.gid = template.gid;
+            wanted.exec_defaults = hearth_proto::ExecDefaults {
+                env: template
+                    .env
+                    .iter()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter(|(name, _)| !name.is_empty())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                cwd: template.working_dir.clone(),
+            };
+            if spec.backend.is_vm() {
+                wanted.vm_rootfs = Some(store.vm_rootfs(&template, &guest)?);
+            }
+            Ok(spec)
+        })
+        .await?
+    }
+
     async fn bring_up(
         &self,
         backend: &dyn SandboxBackend,
@@ -176,8 +234,15 @@ impl SandboxManager {
                 },
             };
             let (dirs, id, images) = (dirs.clone(), spec.id.clone(), self.workspace_images());
-            tokio::task::spawn_blocking(move || {
-                workspace::prepare(&dirs, &id, &source, ids, &images)
+            // A container from a template gets its overlay root on the same disk as its
+            // workspace; a VM boots the template's ext4 instead (below).
+            let template = spec.template.clone().filter(|_| !backend.kind().is_vm());
+            let disk_bytes = spec.limits.disk.0;
+            tokio::task::spawn_blocking(move || match &template {
+                Some(template) => hearth_sandbox::template_root::prepare(
+                    &dirs, &id, &source, disk_bytes, ids, &images, template,
+                ),
+                None => workspace::prepare(&dirs, &id, &source, ids, &images).map(drop),
             })
             .await??;
         }
@@ -187,7 +252,13 @@ impl SandboxManager {
                 move |firewall| firewall.setup(&id, &policy)
             })
             .await?;
-        let vm_image = backend.vm_image(restore.map(|r| &r.saved))?;
+        let mut vm_image = backend.vm_image(restore.map(|r| &r.saved))?;
+        if let (Some(image), Some(rootfs)) = (
+            vm_image.as_mut(),
+            spec.template.as_ref().and_then(|t| t.vm_rootfs.as_ref()),
+        ) {
+            image.rootfs.clone_from(rootfs);
+        }
         // The seccomp listener must be up before the runtime looks for it, the resolver
         // before the sandbox's first lookup, and a VM's relay before the health wait (see
         // `supervisor`).
@@ -210,7 +281,11 @@ impl SandboxManager {
         let ctx = LaunchContext {
             dirs: dirs.clone(),
             netns_path: network.netns,
-            guest_binary: self.guest_binary.clone(),
+            guest_binary: match (&spec.template, &self.static_guest) {
+                (Some(_), Some(guest)) => guest.clone(),
+                (Some(_), None) => return Err(SandboxError::NoStaticGuest),
+                (None, _) => self.guest_binary.clone(),
+            },
             resolver: network.link.as_ref().map(|link| link.resolver()),
             // A VM's guest configures its own end of the link; a container's is configured
             // in its netns by hearth.

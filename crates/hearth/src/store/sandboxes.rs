@@ -283,6 +283,7 @@ mod tests {
             net: Default::default(),
             guest_seccomp: None,
             backend: hearth_sandbox::backend::BackendKind::Oci,
+            template: None,
         }
     }
 

@@ -214,6 +214,7 @@ mod tests {
             net: Default::default(),
             guest_seccomp: None,
             backend: BackendKind::Qemu,
+            template: None,
         };
         let name = SnapshotName::parse("s1").unwrap();
         let record = new_snapshot_record(name.clone(), &spec, 42, "0.1.0".into(), "QEMU 7".into());

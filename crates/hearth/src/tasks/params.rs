@@ -44,6 +44,9 @@ pub struct TaskParams {
     /// Destinations besides the gateway: CIDR[:port] or domain[:port].
     #[serde(default)]
     pub allow: Vec<String>,
+    /// A template (`hearth template ls`) the sandbox's root comes from; it needs python3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// Defaults shared by the API body and `hearth run`'s flags.
@@ -97,6 +100,7 @@ impl TaskParams {
                 allow: self.allow.clone(),
                 ..NetRequest::default()
             },
+            template: self.template.clone(),
             ..SandboxRequest::default()
         };
         let sandbox = request

@@ -38,6 +38,8 @@ pub const GUEST_LISTEN_FD: i32 = 3;
 /// [`FD_BUDGET`] (the kernel has no per-cgroup fd limit; the memory cgroup also charges every
 /// open file).
 const FD_BUDGET: u64 = 262_144;
+/// Where a template's env and working dir for every exec appear (read-only).
+const EXEC_DEFAULTS_IN_SANDBOX: &str = "/.hearth/exec-defaults.json";
 /// Where the guest's own seccomp filters appear (read-only), when the spec has them.
 const GUEST_SECCOMP_IN_SANDBOX: &str = "/.hearth/seccomp.bpf";
 const CFS_PERIOD_US: u64 = 100_000;
@@ -92,7 +94,10 @@ pub fn write_bundle(
         });
     }
     // The workspace was made on the host (a private filesystem or a view of the user's dir).
-    let mut mounts = prepare_rootfs(spec, ctx)?;
+    let mut mounts = match &spec.template {
+        None => prepare_rootfs(spec, ctx)?,
+        Some(template) => template_mounts(spec, template, ctx)?,
+    };
     mounts.push(bind(&ctx.dirs.workspace(), "/workspace", false));
     if let Some(extra) = &spec.guest_seccomp {
         let bpf = extra.guest_bpf()?;
@@ -138,7 +143,14 @@ fn build_spec(
     ];
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        // A template's user runs everything, the guest included: without capabilities the
+        // guest could not switch users for its children.
+        .user(
+            UserBuilder::default()
+                .uid(spec.template.as_ref().map_or(0, |t| t.uid))
+                .gid(spec.template.as_ref().map_or(0, |t| t.gid))
+                .build()?,
+        )
         .args(guest_args(spec, workload_cgroup))
         .env(vec![format!("PATH={DEFAULT_PATH}")])
         .cwd("/")
@@ -244,7 +256,9 @@ fn build_spec(
         .root(
             RootBuilder::default()
                 .path(ctx.dirs.rootfs())
-                .readonly(true)
+                // A template's root is writable: its writes land in the sandbox's upper dir,
+                // bounded by its disk quota.
+                .readonly(spec.template.is_none())
                 .build()?,
         )
         .hostname(spec.id.as_str().to_owned())
@@ -267,6 +281,16 @@ fn guest_args(spec: &SandboxSpec, workload_cgroup: bool) -> Vec<String> {
         args.extend([
             "--workload-cgroup-fd".to_owned(),
             super::workload_cgroup::WORKLOAD_CGROUP_FD.to_string(),
+        ]);
+    }
+    if spec
+        .template
+        .as_ref()
+        .is_some_and(|t| !t.exec_defaults.is_empty())
+    {
+        args.extend([
+            "--exec-defaults".to_owned(),
+            EXEC_DEFAULTS_IN_SANDBOX.to_owned(),
         ]);
     }
     if spec.guest_seccomp.is_some() {
@@ -339,6 +363,42 @@ fn prepare_rootfs(spec: &SandboxSpec, ctx: &LaunchContext) -> Result<Vec<Mount>,
     }
     // The guest dir first, then the binary on top of a placeholder inside it; the workload
     // can change neither.
+    mounts.push(bind(&ctx.dirs.guest_dir(), GUEST_DIR_IN_SANDBOX, true));
+    let placeholder = ctx.dirs.guest_dir().join("hearth-guest");
+    write_new_file(&placeholder, b"", 0o555)?;
+    mounts.push(bind(&ctx.guest_binary, GUEST_BINARY_IN_SANDBOX, true));
+    Ok(mounts)
+}
+
+/// The mounts of a template sandbox: its root is the overlay hearth mounted on the rootfs dir
+/// (see `template_root`), with the image's own `/usr` and `/etc`; hearth adds its identity
+/// files (hostname, hosts, resolver), tmpfs `/tmp` and `/run`, and the guest.
+fn template_mounts(
+    spec: &SandboxSpec,
+    template: &crate::spec::SpecTemplate,
+    ctx: &LaunchContext,
+) -> Result<Vec<Mount>, BundleError> {
+    let mut mounts = Vec::new();
+    for name in ["hostname", "hosts", "resolv.conf"] {
+        mounts.push(bind(
+            &ctx.dirs.etc().join(name),
+            &format!("/etc/{name}"),
+            true,
+        ));
+    }
+    let memory = spec.limits.memory.0;
+    for (dest, mode) in [("/tmp", "mode=1777"), ("/run", "mode=755")] {
+        let size = tmpfs_size(memory, dest).unwrap_or_default();
+        mounts.push(tmpfs(dest, &format!("{mode},{size}")));
+    }
+    if !template.exec_defaults.is_empty() {
+        let json = serde_json::to_vec(&template.exec_defaults)?;
+        write_new_file(
+            &ctx.dirs.guest_dir().join("exec-defaults.json"),
+            &json,
+            0o444,
+        )?;
+    }
     mounts.push(bind(&ctx.dirs.guest_dir(), GUEST_DIR_IN_SANDBOX, true));
     let placeholder = ctx.dirs.guest_dir().join("hearth-guest");
     write_new_file(&placeholder, b"", 0o555)?;

@@ -109,6 +109,7 @@ impl Fixture {
             net: Default::default(),
             guest_seccomp: None,
             backend: crate::backend::BackendKind::Qemu,
+            template: None,
         }
     }
 

@@ -201,11 +201,13 @@ pub fn spec_guest_config(
         .as_ref()
         .map(crate::seccomp::SpecSeccomp::vm_guest_bpf)
         .transpose()?;
-    Ok(guest_config(
-        spec.id.as_str(),
-        bpf.as_deref(),
-        Some(spec.limits.pids),
-    ))
+    let mut config = guest_config(spec.id.as_str(), bpf.as_deref(), Some(spec.limits.pids));
+    config.exec_defaults = spec
+        .template
+        .as_ref()
+        .map(|t| t.exec_defaults.clone())
+        .filter(|d| !d.is_empty());
+    Ok(config)
 }
 
 /// The config drive's document for a sandbox: its hostname and the guest's seccomp program (raw
@@ -222,6 +224,7 @@ pub fn guest_config(
         env: Default::default(),
         hostname: hostname.to_owned(),
         pids_max,
+        exec_defaults: None,
     }
 }
 
@@ -290,6 +293,7 @@ mod tests {
             env: BTreeMap::from([("A".to_owned(), "b".to_owned())]),
             hostname: "sb-1".to_owned(),
             pids_max: Some(64),
+            exec_defaults: None,
         };
         let bytes = config_drive_bytes(&config).unwrap();
         assert_eq!(bytes.len(), CONFIG_DRIVE_SIZE);
