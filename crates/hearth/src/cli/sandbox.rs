@@ -27,7 +27,7 @@ const MAX_STDIN_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
     /// Create a sandbox and print its id.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec(ExecArgs),
     /// Copy a file into or out of a sandbox: `cp ./local ID:/path` or `cp ID:/path ./local`.
@@ -193,7 +193,7 @@ pub struct ExecArgs {
 pub async fn run(command: SandboxCommand, settings: &Settings) -> anyhow::Result<u8> {
     let manager = settings.manager().await?;
     match command {
-        SandboxCommand::Create(args) => create(&manager, args).await,
+        SandboxCommand::Create(args) => create(&manager, *args).await,
         SandboxCommand::Exec(args) => exec(&manager, args).await,
         SandboxCommand::Cp { src, dst } => copy(&manager, &src, &dst).await,
         SandboxCommand::Net { id, json } => super::net::show(&manager, &id, json).await,
