@@ -50,15 +50,18 @@ struct Fixture {
     dir: PathBuf,
     open_registry: String,
     auth_registry: String,
-    _registries: Vec<ChildGuard>,
 }
 
-struct ChildGuard(Child);
+/// The registries' pids: the fixture is a static (never dropped), so they are killed when the
+/// test binary exits.
+static REGISTRIES: std::sync::Mutex<Vec<Child>> = std::sync::Mutex::new(Vec::new());
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+extern "C" fn kill_registries() {
+    if let Ok(mut children) = REGISTRIES.lock() {
+        for child in children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -96,6 +99,7 @@ fn fixture() -> &'static Fixture {
             umoci repack --image img:v1 b >/dev/null
             umoci config --image img:v1 --config.env IMAGE_VAR=from-image --config.workingdir /srv --config.user app
             rm -rf b
+            umoci config --image img:v1 --config.user 0:0 --tag v1root
             umoci tag --image img:v1 v2
             umoci unpack --image img:v2 b >/dev/null
             rm b/rootfs/usr/local/bin/only-in-image
@@ -108,7 +112,9 @@ fn fixture() -> &'static Fixture {
             "#,
             &dir,
         );
-        let mut registries = Vec::new();
+        // SAFETY: atexit only stores a pointer to an `extern "C" fn` that lives for the whole
+        // program.
+        assert_eq!(unsafe { libc::atexit(kill_registries) }, 0);
         let mut addrs = Vec::new();
         for (name, auth) in [("open", false), ("auth", true)] {
             let port = free_port();
@@ -133,7 +139,7 @@ fn fixture() -> &'static Fixture {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("docker-registry");
-            registries.push(ChildGuard(child));
+            REGISTRIES.lock().unwrap().push(child);
             let addr = format!("127.0.0.1:{port}");
             for _ in 0..100 {
                 if std::net::TcpStream::connect(&addr).is_ok() {
@@ -156,7 +162,6 @@ fn fixture() -> &'static Fixture {
             dir,
             open_registry: addrs[0].clone(),
             auth_registry: addrs[1].clone(),
-            _registries: registries,
         }
     })
 }
@@ -376,4 +381,61 @@ fn two_sandboxes_share_layers_not_writes_and_removal_waits_for_them() {
             common::leftovers(id)
         );
     }
+}
+
+/// The static hearth-guest the guest image carries (`scripts/test.sh` builds it).
+fn static_guest() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    target.join("x86_64-unknown-linux-gnu/release/hearth-guest")
+}
+
+#[test]
+fn a_qemu_sandbox_boots_the_same_template() {
+    require_tools!();
+    if !static_guest().is_file() || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!("SKIP: needs qemu-system-x86 and the static hearth-guest (scripts/test.sh)");
+        return;
+    }
+    let fx = fixture();
+    let out = common::hearth()
+        .args(["image", "build", "--json", "--guest-binary"])
+        .arg(static_guest())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "image build: {}", stderr(&out));
+    let layout = fx.dir.join("img");
+    // The image's user is not root: a VM runs template commands as root, so it says no.
+    build("vm-user", &format!("oci:{}:v1", layout.display()), &[]);
+    let out = run(&[
+        "sandbox",
+        "create",
+        "--id",
+        "tpl-vm-user",
+        "--backend",
+        "qemu",
+        "--template",
+        "vm-user",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--backend oci"), "{}", stderr(&out));
+
+    build("vm-root", &format!("oci:{}:v1root", layout.display()), &[]);
+    let sb = Sandbox::create(
+        "tpl-vm",
+        &[
+            "--backend",
+            "qemu",
+            "--memory",
+            "512M",
+            "--template",
+            "vm-root",
+        ],
+    );
+    let out = sb.sh_ok("only-in-image vm; echo $IMAGE_VAR; pwd; cat /proc/1/comm");
+    assert_eq!(out, "only-in-image vm\nfrom-image\n/srv\ninit\n");
+    drop(sb);
+    assert!(common::leftovers("tpl-vm").is_empty());
 }

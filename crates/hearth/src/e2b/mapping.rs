@@ -315,11 +315,15 @@ mod tests {
             ),
             (r#"{"network":{"denyOut":["8.8.8.8"]}}"#, "deny_out"),
             (r#"{"network":{"rules":{"a.com":[]}}}"#, "network.rules"),
-            (r#"{"templateID":"node22"}"#, "node22"),
+            (r#"{"templateID":"Node 22!"}"#, "Node 22!"),
         ] {
             let err = parse(body).request().unwrap_err();
             assert!(err.message.contains(named), "{body}: {}", err.message);
         }
+        // Any other valid name is a hearth template, on OCI.
+        let req = parse(r#"{"templateID":"node22"}"#).request().unwrap();
+        assert_eq!(req.backend, BackendKind::Oci);
+        assert_eq!(req.template.as_deref(), Some("node22"));
         assert!(serde_json::from_str::<NewSandbox>(r#"{"bogus":1}"#).is_err());
         assert!(timeout_of(Some(0)).is_err() && timeout_of(Some(MAX_TIMEOUT_S + 1)).is_err());
         assert_eq!(timeout_of(None).unwrap(), DEFAULT_TIMEOUT_S);
