@@ -63,7 +63,7 @@ fn merge_dir(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Removes whatever is at `path` (a directory with its contents); nothing there is fine.
 /// `remove_dir_all` does not follow symlinks.
-fn remove_any(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

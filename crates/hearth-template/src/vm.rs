@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::flatten::remove_any;
 use crate::store::{Template, TemplateError, TemplateStore};
 
 /// What names a template's VM root filesystems: its config digest.
@@ -107,15 +108,6 @@ fn ensure_real_dir(root: &Path, rel: &str) -> io::Result<PathBuf> {
         }
     }
     Ok(path)
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err),
-    }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TemplateError {
