@@ -7,7 +7,7 @@
 # the figures move real bytes. Needs: docker-registry skopeo umoci busybox (setup-host.sh).
 set -euo pipefail
 
-HEARTH=${HEARTH:-$(dirname "$0")/../target/release/hearth}
+HEARTH=${HEARTH:-${CARGO_TARGET_DIR:-/var/tmp/hearth-target}/release/hearth}
 RUNS=${RUNS:-15}
 work=$(mktemp -d /var/tmp/hearth-bench-tpl.XXXXXX)
 cleanup() {

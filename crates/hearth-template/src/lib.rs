@@ -24,4 +24,4 @@ pub use store::{
     check_name, BuildReport, Progress, Template, TemplateError, TemplateLimits, TemplateStore,
 };
 pub use unpack::{LayerLimits, UnpackError, UnpackStats};
-pub use user::UserError;
+pub use user::{resolve_user, UserError};

@@ -363,14 +363,43 @@ impl TemplateStore {
         progress: UnboundedSender<Progress>,
     ) -> Result<BuildReport, TemplateError> {
         check_name(name)?;
+        let _lock = self.begin().await?;
+        let report = self
+            .import(name, source, credentials, limits, &progress)
+            .await?;
+        self.write_record(&report.template)?;
+        self.clear_tmp()?;
+        Ok(report)
+    }
+
+    /// Takes the store's exclusive lock for a build and clears what a crashed or failed build
+    /// left in `tmp/`.
+    pub async fn begin(&self) -> Result<StoreLock, TemplateError> {
         let store = self.clone();
-        let _lock = tokio::task::spawn_blocking(move || store.lock(true)).await??;
-        // Whatever a crashed or failed build left is garbage now.
+        let lock = tokio::task::spawn_blocking(move || store.lock(true)).await??;
+        self.clear_tmp()?;
+        Ok(lock)
+    }
+
+    fn clear_tmp(&self) -> Result<(), TemplateError> {
         let tmp = self.tmp();
         fs::remove_dir_all(&tmp)
             .or_else(not_found_ok)
             .map_err(io_err("clear", &tmp))?;
-        self.ensure_dirs()?;
+        self.ensure_dirs()
+    }
+
+    /// Fetches and unpacks `source`'s layers the store lacks, and returns the template it makes
+    /// (not recorded yet). Call with [`Self::begin`]'s lock held.
+    pub async fn import(
+        &self,
+        name: &str,
+        source: &SourceRef,
+        credentials: Option<Credentials>,
+        limits: TemplateLimits,
+        progress: &UnboundedSender<Progress>,
+    ) -> Result<BuildReport, TemplateError> {
+        let tmp = self.tmp();
         let fetcher = {
             let (source, tmp) = (source.clone(), tmp.clone());
             tokio::task::spawn_blocking(move || {
@@ -390,6 +419,13 @@ impl TemplateStore {
             layers: total,
             cached,
         });
+        // Sizes of layers the store has, from the templates that recorded them (no walk).
+        let known: std::collections::HashMap<Digest, u64> = self
+            .list()?
+            .into_iter()
+            .flat_map(|t| t.layers)
+            .map(|l| (l.diff_id, l.bytes))
+            .collect();
         let mut layers = Vec::with_capacity(total);
         let mut size: u64 = 0;
         let mut report_stats = UnpackStats::default();
@@ -409,10 +445,13 @@ impl TemplateStore {
                     cached: true,
                     stats: None,
                 });
-                dir_bytes(&dir)
+                known
+                    .get(&layer.diff_id)
+                    .copied()
+                    .unwrap_or_else(|| dir_bytes(&dir))
             } else {
                 let stats = self
-                    .fetch_and_unpack(&fetcher, layer, index, limits, &progress)
+                    .fetch_and_unpack(&fetcher, layer, index, limits, progress)
                     .await?;
                 unpacked += 1;
                 bytes_unpacked += stats.bytes;
@@ -458,16 +497,8 @@ impl TemplateStore {
             entrypoint: run.entrypoint.clone(),
             cmd: run.cmd.clone(),
             size_bytes: size,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_at: now_secs(),
         };
-        self.write_record(&template)?;
-        drop(fetcher);
-        fs::remove_dir_all(&tmp)
-            .or_else(not_found_ok)
-            .map_err(io_err("clear", &tmp))?;
         Ok(BuildReport {
             template,
             layers_cached: cached,
@@ -521,17 +552,20 @@ impl TemplateStore {
             // Checked before a byte of it is decompressed (a registry's was checked as it
             // arrived; a layout's file is read here for the first time).
             let opened = fs::File::open(file).map_err(io_err("open", file))?;
-            let (actual, len) = crate::source::checked_blob(opened, limits.layer_bytes)
-                .finish()
-                .map_err(|err| {
-                    if crate::digest::is_over_limit(&err) {
-                        TemplateError::TooLarge {
-                            limit: limits.layer_bytes,
-                        }
-                    } else {
-                        io_err("read", file)(err)
+            let (actual, len) = crate::digest::HashingReader::new(
+                io::BufReader::with_capacity(1 << 20, opened),
+                limits.layer_bytes,
+            )
+            .finish()
+            .map_err(|err| {
+                if crate::digest::is_over_limit(&err) {
+                    TemplateError::TooLarge {
+                        limit: limits.layer_bytes,
                     }
-                })?;
+                } else {
+                    io_err("read", file)(err)
+                }
+            })?;
             if actual != descriptor.digest || len != descriptor.size {
                 return Err(SourceError::DigestMismatch {
                     what: format!("layer {index}'s blob"),
@@ -597,7 +631,8 @@ impl TemplateStore {
         Ok(stats)
     }
 
-    fn write_record(&self, template: &Template) -> Result<(), TemplateError> {
+    /// Records `template` (replacing one of its name).
+    pub fn write_record(&self, template: &Template) -> Result<(), TemplateError> {
         let dir = self.records();
         let mut file = tempfile::Builder::new()
             .prefix(".record-")
@@ -655,6 +690,14 @@ impl TemplateStore {
         }
         Ok(freed)
     }
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn not_found_ok(err: io::Error) -> io::Result<()> {

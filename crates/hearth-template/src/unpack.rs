@@ -233,19 +233,7 @@ impl Unpacker<'_> {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(err) => return Err(errno("mkdir", &path.shown)(err)),
                 }
-                let made = open_dir(Some(&dir), name).map_err(|err| {
-                    if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
-                        UnpackError::ThroughLink {
-                            path: path.shown.clone(),
-                        }
-                    } else {
-                        UnpackError::Io {
-                            op: "open",
-                            path: path.shown.clone(),
-                            source: err,
-                        }
-                    }
-                })?;
+                let made = open_dir(Some(&dir), name).map_err(open_err(&path.shown))?;
                 own_and_mode(&made, uid, gid, mode).map_err(io_err("chown", &path.shown))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -417,19 +405,7 @@ impl Unpacker<'_> {
                 }
                 other => other,
             };
-            dir = next.map_err(|err| {
-                if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
-                    UnpackError::ThroughLink {
-                        path: path.shown.clone(),
-                    }
-                } else {
-                    UnpackError::Io {
-                        op: "open",
-                        path: path.shown.clone(),
-                        source: err,
-                    }
-                }
-            })?;
+            dir = next.map_err(open_err(&path.shown))?;
         }
         Ok(dir)
     }
@@ -498,6 +474,24 @@ fn set_opaque(dir: &OwnedFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A directory that could not be opened: through a symlink or a file (`O_NOFOLLOW`,
+/// `O_DIRECTORY`) is the layer's fault, anything else an I/O error.
+fn open_err(path: &str) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+    move |err| {
+        if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+            UnpackError::ThroughLink {
+                path: path.to_owned(),
+            }
+        } else {
+            UnpackError::Io {
+                op: "open",
+                path: path.to_owned(),
+                source: err,
+            }
+        }
     }
 }
 

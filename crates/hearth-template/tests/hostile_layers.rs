@@ -2,7 +2,6 @@
 //! or neutralised, and nothing lands outside the layer's directory. Needs root (whiteouts are
 //! device nodes, ownership is kept, the opaque mark is a trusted xattr).
 
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -392,19 +391,12 @@ fn content_that_is_not_the_diff_id_is_refused() {
 }
 
 #[test]
-fn a_gzip_stream_that_is_not_tar_is_refused() {
+fn a_stream_that_is_not_tar_is_refused() {
     require_root!();
     let (_tmp, layer, _) = dirs();
-    let mut garbage = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    garbage.write_all(&[0xAB; 4096]).unwrap();
-    let bytes = garbage.finish().unwrap();
-    // Raw gzip bytes are not a tar: the unpacker sees them undecompressed here.
-    let err = unpack(&bytes, &layer).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            UnpackError::Tar(_) | UnpackError::DiffIdMismatch { .. }
-        ),
-        "{err}"
-    );
+    // Its digest is right (the helper digests what it feeds): only the tar reader can refuse.
+    let garbage = [0xABu8; 4096];
+    let err = unpack(&garbage, &layer).unwrap_err();
+    assert!(matches!(err, UnpackError::Tar(_)), "{err}");
+    assert!(std::fs::read_dir(&layer).unwrap().next().is_none());
 }

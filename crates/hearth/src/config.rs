@@ -104,7 +104,7 @@ impl Settings {
             firewall: Arc::new(firewall),
             dns_upstream: self.dns_upstream,
             templates: hearth_template::TemplateStore::new(&self.state_dir),
-            static_guest: static_guest_binary(&self.guest_binary),
+            static_guest: std::sync::OnceLock::new(),
         })
     }
 }
@@ -148,7 +148,7 @@ fn default_state_dir() -> PathBuf {
 /// A statically linked `hearth-guest`, which a template's root (with its own libc, or none) can
 /// run: the configured guest if it is one, else the static build beside a cargo target dir
 /// (`<target>/x86_64-unknown-linux-gnu/release/hearth-guest`, what the README's build makes).
-fn static_guest_binary(configured: &Path) -> Option<PathBuf> {
+pub(crate) fn static_guest_binary(configured: &Path) -> Option<PathBuf> {
     let is_static = |path: &Path| {
         std::fs::read(path)
             .ok()

@@ -383,29 +383,15 @@ fn two_sandboxes_share_layers_not_writes_and_removal_waits_for_them() {
     }
 }
 
-/// The static hearth-guest the guest image carries (`scripts/test.sh` builds it).
-fn static_guest() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_owned();
-    target.join("x86_64-unknown-linux-gnu/release/hearth-guest")
-}
-
 #[test]
 fn a_qemu_sandbox_boots_the_same_template() {
     require_tools!();
-    if !static_guest().is_file() || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+    if !common::static_guest().is_file() || !Path::new("/usr/bin/qemu-system-x86_64").exists() {
         eprintln!("SKIP: needs qemu-system-x86 and the static hearth-guest (scripts/test.sh)");
         return;
     }
     let fx = fixture();
-    let out = common::hearth()
-        .args(["image", "build", "--json", "--guest-binary"])
-        .arg(static_guest())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "image build: {}", stderr(&out));
+    common::build_vm_image();
     let layout = fx.dir.join("img");
     // The image's user is not root: a VM runs template commands as root, so it says no.
     build("vm-user", &format!("oci:{}:v1", layout.display()), &[]);

@@ -9,37 +9,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{leftovers, ok, run, stderr, stdout, Sandbox};
-
-/// The static hearth-guest the image carries (`scripts/test.sh` builds it).
-fn static_guest() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .to_owned();
-    let path = target.join("x86_64-unknown-linux-gnu/release/hearth-guest");
-    assert!(
-        path.is_file(),
-        "{} missing: build it with RUSTFLAGS='-C target-feature=+crt-static' cargo build \
-         --release -p hearth-guest --target x86_64-unknown-linux-gnu (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-/// Builds the guest image into this run's state dir (about a minute: Debian packages are
-/// fetched into the image cache there).
-fn build_image() {
-    let out = common::hearth()
-        .args(["image", "build", "--json", "--guest-binary"])
-        .arg(static_guest())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "image build: {}", stderr(&out));
-}
 
 /// `hearth sandbox exec ID -- python3 -c SCRIPT`.
 fn python(id: &str, script: &str) -> std::process::Output {
@@ -65,7 +37,7 @@ fn answer_once(listener: TcpListener, reply: &'static [u8]) -> std::thread::Join
 
 #[test]
 fn a_qemu_sandbox_boots_runs_and_goes_away() {
-    build_image();
+    common::build_vm_image();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::write(workspace.path().join("from-host.txt"), "hello vm\n").unwrap();
     let ws = workspace.path().to_str().unwrap().to_owned();

@@ -298,12 +298,11 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    let (client, record) = manager.guest_and_record(&id).await?;
     // Left unset for a template with a working dir: the guest fills in the template's.
-    let template_dir = manager
-        .store
-        .get_sandbox(&id)
-        .await?
-        .and_then(|r| r.spec.template)
+    let template_dir = record
+        .spec
+        .template
         .is_some_and(|t| t.exec_defaults.cwd.is_some());
     let cwd = args
         .cwd
@@ -316,7 +315,6 @@ async fn exec(manager: &SandboxManager, args: ExecArgs) -> anyhow::Result<u8> {
         timeout_ms,
         stdin_open: false,
     };
-    let client = manager.guest(&id).await?;
     // A write that fails (a closed pipe, a full disk) ends the exec: dropping the request
     // hangs up on the guest, which kills the command, as a closed pipe kills one run by `ssh`.
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();

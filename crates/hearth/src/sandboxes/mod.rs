@@ -108,8 +108,9 @@ pub struct SandboxManager {
     pub dns_upstream: Option<std::net::SocketAddr>,
     /// Templates a sandbox's root may come from.
     pub templates: hearth_template::TemplateStore,
-    /// A static `hearth-guest` for template roots (which have their own libc, or none).
-    pub static_guest: Option<PathBuf>,
+    /// A static `hearth-guest` for template roots (which have their own libc, or none): found
+    /// on the first template create, not at every start (it means reading ELF binaries).
+    pub static_guest: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl SandboxManager {
@@ -176,13 +177,18 @@ impl SandboxManager {
         }
     }
 
+    /// The static `hearth-guest` template sandboxes run (see `config::static_guest_binary`).
+    fn static_guest(&self) -> Result<PathBuf, SandboxError> {
+        self.static_guest
+            .get_or_init(|| crate::config::static_guest_binary(&self.guest_binary))
+            .clone()
+            .ok_or(SandboxError::NoStaticGuest)
+    }
+
     /// Fills in a spec's template from the store: its layer dirs, env, working dir and user,
     /// and for a microVM its ext4 root (made on first use).
     async fn resolve_template(&self, spec: &SandboxSpec) -> Result<SandboxSpec, SandboxError> {
-        let guest = self
-            .static_guest
-            .clone()
-            .ok_or(SandboxError::NoStaticGuest)?;
+        let guest = self.static_guest()?;
         let (store, mut spec) = (self.templates.clone(), spec.clone());
         tokio::task::spawn_blocking(move || {
             let Some(wanted) = spec.template.as_mut() else {
@@ -281,10 +287,9 @@ impl SandboxManager {
         let ctx = LaunchContext {
             dirs: dirs.clone(),
             netns_path: network.netns,
-            guest_binary: match (&spec.template, &self.static_guest) {
-                (Some(_), Some(guest)) => guest.clone(),
-                (Some(_), None) => return Err(SandboxError::NoStaticGuest),
-                (None, _) => self.guest_binary.clone(),
+            guest_binary: match &spec.template {
+                Some(_) => self.static_guest()?,
+                None => self.guest_binary.clone(),
             },
             resolver: network.link.as_ref().map(|link| link.resolver()),
             // A VM's guest configures its own end of the link; a container's is configured
@@ -426,6 +431,14 @@ impl SandboxManager {
     /// A client for the guest of a running sandbox. A sandbox whose PID 1 has died is marked
     /// `exited` here, so the user learns it instead of getting a connection error.
     pub async fn guest(&self, id: &SandboxId) -> Result<GuestClient, SandboxError> {
+        Ok(self.guest_and_record(id).await?.0)
+    }
+
+    /// [`Self::guest`] and the record it checked (one store read for callers that need both).
+    pub async fn guest_and_record(
+        &self,
+        id: &SandboxId,
+    ) -> Result<(GuestClient, SandboxRecord), SandboxError> {
         let record = self.get(id).await?;
         record
             .status
@@ -445,7 +458,10 @@ impl SandboxManager {
                 },
             });
         }
-        Ok(GuestClient::new(self.dirs.sandbox(id).guest_socket()))
+        Ok((
+            GuestClient::new(self.dirs.sandbox(id).guest_socket()),
+            record,
+        ))
     }
 
     /// Sandbox records with their status refreshed from the backend.

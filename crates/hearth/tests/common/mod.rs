@@ -267,3 +267,31 @@ fn leftovers_now(id: &str) -> Vec<String> {
     }
     found
 }
+
+/// The static hearth-guest the guest image carries and template roots run (`scripts/test.sh`
+/// builds it), whether or not it is there.
+pub fn static_guest() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    target.join("x86_64-unknown-linux-gnu/release/hearth-guest")
+}
+
+/// Builds the guest image into this run's state dir (about a minute: Debian packages are
+/// fetched into the image cache there).
+pub fn build_vm_image() {
+    let guest = static_guest();
+    assert!(
+        guest.is_file(),
+        "{} missing: build it with RUSTFLAGS='-C target-feature=+crt-static' cargo build \
+         --release -p hearth-guest --target x86_64-unknown-linux-gnu (scripts/test.sh does)",
+        guest.display()
+    );
+    let out = hearth()
+        .args(["image", "build", "--json", "--guest-binary"])
+        .arg(guest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "image build: {}", stderr(&out));
+}
