@@ -11,6 +11,8 @@
 mod archive;
 pub mod digest;
 mod flatten;
+pub mod hearthfile;
+pub mod layer_tar;
 pub mod model;
 pub mod source;
 pub mod store;

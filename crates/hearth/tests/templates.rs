@@ -425,3 +425,104 @@ fn a_qemu_sandbox_boots_the_same_template() {
     drop(sb);
     assert!(common::leftovers("tpl-vm").is_empty());
 }
+
+/// `hearth template build --file` with `extra` args, from `dir`'s Hearthfile.
+fn build_file(name: &str, dir: &Path) -> std::process::Output {
+    run(&[
+        "template",
+        "build",
+        name,
+        "--file",
+        dir.join("Hearthfile").to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn a_hearthfile_builds_its_steps_in_sandboxes_and_caches_them() {
+    require_tools!();
+    let fx = fixture();
+    let ctx = fx.dir.join("hf-context");
+    std::fs::create_dir_all(ctx.join("conf")).unwrap();
+    std::fs::write(ctx.join("app.txt"), "from-context\n").unwrap();
+    std::fs::write(ctx.join("conf/a.conf"), "conf\n").unwrap();
+    std::fs::write(
+        ctx.join("Hearthfile"),
+        "# built by the test\n\
+         FROM oci:../img:v1root\n\
+         ENV STAGE=built\n\
+         RUN echo $STAGE > /opt/built.txt && rm /usr/local/bin/only-in-image \\\n\
+         \x20 && rm -rf /opt/data && mkdir /opt/data && echo fresh > /opt/data/f\n\
+         COPY app.txt conf /srv/\n\
+         WORKDIR /srv\n\
+         USER app\n\
+         RUN id -u > /srv/whoami\n",
+    )
+    .unwrap();
+    let out = build_file("from-file", &ctx);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("/6: cached"), "{}", stderr(&out));
+
+    let sb = Sandbox::create("tpl-file", &["--template", "from-file"]);
+    let out = sb.sh_ok(
+        "cat /opt/built.txt; test ! -e /usr/local/bin/only-in-image && ls /opt/data; \
+         cat /srv/app.txt /srv/a.conf /srv/whoami; pwd; id -u; echo $STAGE",
+    );
+    assert_eq!(
+        out,
+        "built\nf\nfrom-context\nconf\n1000\n/srv\n1000\nbuilt\n"
+    );
+    drop(sb);
+
+    // Unchanged: both RUN steps come from the cache.
+    let out = build_file("from-file", &ctx);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("/6: cached").count(),
+        2,
+        "{}",
+        stderr(&out)
+    );
+    // A changed COPY source reruns the RUN after it, not the one before.
+    std::fs::write(ctx.join("app.txt"), "changed\n").unwrap();
+    let out = build_file("from-file", &ctx);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("/6: cached").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+
+    // A failing RUN fails the build with its exit code and leaves no sandbox behind.
+    let bad = fx.dir.join("hf-bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("Hearthfile"),
+        "FROM oci:../img:v1root\nRUN echo doomed; exit 3\n",
+    )
+    .unwrap();
+    let out = build_file("hf-bad", &bad);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exit code 3"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("doomed"), "{}", stderr(&out));
+    assert!(!run(&["template", "show", "hf-bad"]).status.success());
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["sandbox", "ls", "--json"])).unwrap();
+    assert!(
+        !listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["spec"]["template"]["name"] == "hf-bad"),
+        "{listed}"
+    );
+    // A COPY that leaves the context is refused.
+    std::fs::write(
+        bad.join("Hearthfile"),
+        "FROM oci:../img:v1root\nCOPY ../img/index.json /x\n",
+    )
+    .unwrap();
+    let out = build_file("hf-bad", &bad);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("build context"), "{}", stderr(&out));
+}

@@ -14,6 +14,7 @@ mod spinner;
 mod supervise;
 mod task;
 mod template;
+mod template_file;
 
 use std::path::PathBuf;
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 
 use clap::Subcommand;
 use hearth_sandbox::spec::MemoryBytes;
@@ -26,8 +27,22 @@ pub enum TemplateCommand {
         name: String,
         /// The image: `registry/repo:tag[@sha256:...]` (or `docker://...`), `oci:DIR[:TAG]`,
         /// `oci-archive:FILE`, `docker-archive:FILE`, or a directory or archive's path.
-        #[arg(long, value_name = "REF")]
-        from: String,
+        #[arg(
+            long,
+            value_name = "REF",
+            required_unless_present = "file",
+            conflicts_with = "file"
+        )]
+        from: Option<String>,
+        /// Build from a Hearthfile instead (FROM, RUN, COPY, ENV, WORKDIR, USER; see the
+        /// README): each RUN runs in a hearth sandbox of the layers so far, and its changes
+        /// become a layer, cached by the step and everything before it.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// A destination RUN steps may reach (repeatable), as `sandbox create --allow`; by
+        /// default they reach nothing but hearth's resolver.
+        #[arg(long = "allow", value_name = "DEST", requires = "file")]
+        allow: Vec<String>,
         /// Talk plain HTTP to the registry (only for one on loopback).
         #[arg(long)]
         plain_http: bool,
@@ -76,6 +91,8 @@ pub async fn run(command: TemplateCommand, settings: &Settings) -> anyhow::Resul
         TemplateCommand::Build {
             name,
             from,
+            file,
+            allow,
             plain_http,
             username,
             password_stdin,
@@ -84,7 +101,10 @@ pub async fn run(command: TemplateCommand, settings: &Settings) -> anyhow::Resul
             json,
         } => {
             hearth_template::check_name(&name).map_err(cli_error)?;
-            let source = SourceRef::parse(&from, plain_http)
+            let source = from
+                .as_deref()
+                .map(|from| SourceRef::parse(from, plain_http))
+                .transpose()
                 .map_err(|err| cli_error(TemplateError::Source(err)))?;
             let credentials = match (username, password_stdin) {
                 (Some(username), true) => Some(Credentials {
@@ -102,11 +122,38 @@ pub async fn run(command: TemplateCommand, settings: &Settings) -> anyhow::Resul
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
             let printer = tokio::spawn(print_progress(receiver, json));
             let started = std::time::Instant::now();
-            let result = templates
-                .build(&name, &source, credentials, limits, sender)
-                .await;
-            let _ = printer.await;
-            let report = result.map_err(cli_error)?;
+            let report = match (&source, &file) {
+                (Some(source), _) => {
+                    let result = templates
+                        .build(&name, source, credentials, limits, sender)
+                        .await;
+                    let _ = printer.await;
+                    result.map_err(cli_error)?
+                }
+                (None, Some(file)) => {
+                    let manager = settings.manager().await?;
+                    manager.reconcile().await?;
+                    let build = super::template_file::FileBuild {
+                        name: &name,
+                        file,
+                        plain_http,
+                        credentials,
+                        limits,
+                        allow,
+                    };
+                    let result = super::template_file::build(&manager, build, &sender).await;
+                    drop(sender);
+                    let _ = printer.await;
+                    result?
+                }
+                (None, None) => {
+                    return Err(CliError::new(
+                        hearth_sandbox::ErrorKind::BadInput,
+                        "give the image with --from REF or a Hearthfile with --file FILE",
+                    )
+                    .into())
+                }
+            };
             let seconds = started.elapsed().as_secs_f64();
             if json {
                 output::print_json(&report)?;
