@@ -3,13 +3,16 @@
 #  1. pull + unpack throughput: `hearth template build` from a loopback registry (fresh layer
 #     store) next to `skopeo copy` + `umoci unpack` of the same image;
 #  2. create -> exec true -> rm p50 from a cached template next to the default view.
-# The image is made here: busybox plus a copy of the host's python3 stdlib (~tens of MB), so
-# the figures move real bytes. Needs: docker-registry skopeo umoci busybox (setup-host.sh).
+# The image is made here: busybox plus copies of the host's Python, Perl and GCC files
+# (~200 MB unpacked), so the figures move real bytes. Needs: docker-registry skopeo umoci busybox (setup-host.sh).
 set -euo pipefail
+shopt -s inherit_errexit  # a failed cycle inside $(...) stops the run: no figures from failures
 
 HEARTH=${HEARTH:-${CARGO_TARGET_DIR:-/var/tmp/hearth-target}/release/hearth}
 RUNS=${RUNS:-15}
 work=$(mktemp -d /var/tmp/hearth-bench-tpl.XXXXXX)
+# The sandboxes' own uids must be able to pass through to their runtime dir.
+chmod 0711 "$work"
 cleanup() {
     [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true
     HEARTH_STATE_DIR=$work/state HEARTH_RUNTIME_DIR=$work/run "$HEARTH" template rm bench >/dev/null 2>&1 || true
@@ -22,10 +25,12 @@ cd "$work"
 umoci init --layout img >/dev/null
 umoci new --image img:1 >/dev/null
 umoci unpack --image img:1 b >/dev/null
-mkdir -p b/rootfs/bin b/rootfs/usr/lib
+mkdir -p b/rootfs/bin b/rootfs/usr/lib b/rootfs/usr/share
 cp "$(command -v busybox)" b/rootfs/bin/busybox
 for t in sh true ls; do ln -s busybox "b/rootfs/bin/$t"; done
-cp -a /usr/lib/python3.11 b/rootfs/usr/lib/
+# Real files of several kinds and sizes (~200 MB unpacked): Python's stdlib, Perl, GCC's.
+cp -a /usr/lib/python3.11 /usr/lib/gcc b/rootfs/usr/lib/
+cp -a /usr/share/perl b/rootfs/usr/share/
 umoci repack --image img:1 b >/dev/null
 rm -rf b
 size=$(du -sb img | cut -f1)
@@ -54,7 +59,8 @@ t2=$(now)
 hearth_s=$(elapsed "$t0" "$t1")
 ref_s=$(elapsed "$t1" "$t2")
 mib=$(python3 -c "print(f'{$size/1048576:.1f}')")
-echo "pull+unpack of a $mib MiB image (layout size):"
+unpacked=$(du -sb refbundle/rootfs | cut -f1)
+echo "pull+unpack of an image of $mib MiB compressed, $(python3 -c "print(f'{$unpacked/1048576:.0f}')") MiB unpacked (MiB/s of compressed bytes):"
 echo "  hearth template build        ${hearth_s} s  ($(python3 -c "print(f'{$size/1048576/$hearth_s:.0f}')") MiB/s)"
 echo "  skopeo copy + umoci unpack   ${ref_s} s  ($(python3 -c "print(f'{$size/1048576/$ref_s:.0f}')") MiB/s)"
 
