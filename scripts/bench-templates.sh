@@ -11,7 +11,7 @@ shopt -s inherit_errexit  # a failed cycle inside $(...) stops the run: no figur
 HEARTH=${HEARTH:-${CARGO_TARGET_DIR:-/var/tmp/hearth-target}/release/hearth}
 RUNS=${RUNS:-15}
 work=$(mktemp -d /var/tmp/hearth-bench-tpl.XXXXXX)
-# The sandboxes' own uids must be able to pass through to their runtime dir.
+# The sandboxes' own uids must pass through to their runtime dir (hearth refuses otherwise).
 chmod 0711 "$work"
 cleanup() {
     [[ -n ${registry_pid:-} ]] && kill "$registry_pid" 2>/dev/null || true

@@ -64,6 +64,8 @@ pub enum DirsError {
     Chmod { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Mounts(#[from] crate::mounts::MountsError),
+    #[error("{path} (mode {mode:o}) cannot be passed through by other users, and sandboxes run as their own uids: their runtime dir under it is out of their reach (`chmod o+x {path}`, or a --runtime-dir elsewhere)")]
+    NotTraversable { path: PathBuf, mode: u32 },
     #[error("socket path {path} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets; choose a shorter --runtime-dir")]
     SocketPathTooLong { path: PathBuf, len: usize },
 }
@@ -79,7 +81,19 @@ impl RuntimeDirs {
     /// owned by us and not writable by anyone else.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DirsError> {
         let root = root.into();
+        if !root.exists() {
+            // Missing parents made here must let the sandboxes' uids through (see below).
+            DirBuilder::new()
+                .recursive(true)
+                .mode(TRAVERSABLE)
+                .create(&root)
+                .map_err(|source| DirsError::Create {
+                    path: root.clone(),
+                    source,
+                })?;
+        }
         ensure_private_dir(&root)?;
+        check_ancestors_traversable(&root)?;
         set_mode(&root, TRAVERSABLE)?;
         let dirs = Self { root };
         ensure_private_dir(&dirs.sandboxes_dir())?;
@@ -346,6 +360,30 @@ impl SandboxDirs {
     }
 }
 
+/// Every directory above `root` must let others through (`x` for others): a sandbox's runtime
+/// reaches its bundle and rootfs as the sandbox's own unprivileged uid, and a 0700 parent (as
+/// `mktemp -d` makes) would otherwise fail every create with a bare "permission denied".
+fn check_ancestors_traversable(root: &Path) -> Result<(), DirsError> {
+    let absolute = std::path::absolute(root).map_err(|source| DirsError::Inspect {
+        path: root.to_owned(),
+        source,
+    })?;
+    for dir in absolute.ancestors().skip(1) {
+        let meta = fs::metadata(dir).map_err(|source| DirsError::Inspect {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            return Err(DirsError::NotTraversable {
+                path: dir.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<(), DirsError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| DirsError::Chmod {
         path: path.to_owned(),
@@ -425,6 +463,23 @@ mod tests {
 
     fn mode_of(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_runtime_root_under_a_closed_dir_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let closed = tmp.path().join("closed");
+        DirBuilder::new().mode(0o700).create(&closed).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+        let err = RuntimeDirs::open(closed.join("run")).unwrap_err();
+        assert!(
+            matches!(&err, DirsError::NotTraversable { path, mode: 0o700 } if *path == closed),
+            "{err}"
+        );
+        // Parents hearth makes itself let the sandboxes through.
+        let dirs = RuntimeDirs::open(tmp.path().join("made/by/hearth")).unwrap();
+        assert_eq!(mode_of(&tmp.path().join("made")), 0o711);
+        assert_eq!(mode_of(dirs.root()), 0o711);
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn kind_of(err: &anyhow::Error) -> ErrorKind {
         .or_else(|| of::<hearth_sandbox::IdError>(err))
         .or_else(|| of::<SnapshotNameError>(err))
         .or_else(|| of::<StoreError>(err))
+        .or_else(|| of::<hearth_sandbox::dirs::DirsError>(err))
         .or_else(|| of::<ImageError>(err))
         .or_else(|| of::<KernelError>(err))
         .unwrap_or(ErrorKind::Internal)

@@ -70,6 +70,7 @@ impl Classify for DirsError {
         match self {
             // The runtime or state directory the user chose is unusable as given.
             DirsError::SocketPathTooLong { .. }
+            | DirsError::NotTraversable { .. }
             | DirsError::TooOpen { .. }
             | DirsError::Symlink { .. } => ErrorKind::BadInput,
             DirsError::SandboxExists { .. } => ErrorKind::Exists,
