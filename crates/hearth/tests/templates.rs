@@ -526,3 +526,27 @@ fn a_hearthfile_builds_its_steps_in_sandboxes_and_caches_them() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("build context"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_task_on_a_template_without_python3_says_so() {
+    require_tools!();
+    let fx = fixture();
+    build(
+        "no-python",
+        &format!("oci:{}:v1", fx.dir.join("img").display()),
+        &[],
+    );
+    let out = common::hearth()
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("HEARTH_SCRIPTED_FIXTURE")
+        .args(["run", "Say hello.", "--template", "no-python"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no-python has no python3"),
+        "{}",
+        stderr(&out)
+    );
+}

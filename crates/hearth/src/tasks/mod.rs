@@ -38,4 +38,6 @@ pub enum TaskError {
     Guest(#[from] hearth_sandbox::guest_client::GuestClientError),
     #[error("handing the workspace back: {0}")]
     Handback(#[from] handback::HandbackError),
+    #[error("template {0} has no python3 on its PATH, and the agent loop runs on python3: build the template from an image that has it, or leave out --template")]
+    NoPython(String),
 }

@@ -230,7 +230,13 @@ impl TaskRunner<'_> {
             workspace: workspace.clone(),
         });
         let status = self
-            .run_agent(id, &client, request.timeout + AGENT_GRACE, on_progress)
+            .run_agent(
+                id,
+                &client,
+                request.timeout + AGENT_GRACE,
+                request.sandbox.template.as_ref().map(|t| t.name.clone()),
+                on_progress,
+            )
             .await?;
         drop(listener);
         let result: Value = match client
@@ -328,6 +334,7 @@ impl TaskRunner<'_> {
         id: &TaskId,
         client: &GuestClient,
         limit: Duration,
+        template: Option<String>,
         on_progress: &mut impl FnMut(Progress),
     ) -> Result<ExitStatus, TaskError> {
         let request = ExecRequest {
@@ -374,7 +381,14 @@ impl TaskRunner<'_> {
         while let Ok(event) = queued.try_recv() {
             record_agent_event(store, id, event, on_progress).await;
         }
-        let status = status?;
+        let status = status.map_err(|err| match (&template, err.guest_kind()) {
+            // The guest found no python3 to start: say so for a template rather than the
+            // guest's bare "not found".
+            (Some(name), Some(hearth_proto::ErrorKind::NotFound)) => {
+                TaskError::NoPython(name.clone())
+            }
+            _ => err.into(),
+        })?;
         self.manager.record_exit(&sandbox, "python3", &status).await;
         // What the supervisor has not flushed yet belongs to this task too.
         let dirs = self.manager.dirs.sandbox(&sandbox);
@@ -443,20 +457,8 @@ async fn seed_demo_files(client: &GuestClient) -> Result<(), TaskError> {
 
 /// Copies the embedded agent into the sandbox.
 async fn install_agent(client: &GuestClient) -> Result<(), TaskError> {
-    let mkdir = ExecRequest {
-        argv: vec![
-            "mkdir".into(),
-            "-p".into(),
-            format!("{AGENT_DIR}/hearth_agent"),
-        ],
-        ..ExecRequest::default()
-    };
-    let status = client.exec(&mkdir, |_| {}).await?;
-    if !status.success() {
-        return Err(TaskError::Gateway(format!(
-            "cannot create {AGENT_DIR} in the sandbox"
-        )));
-    }
+    // The guest makes the directory itself: a template's image need not have mkdir.
+    client.mkdir(&format!("{AGENT_DIR}/hearth_agent")).await?;
     for (path, content) in AGENT_FILES {
         client
             .write_file(

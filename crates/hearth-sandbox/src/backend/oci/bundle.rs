@@ -387,7 +387,9 @@ fn template_mounts(
         ));
     }
     let memory = spec.limits.memory.0;
-    for (dest, mode) in [("/tmp", "mode=1777"), ("/run", "mode=755")] {
+    // `/run` belongs to the template's user, who runs everything here (the agent lives there).
+    let run_mode = format!("mode=755,uid={},gid={}", template.uid, template.gid);
+    for (dest, mode) in [("/tmp", "mode=1777"), ("/run", run_mode.as_str())] {
         let size = tmpfs_size(memory, dest).unwrap_or_default();
         mounts.push(tmpfs(dest, &format!("{mode},{size}")));
     }
