@@ -9,6 +9,11 @@
 //!   vm/<key>.ext4       a template's merged root filesystem for microVMs, made on first use
 //!   tmp/                downloads and layers in progress; emptied by the next build
 //! ```
+//!
+//! Builds from images are in [`import`], a Hearthfile's step helpers in [`steps`].
+
+mod import;
+mod steps;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -17,12 +22,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::digest::Digest;
-use crate::source::{Credentials, Fetcher, PlannedLayer, SourceError, SourceRef};
-use crate::unpack::{LayerLimits, UnpackError, UnpackStats};
-use crate::user::{resolve_user, UserError};
+use crate::source::SourceError;
+use crate::unpack::{UnpackError, UnpackStats};
+use crate::user::UserError;
 
 /// Names E2B and hearth already give a meaning (backends, the default view).
 const RESERVED_NAMES: &[&str] = &["base", "oci", "qemu", "firecracker", "default", "host"];
@@ -193,7 +197,7 @@ impl TemplateError {
     }
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TemplateError {
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TemplateError {
     let path = path.to_owned();
     move |source| TemplateError::Io { op, path, source }
 }
@@ -236,11 +240,11 @@ impl TemplateStore {
         &self.dir
     }
 
-    fn records(&self) -> PathBuf {
+    pub(super) fn records(&self) -> PathBuf {
         self.dir.join("records")
     }
 
-    fn layers(&self) -> PathBuf {
+    pub(super) fn layers(&self) -> PathBuf {
         self.dir.join("layers")
     }
 
@@ -257,7 +261,7 @@ impl TemplateStore {
         self.layers().join(diff_id.hex())
     }
 
-    fn ensure_dirs(&self) -> Result<(), TemplateError> {
+    pub(super) fn ensure_dirs(&self) -> Result<(), TemplateError> {
         for dir in [
             self.dir.clone(),
             self.records(),
@@ -352,360 +356,6 @@ impl TemplateStore {
             .collect()
     }
 
-    /// Pulls or imports `source` as template `name` (replacing one of that name), unpacking
-    /// only the layers the store lacks. Progress goes to `progress`.
-    pub async fn build(
-        &self,
-        name: &str,
-        source: &SourceRef,
-        credentials: Option<Credentials>,
-        limits: TemplateLimits,
-        progress: UnboundedSender<Progress>,
-    ) -> Result<BuildReport, TemplateError> {
-        check_name(name)?;
-        let _lock = self.begin().await?;
-        let report = self
-            .import(name, source, credentials, limits, &progress)
-            .await?;
-        self.write_record(&report.template)?;
-        self.clear_tmp()?;
-        Ok(report)
-    }
-
-    /// Takes the store's exclusive lock for a build and clears what a crashed or failed build
-    /// left in `tmp/`.
-    pub async fn begin(&self) -> Result<StoreLock, TemplateError> {
-        let store = self.clone();
-        let lock = tokio::task::spawn_blocking(move || store.lock(true)).await??;
-        self.clear_tmp()?;
-        Ok(lock)
-    }
-
-    fn clear_tmp(&self) -> Result<(), TemplateError> {
-        let tmp = self.tmp();
-        fs::remove_dir_all(&tmp)
-            .or_else(not_found_ok)
-            .map_err(io_err("clear", &tmp))?;
-        self.ensure_dirs()
-    }
-
-    /// Fetches and unpacks `source`'s layers the store lacks, and returns the template it makes
-    /// (not recorded yet). Call with [`Self::begin`]'s lock held.
-    pub async fn import(
-        &self,
-        name: &str,
-        source: &SourceRef,
-        credentials: Option<Credentials>,
-        limits: TemplateLimits,
-        progress: &UnboundedSender<Progress>,
-    ) -> Result<BuildReport, TemplateError> {
-        let tmp = self.tmp();
-        let fetcher = {
-            let (source, tmp) = (source.clone(), tmp.clone());
-            tokio::task::spawn_blocking(move || {
-                Fetcher::open(&source, credentials, &tmp, limits.template_bytes)
-            })
-            .await??
-        };
-        let plan = fetcher.resolve().await?;
-        let total = plan.layers.len();
-        let cached = plan
-            .layers
-            .iter()
-            .filter(|l| self.layer_dir(&l.diff_id).is_dir())
-            .count();
-        let _ = progress.send(Progress::Resolved {
-            manifest: plan.manifest_digest.clone(),
-            layers: total,
-            cached,
-        });
-        // Sizes of layers the store has, from the templates that recorded them (no walk).
-        let known: std::collections::HashMap<Digest, u64> = self
-            .list()?
-            .into_iter()
-            .flat_map(|t| t.layers)
-            .map(|l| (l.diff_id, l.bytes))
-            .collect();
-        let mut layers = Vec::with_capacity(total);
-        let mut size: u64 = 0;
-        let mut report_stats = UnpackStats::default();
-        let (mut unpacked, mut bytes_unpacked) = (0, 0);
-        for (i, layer) in plan.layers.iter().enumerate() {
-            let index = i + 1;
-            let _ = progress.send(Progress::Layer {
-                index,
-                total,
-                diff_id: layer.diff_id.clone(),
-                size: layer.descriptor.as_ref().map(|d| d.size),
-            });
-            let dir = self.layer_dir(&layer.diff_id);
-            let bytes = if dir.is_dir() {
-                let _ = progress.send(Progress::LayerDone {
-                    index,
-                    cached: true,
-                    stats: None,
-                });
-                known
-                    .get(&layer.diff_id)
-                    .copied()
-                    .unwrap_or_else(|| dir_bytes(&dir))
-            } else {
-                let stats = self
-                    .fetch_and_unpack(&fetcher, layer, index, limits, progress)
-                    .await?;
-                unpacked += 1;
-                bytes_unpacked += stats.bytes;
-                add_stats(&mut report_stats, &stats);
-                let bytes = stats.bytes;
-                let _ = progress.send(Progress::LayerDone {
-                    index,
-                    cached: false,
-                    stats: Some(stats),
-                });
-                bytes
-            };
-            size = size.saturating_add(bytes);
-            if size > limits.template_bytes {
-                return Err(TemplateError::TooLarge {
-                    limit: limits.template_bytes,
-                });
-            }
-            layers.push(TemplateLayer {
-                diff_id: layer.diff_id.clone(),
-                bytes,
-            });
-        }
-        let dirs: Vec<PathBuf> = layers.iter().map(|l| self.layer_dir(&l.diff_id)).collect();
-        let run = &plan.config.config;
-        let user = (!run.user.is_empty()).then(|| run.user.clone());
-        let (uid, gid) = match &user {
-            Some(user) => resolve_user(user, &dirs)?,
-            None => (0, 0),
-        };
-        let template = Template {
-            name: name.to_owned(),
-            source: source.describe(),
-            manifest_digest: plan.manifest_digest.clone(),
-            config_digest: plan.config_digest.clone(),
-            layers,
-            env: run.env.clone(),
-            working_dir: (!run.working_dir.is_empty()).then(|| run.working_dir.clone()),
-            user,
-            uid,
-            gid,
-            labels: run.labels.clone(),
-            entrypoint: run.entrypoint.clone(),
-            cmd: run.cmd.clone(),
-            size_bytes: size,
-            created_at: now_secs(),
-        };
-        Ok(BuildReport {
-            template,
-            layers_cached: cached,
-            layers_unpacked: unpacked,
-            bytes_unpacked,
-            neutralised: report_stats,
-        })
-    }
-
-    async fn fetch_and_unpack(
-        &self,
-        fetcher: &Fetcher,
-        layer: &PlannedLayer,
-        index: usize,
-        limits: TemplateLimits,
-        progress: &UnboundedSender<Progress>,
-    ) -> Result<UnpackStats, TemplateError> {
-        let tmp = self.tmp();
-        let mut last_report = 0u64;
-        let (file, _download) = fetcher
-            .layer_file(layer, &tmp, limits.layer_bytes, &mut |bytes| {
-                if bytes - last_report >= 4 << 20 {
-                    last_report = bytes;
-                    let _ = progress.send(Progress::Downloaded { index, bytes });
-                }
-            })
-            .await?;
-        let (layer, store, progress) = (layer.clone(), self.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || {
-            store.unpack_into_store(&layer, &file, index, limits, &progress)
-        })
-        .await?
-    }
-
-    /// Checks a blob file against its descriptor, decompresses it and unpacks it into a
-    /// temporary directory, renamed into the store only when complete.
-    fn unpack_into_store(
-        &self,
-        layer: &PlannedLayer,
-        file: &Path,
-        index: usize,
-        limits: TemplateLimits,
-        progress: &UnboundedSender<Progress>,
-    ) -> Result<UnpackStats, TemplateError> {
-        let layer_err = |source| TemplateError::Layer {
-            index,
-            diff_id: layer.diff_id.clone(),
-            source,
-        };
-        if let Some(descriptor) = &layer.descriptor {
-            // Checked before a byte of it is decompressed (a registry's was checked as it
-            // arrived; a layout's file is read here for the first time).
-            let opened = fs::File::open(file).map_err(io_err("open", file))?;
-            let (actual, len) = crate::digest::HashingReader::new(
-                io::BufReader::with_capacity(1 << 20, opened),
-                limits.layer_bytes,
-            )
-            .finish()
-            .map_err(|err| {
-                if crate::digest::is_over_limit(&err) {
-                    TemplateError::TooLarge {
-                        limit: limits.layer_bytes,
-                    }
-                } else {
-                    io_err("read", file)(err)
-                }
-            })?;
-            if actual != descriptor.digest || len != descriptor.size {
-                return Err(SourceError::DigestMismatch {
-                    what: format!("layer {index}'s blob"),
-                    expected: descriptor.digest.clone(),
-                    actual,
-                }
-                .into());
-            }
-        }
-        let opened = fs::File::open(file).map_err(io_err("open", file))?;
-        let mut reader = io::BufReader::with_capacity(1 << 20, opened);
-        let compression = match layer.compression {
-            Some(c) => c,
-            None => {
-                let head = io::BufRead::fill_buf(&mut reader).map_err(io_err("read", file))?;
-                crate::model::Compression::sniff(head)
-            }
-        };
-        let tar: Box<dyn io::Read> = match compression {
-            crate::model::Compression::None => Box::new(reader),
-            crate::model::Compression::Gzip => {
-                Box::new(flate2::bufread::MultiGzDecoder::new(reader))
-            }
-            crate::model::Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(reader).map_err(io_err("read", file))?,
-            ),
-        };
-        let dest = tempfile::Builder::new()
-            .prefix(".layer-")
-            .tempdir_in(self.tmp())
-            .map_err(io_err("create in", &self.tmp()))?;
-        let layer_limits = LayerLimits {
-            bytes: limits.layer_bytes,
-            entries: limits.layer_entries,
-        };
-        let mut last = 0u64;
-        let stats = crate::unpack::unpack_layer(
-            tar,
-            dest.path(),
-            &layer.diff_id,
-            layer_limits,
-            &mut |bytes| {
-                if bytes - last >= 8 << 20 {
-                    last = bytes;
-                    let _ = progress.send(Progress::Unpacked { index, bytes });
-                }
-            },
-        )
-        .map_err(layer_err)?;
-        // The layer's root dir as overlay expects: readable by the sandbox's ids.
-        let root = dest.path();
-        fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(io_err("chmod", root))?;
-        let final_dir = self.layer_dir(&layer.diff_id);
-        let kept = dest.keep();
-        if let Err(err) = fs::rename(&kept, &final_dir) {
-            let _ = fs::remove_dir_all(&kept);
-            // Another build of the same layer won the race: its copy is as good as ours.
-            if !final_dir.is_dir() {
-                return Err(io_err("rename into", &final_dir)(err));
-            }
-        }
-        Ok(stats)
-    }
-
-    /// Turns a layer tar made by hearth (a Hearthfile step) into a store layer: its digest is
-    /// its diff_id, and it goes through the same hardened unpacker as a pulled layer.
-    pub fn commit_tar(
-        &self,
-        tar: &Path,
-        limits: TemplateLimits,
-    ) -> Result<TemplateLayer, TemplateError> {
-        let opened = fs::File::open(tar).map_err(io_err("open", tar))?;
-        let (diff_id, _) = crate::digest::HashingReader::new(io::BufReader::new(opened), u64::MAX)
-            .finish()
-            .map_err(io_err("read", tar))?;
-        let dir = self.layer_dir(&diff_id);
-        if dir.is_dir() {
-            return Ok(TemplateLayer {
-                bytes: dir_bytes(&dir),
-                diff_id,
-            });
-        }
-        let layer = PlannedLayer {
-            diff_id: diff_id.clone(),
-            descriptor: None,
-            local: Some(tar.to_owned()),
-            compression: Some(crate::model::Compression::None),
-        };
-        let (sender, _) = tokio::sync::mpsc::unbounded_channel();
-        let stats = self.unpack_into_store(&layer, tar, 1, limits, &sender)?;
-        Ok(TemplateLayer {
-            diff_id,
-            bytes: stats.bytes,
-        })
-    }
-
-    /// A new temporary file in the store's `tmp/` (for a layer tar in the making).
-    pub fn tmp_file(&self) -> Result<tempfile::NamedTempFile, TemplateError> {
-        tempfile::Builder::new()
-            .prefix(".tar-")
-            .tempfile_in(self.tmp())
-            .map_err(io_err("create in", &self.tmp()))
-    }
-
-    /// The layer a Hearthfile step with cache key `key` made before, if the store still has it.
-    pub fn cached_step(&self, key: &Digest) -> Option<TemplateLayer> {
-        let text = fs::read_to_string(self.dir.join("steps").join(key.hex())).ok()?;
-        let layer: TemplateLayer = serde_json::from_str(&text).ok()?;
-        self.layer_dir(&layer.diff_id).is_dir().then_some(layer)
-    }
-
-    /// Remembers the layer step `key` made.
-    pub fn remember_step(&self, key: &Digest, layer: &TemplateLayer) -> Result<(), TemplateError> {
-        let dir = self.dir.join("steps");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("create", &dir))?;
-        let path = dir.join(key.hex());
-        fs::write(&path, serde_json::to_vec(layer).unwrap_or_default())
-            .map_err(io_err("write", &path))
-    }
-
-    /// Attributes (mode, uid, gid) of directory `rel` as `layers` (bottom first) show it.
-    pub fn dir_attrs(layers: &[PathBuf], rel: &Path) -> Option<crate::layer_tar::DirAttrs> {
-        use std::os::unix::fs::MetadataExt;
-        for layer in layers.iter().rev() {
-            match fs::symlink_metadata(layer.join(rel)) {
-                Ok(meta) if meta.is_dir() => {
-                    return Some((meta.mode() & 0o7777, meta.uid(), meta.gid()))
-                }
-                Ok(_) => return None,
-                Err(_) => {}
-            }
-        }
-        None
-    }
-
     /// Records `template` (replacing one of its name).
     pub fn write_record(&self, template: &Template) -> Result<(), TemplateError> {
         let dir = self.records();
@@ -775,7 +425,7 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn not_found_ok(err: io::Error) -> io::Result<()> {
+pub(super) fn not_found_ok(err: io::Error) -> io::Result<()> {
     if err.kind() == io::ErrorKind::NotFound {
         Ok(())
     } else {
@@ -784,7 +434,7 @@ fn not_found_ok(err: io::Error) -> io::Result<()> {
 }
 
 /// Bytes of the regular files under `dir` (not following symlinks).
-fn dir_bytes(dir: &Path) -> u64 {
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -800,14 +450,4 @@ fn dir_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn add_stats(sum: &mut UnpackStats, more: &UnpackStats) {
-    sum.entries += more.entries;
-    sum.bytes += more.bytes;
-    sum.devices_dropped += more.devices_dropped;
-    sum.setid_cleared += more.setid_cleared;
-    sum.absolute_paths += more.absolute_paths;
-    sum.ids_clamped += more.ids_clamped;
-    sum.whiteouts += more.whiteouts;
 }
